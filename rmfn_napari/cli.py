@@ -1,0 +1,54 @@
+"""``rmfn`` command line: headless, cluster-friendly front end over the engine.
+
+Sub-commands live in :mod:`rmfn_napari.cli_commands`, one module each, every module
+exposing ``register(subparsers)`` which adds its parser and sets ``func``. They consume
+the same engine events as the napari widgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import __version__, cli_commands
+from .errors import InputError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``rmfn`` argument parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="rmfn",
+        description="Residual multiplicative filter networks: coarse-to-fine image fitting "
+        "and cryo-EM reconstruction.",
+    )
+    parser.add_argument("--version", action="version", version=f"rmfn-napari {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(cli_commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{cli_commands.__name__}.{info.name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rmfn`` console script. Returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"rmfn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rmfn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

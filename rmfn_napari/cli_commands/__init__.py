@@ -1,0 +1,1 @@
+"""One module per ``rmfn`` sub-command; each defines ``register(subparsers)``."""

@@ -1,0 +1,150 @@
+"""Typed events yielded by every engine run (image fitting, cryo-EM reconstruction).
+
+A run is a generator of these events. The CLI prints them; the napari widgets turn them
+into layer and plot updates on the GUI thread. Events are small, except
+:class:`ScaleSnapshot`, which carries one scale's array and its spectrum and is sent at
+stage ends and at a bounded rate during a stage.
+
+Conventions: ``stage`` and ``scale`` are 0-based (stage k trains scale k); arrays are
+numpy, float32, indexed ``[y, x]`` (images) or ``[z, y, x]`` (volumes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Event:
+    """Base class of all engine events."""
+
+
+@dataclass
+class RunStarted(Event):
+    """A run began. ``task`` is ``"fit-image"`` or ``"reconstruct"``."""
+
+    task: str
+    n_stages: int
+    total_steps: int
+    device: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageStarted(Event):
+    """Stage ``stage`` (0-based) began; it trains scale ``stage`` for ``steps`` steps.
+
+    ``band_cycles`` is the scale's band limit in cycles per box (per axis).
+    """
+
+    stage: int
+    n_stages: int
+    steps: int
+    band_cycles: float
+
+
+@dataclass
+class Progress(Event):
+    """One optimisation step finished.
+
+    ``step`` counts steps over the whole run (1-based), ``stage_step`` within the stage;
+    ``loss`` is the training loss of that step; ``elapsed_s`` wall seconds since the run
+    started; ``eta_s`` the estimated seconds left (``nan`` when unknown). ``extra`` holds
+    task-specific scalars (e.g. ``epoch``).
+    """
+
+    stage: int
+    step: int
+    total_steps: int
+    stage_step: int
+    stage_steps: int
+    loss: float
+    elapsed_s: float
+    eta_s: float = float("nan")
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ScaleSnapshot(Event):
+    """The current output of one scale.
+
+    ``data`` is the image (2D) or volume (3D) of scale ``scale``; ``spectrum`` is its
+    centred log-amplitude Fourier spectrum, ``log(1 + |FFT|)``, same shape.
+    ``voxel_size`` is in Å for cryo-EM volumes and 1.0 (pixels) for images. ``final``
+    is True when the snapshot is taken at the end of the stage that trains this scale
+    or at the end of the run.
+    """
+
+    scale: int
+    data: np.ndarray
+    spectrum: np.ndarray
+    voxel_size: float = 1.0
+    stage: int = 0
+    final: bool = False
+
+
+@dataclass
+class Metrics(Event):
+    """Named evaluation results.
+
+    ``name`` is e.g. ``"fsc"``, ``"pose_errors"``, ``"spectrum_drift"``, ``"psnr"``.
+    ``values`` is JSON-like (floats, lists); large arrays such as per-image pose errors
+    in degrees go in ``arrays``.
+    """
+
+    name: str
+    stage: int
+    values: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class StageFinished(Event):
+    """Stage ``stage`` ended: normally, or early because "next stage" was asked."""
+
+    stage: int
+    steps_done: int
+    seconds: float
+    skipped_early: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunPaused(Event):
+    """The run is paused at ``step``; no step runs until it is resumed or stopped."""
+
+    step: int
+    reason: str = "requested"
+
+
+@dataclass
+class RunResumed(Event):
+    """The run resumed after a pause."""
+
+    step: int
+
+
+@dataclass
+class Log(Event):
+    """A human-readable message (``level`` is ``"info"`` or ``"warning"``)."""
+
+    message: str
+    level: str = "info"
+
+
+@dataclass
+class RunFinished(Event):
+    """The run ended. ``stopped`` is True when the user stopped it early.
+
+    ``outputs`` maps output names to file paths written (may be empty when the run was
+    asked to write nothing); ``metrics`` is the final metrics dictionary.
+    """
+
+    stopped: bool
+    steps_done: int
+    seconds: float
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
