@@ -1,0 +1,236 @@
+"""Residual multiplicative filter networks (rMFN) and the BACON multi-head baseline.
+
+One class covers the three methods compared in the paper (Table 1):
+
+=====================================  ==========================================
+method                                 settings
+=====================================  ==========================================
+staged BACON ("fair")                  ``init="bacon", residual=False``
+staged + residual, BACON init          ``init="bacon", residual=True``
+staged + residual + proposed init      ``init="residual", residual=True`` (rMFN)
+=====================================  ==========================================
+
+The network (paper Eqs. 1, 5, 8)::
+
+    z0 = g0(x)
+    zi = gi(x) * (Wi z(i-1))                  # Hadamard product, i = 1..L-1
+    hi = Wout_i zi + bout_i                   # one linear head per layer
+    y_i = y_(i-1) + act(hi)   (residual)      # scale i = sum of heads 0..i
+    y_i = act(hi)             (BACON)
+
+``act`` is the identity, or a ReLU per head when the represented signal is
+non-negative (cryo-EM density). Coordinates are in ``[-0.5, 0.5)`` per axis, ordered
+``(x, y[, z])``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .filters import INITS, SineFilter, bacon_frequencies, residual_frequencies, scale_band_limits
+
+
+def grid_axis(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Coordinates of an n-sample axis on the unit box: ``(j - n//2) / n``, j = 0..n-1.
+
+    Sample ``n//2`` sits at the origin (the box centre / rotation centre), and the
+    samples span ``[-0.5, 0.5)`` for even n.
+    """
+    return (torch.arange(n, device=device, dtype=dtype) - (n // 2)) / n
+
+
+def grid_coords(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """All coordinates of a regular grid, shape ``(*shape, d)`` ordered ``(x, y[, z])``.
+
+    ``shape`` is in array order (``(ny, nx)`` or ``(nz, ny, nx)``).
+    """
+    axes = [grid_axis(n, device, dtype) for n in shape]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack(mesh[::-1], dim=-1)
+
+
+class ResidualMFN(nn.Module):
+    """A multiplicative filter network with one output per scale.
+
+    Parameters
+    ----------
+    in_dim : int
+        Coordinate dimension (2 for images, 3 for volumes).
+    hidden : int
+        Width of every hidden layer.
+    n_layers : int
+        Number of filters = hidden layers = output heads = scales.
+    out_dim : int
+        Channels of the output (1 for grey images and densities, 3 for RGB).
+    init : {"residual", "bacon"}
+        Frequency initialisation (see :mod:`rmfn_napari.model.filters`).
+    residual : bool
+        Sum the heads through skip connections (rMFN) or not (BACON multi-head).
+    lambdas : (float, float)
+        ``(lambda1, lambda2)`` of the proposed init; also fix the growth factor of the
+        band limits shared by both inits. Paper: (0.3, 2.0).
+    resolution : int
+        Samples per unit length N of the finest grid the network is meant for; the
+        finest scale is band-limited to N/2 cycles per unit (its Nyquist).
+    head_activation : {None, "relu"}
+        Applied to each head before summing (paper §6 uses a ReLU: density >= 0).
+    seed : int
+        Seed of the initialisation (frequencies, phases, weights).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        n_layers: int,
+        out_dim: int = 1,
+        init: str = "residual",
+        residual: bool = True,
+        lambdas: tuple[float, float] = (0.3, 2.0),
+        resolution: int = 256,
+        head_activation: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if head_activation not in (None, "relu"):
+            raise ValueError(f"head_activation must be None or 'relu', got {head_activation!r}")
+        if min(in_dim, hidden, n_layers, out_dim, resolution) < 1:
+            raise ValueError("in_dim, hidden, n_layers, out_dim and resolution must be >= 1")
+        self.in_dim, self.hidden, self.n_layers, self.out_dim = in_dim, hidden, n_layers, out_dim
+        self.init, self.residual, self.resolution = init, residual, resolution
+        self.lambdas = (float(lambdas[0]), float(lambdas[1]))
+        self.head_activation = head_activation
+        self.seed = int(seed)
+        gen = torch.Generator().manual_seed(seed)
+        bands = scale_band_limits(resolution, n_layers, self.lambdas)
+        self._bands_rad = bands
+        filters = []
+        for i in range(n_layers):
+            if init == "residual":
+                freq = residual_frequencies(i, in_dim, hidden, bands, self.lambdas, gen)
+            else:
+                freq = bacon_frequencies(i, in_dim, hidden, bands, gen)
+            filters.append(SineFilter(freq, gen))
+        self.filters = nn.ModuleList(filters)
+        # hidden linears: the proposed init has no bias (DESIGN.md §3); BACON keeps one
+        self.linears = nn.ModuleList(
+            [nn.Linear(hidden, hidden, bias=(init == "bacon")) for _ in range(n_layers - 1)]
+        )
+        self.heads = nn.ModuleList([nn.Linear(hidden, out_dim) for _ in range(n_layers)])
+        bound = math.sqrt(6.0 / hidden)
+        with torch.no_grad():
+            for lin in list(self.linears) + list(self.heads):
+                lin.weight.uniform_(-bound, bound, generator=gen)
+                if lin.bias is not None:
+                    lin.bias.zero_()
+
+    # ------------------------------------------------------------------ bands
+    @property
+    def band_limits(self) -> list[float]:
+        """Per-axis band limit of each scale in cycles per unit length (= cycles/box)."""
+        return [b / (2 * math.pi) for b in self._bands_rad]
+
+    @property
+    def band_limits_rad(self) -> list[float]:
+        """Per-axis band limit of each scale in rad per unit length."""
+        return list(self._bands_rad)
+
+    # ---------------------------------------------------------------- forward
+    def _check_scale(self, max_scale: int | None) -> int:
+        if max_scale is None:
+            return self.n_layers - 1
+        if not 0 <= max_scale < self.n_layers:
+            raise ValueError(f"max_scale must be in [0, {self.n_layers - 1}], got {max_scale}")
+        return max_scale
+
+    def _features(self, filter_out, max_scale: int) -> list[torch.Tensor]:
+        z = filter_out(0)
+        feats = [z]
+        for i in range(1, max_scale + 1):
+            z = filter_out(i) * self.linears[i - 1](z)
+            feats.append(z)
+        return feats
+
+    def features(self, coords: torch.Tensor, max_scale: int | None = None) -> list[torch.Tensor]:
+        """Hidden states ``z_0 .. z_max_scale`` at coords (..., in_dim) -> (..., hidden)."""
+        last = self._check_scale(max_scale)
+        return self._features(lambda i: self.filters[i](coords), last)
+
+    def grid_features(self, shape: Sequence[int], max_scale: int | None = None) -> list[torch.Tensor]:
+        """Hidden states on the regular grid of ``shape`` (array order) via separable filters."""
+        last = self._check_scale(max_scale)
+        ref = self.heads[0].weight
+        axes = [grid_axis(n, ref.device, ref.dtype) for n in shape]
+        return self._features(lambda i: self.filters[i].on_grid(axes), last)
+
+    def head(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        """Output of head i (with its activation) for hidden state ``z``."""
+        out = self.heads[i](z)
+        return torch.relu(out) if self.head_activation == "relu" else out
+
+    def combine(self, feats: list[torch.Tensor], detach_below: int | None = None) -> list[torch.Tensor]:
+        """Turn hidden states into per-scale outputs.
+
+        ``detach_below=s`` feeds the heads of scales < s with detached features, so their
+        losses train only those heads ("fair" staged BACON, paper §3).
+        """
+        outs: list[torch.Tensor] = []
+        prev = None
+        for i, z in enumerate(feats):
+            if detach_below is not None and i < detach_below:
+                z = z.detach()
+            h = self.head(i, z)
+            y = h if (prev is None or not self.residual) else prev + h
+            outs.append(y)
+            prev = y
+        return outs
+
+    def forward(self, coords: torch.Tensor, max_scale: int | None = None) -> list[torch.Tensor]:
+        """Outputs of every scale 0..max_scale at coords (..., in_dim) in [-0.5, 0.5).
+
+        Returns a list with one tensor (..., out_dim) per scale.
+        """
+        if coords.shape[-1] != self.in_dim:
+            raise ValueError(f"coords must have last dimension {self.in_dim}, got {tuple(coords.shape)}")
+        return self.combine(self.features(coords, max_scale))
+
+    def render_grid(self, shape: Sequence[int], max_scale: int | None = None) -> list[torch.Tensor]:
+        """Outputs of every scale on the regular grid ``shape`` (array order).
+
+        Equivalent to ``self(grid_coords(shape))`` but uses the separable filters.
+        Returns tensors of shape ``(*shape, out_dim)``.
+        """
+        if len(shape) != self.in_dim:
+            raise ValueError(f"grid shape must have {self.in_dim} axes, got {tuple(shape)}")
+        return self.combine(self.grid_features(shape, max_scale))
+
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Parameters that shape scale ``stage``: filters, linears and heads 0..stage."""
+        params: list[nn.Parameter] = []
+        for i in range(stage + 1):
+            params += list(self.filters[i].parameters()) + list(self.heads[i].parameters())
+            if i >= 1:
+                params += list(self.linears[i - 1].parameters())
+        return params
+
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable) to rebuild this network."""
+        return dict(
+            in_dim=self.in_dim, hidden=self.hidden, n_layers=self.n_layers, out_dim=self.out_dim,
+            init=self.init, residual=self.residual, lambdas=list(self.lambdas),
+            resolution=self.resolution, head_activation=self.head_activation, seed=self.seed,
+        )
+
+
+METHODS = {
+    "rmfn": dict(init="residual", residual=True),
+    "res-bacon": dict(init="bacon", residual=True),
+    "bacon": dict(init="bacon", residual=False),
+}
+"""The paper's three methods as constructor settings (Table 1 rows)."""
