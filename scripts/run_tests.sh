@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run the whole test suite (GUI tests under Xvfb + Mesa).
+#
+#   bash scripts/run_tests.sh            # from the repository root (or anywhere)
+#   bash scripts/run_tests.sh -k reader  # extra arguments go to pytest
+#
+# Idempotent: Debian packages are installed only when running as root and one is missing;
+# torch is installed as the CPU build 2.13.0 only when no torch is importable (a CUDA torch
+# you installed yourself is kept); then `pip install -e ".[napari,testing]"`, which is quick
+# when everything is there. RMFN_SKIP_INSTALL=1 skips all installing.
+# pytest-xvfb (a test dependency) starts Xvfb itself; vispy renders through Mesa (llvmpipe).
+# The exit status is pytest's: failures, errors, and "no tests collected" (5) all fail.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY="${PYTHON:-python3}"
+
+APT_PACKAGES=(xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0
+  libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
+  libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1)
+
+if [[ "${RMFN_SKIP_INSTALL:-0}" != "1" ]]; then
+  if command -v dpkg-query >/dev/null 2>&1; then
+    missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+      if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+      fi
+    done
+    if ((${#missing[@]})); then
+      if [[ "$(id -u)" == "0" ]]; then
+        echo "run_tests: installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq </dev/null
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+      else
+        echo "run_tests: missing Debian packages (need root to install): ${missing[*]}" >&2
+        echo "run_tests: GUI tests will be skipped without a display (they fail under CI=true)" >&2
+      fi
+    fi
+  fi
+
+  # torch first, CPU build, so that nothing below pulls a CUDA torch from the index.
+  if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    echo "run_tests: installing torch==2.13.0 (CPU)"
+    "$PY" -m pip install -q --no-input "torch==2.13.0"
+  fi
+  "$PY" -m pip install -q --no-input -e ".[napari,testing]"
+fi
+
+echo "run_tests: $("$PY" -c 'import sys, torch, napari; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, napari {napari.__version__}")')"
+# exec: the script's exit status is pytest's own (0 only when tests ran and all passed).
+exec "$PY" -m pytest -q "$@"
