@@ -1,0 +1,594 @@
+"""MRC/MRCS (mrcfile) and RELION STAR (starfile) input/output: read, validate, write atomically.
+
+* Maps are ``[z, y, x]`` float32 cubic boxes of even size with the voxel size (Å) in the header.
+* Particle STAR files follow RELION 3.1+ (``data_optics`` + ``data_particles``); RELION 3.0
+  files (one table, optics columns per particle) are read too. ``rlnImageName`` entries are
+  ``index@stack.mrcs`` (1-based index); relative stack paths are resolved against the STAR
+  file's directory (then the working directory, as RELION does).
+* Every problem with an input file raises :class:`rmfn_napari.errors.InputError` naming the
+  file and the problem. Every writer writes to a temporary name in the destination
+  directory and renames it into place with :func:`os.replace`, so an interrupted write never
+  leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .ctf import CTFParams
+from .rotations import euler_to_matrix, matrix_to_euler
+
+__all__ = [
+    "read_map",
+    "write_map",
+    "atomic_path",
+    "StackWriter",
+    "ParticleDataset",
+    "read_particles",
+    "write_star",
+    "write_particles_star",
+]
+
+
+# --------------------------------------------------------------------------- atomic writing
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path):
+    """Context manager yielding a temporary path next to ``path``; renamed onto it on success.
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and
+    ``path`` is left untouched.
+    """
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------------- maps
+def _open_mrc(path: Path, mmap: bool = False):
+    import mrcfile
+
+    if not path.is_file():
+        raise InputError("file not found", path)
+    try:
+        return (mrcfile.mmap if mmap else mrcfile.open)(str(path), mode="r", permissive=False)
+    except Exception as exc:  # mrcfile raises ValueError for truncated/corrupt files
+        raise InputError(f"not a valid MRC file or truncated ({exc})", path) from exc
+
+
+def _voxel_size(mrc, path: Path) -> float:
+    vs = mrc.voxel_size
+    sizes = np.array([float(vs.x), float(vs.y), float(vs.z)])
+    if not np.all(np.isfinite(sizes)) or sizes[0] <= 0:
+        raise InputError(f"voxel size in the header is {sizes[0]} Å; it must be > 0", path)
+    return float(sizes[0])
+
+
+def read_map(path):
+    """Read a cubic density map.
+
+    Parameters
+    ----------
+    path : str or Path
+        MRC file.
+
+    Returns
+    -------
+    volume : ndarray, float32, shape ``(D, D, D)``, indexed ``[z, y, x]``
+    apix : float
+        Voxel size in Å (from the header).
+
+    Raises
+    ------
+    InputError
+        Missing/truncated file, not 3D, non-cubic or odd box, voxel size ≤ 0 or anisotropic,
+        NaN/Inf voxels.
+    """
+    path = Path(path)
+    with _open_mrc(path) as mrc:
+        data = np.asarray(mrc.data)
+        if data.ndim != 3:
+            raise InputError(f"expected a 3D map, got data of shape {data.shape}", path)
+        # reorder axes to [z, y, x] if the header says columns/rows/sections differ from x/y/z
+        order = (int(mrc.header.mapc), int(mrc.header.mapr), int(mrc.header.maps))
+        if order != (1, 2, 3):
+            if sorted(order) != [1, 2, 3]:
+                raise InputError(f"invalid axis order mapc/mapr/maps = {order}", path)
+            # data axes (sections, rows, cols) hold (maps, mapr, mapc); want (z, y, x) = (3, 2, 1)
+            axes_of = {order[2]: 0, order[1]: 1, order[0]: 2}
+            data = np.transpose(data, (axes_of[3], axes_of[2], axes_of[1]))
+        apix = _voxel_size(mrc, path)
+        vs = mrc.voxel_size
+        if not np.allclose([vs.x, vs.y, vs.z], apix, rtol=1e-4):
+            raise InputError(f"anisotropic voxel size {tuple(map(float, (vs.x, vs.y, vs.z)))} Å", path)
+        data = np.array(data, dtype=np.float32)
+    D = data.shape[0]
+    if data.shape != (D, D, D):
+        raise InputError(f"map is not cubic: shape {data.shape} ([z, y, x])", path)
+    if D % 2:
+        raise InputError(f"map box size {D} is odd; an even box is required", path)
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"map has {int((~np.isfinite(data)).sum())} NaN/Inf voxels", path)
+    return data, apix
+
+
+def write_map(path, volume, apix: float) -> Path:
+    """Write a ``[z, y, x]`` volume as a float32 MRC with ``voxel_size = apix`` Å, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+    volume : array_like, shape ``(D, D, D)``
+    apix : float
+        Voxel size in Å (> 0).
+
+    Returns
+    -------
+    Path
+    """
+    import mrcfile
+
+    path = Path(path)
+    vol = np.asarray(volume.detach().cpu() if hasattr(volume, "detach") else volume, dtype=np.float32)
+    if vol.ndim != 3:
+        raise InputError(f"volume must be 3D, got shape {vol.shape}", path)
+    if not np.isfinite(apix) or apix <= 0:
+        raise InputError(f"voxel size must be > 0 Å, got {apix}", path)
+    if not np.all(np.isfinite(vol)):
+        raise InputError("refusing to write a volume with NaN/Inf voxels", path)
+    with atomic_path(path) as tmp:
+        with mrcfile.new(str(tmp), overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(vol))
+            mrc.voxel_size = float(apix)
+    return path
+
+
+# ------------------------------------------------------------------------- stack writing
+class StackWriter:
+    """Stream a float32 image stack ``(n, D, D)`` to an MRCS file chunk by chunk.
+
+    The header is written first (``mrcfile.new_mmap``, image-stack space group, voxel size),
+    then chunks are appended with plain file writes, so memory use is one chunk; the
+    header statistics (min, max, mean, rms) are accumulated and written on :meth:`close`.
+    Use it on a temporary path (see :func:`atomic_path`).
+    """
+
+    def __init__(self, path, n: int, box: int, apix: float):
+        import mrcfile
+
+        self.path, self.n, self.box = Path(path), int(n), int(box)
+        with mrcfile.new_mmap(str(self.path), shape=(self.n, self.box, self.box), mrc_mode=2,
+                              overwrite=True) as mrc:
+            mrc.set_image_stack()
+            mrc.voxel_size = float(apix)
+            self._offset = int(mrc.header.nbytes + mrc.extended_header.nbytes)
+            self._dtype = mrc.data.dtype
+        self._f = open(self.path, "r+b")
+        self._f.seek(self._offset)
+        self.written = 0
+        self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
+
+    def write(self, images: np.ndarray) -> None:
+        """Append images ``(k, D, D)``."""
+        images = np.asarray(images, dtype=self._dtype)
+        if images.ndim != 3 or images.shape[1:] != (self.box, self.box):
+            raise ValueError(f"expected (k, {self.box}, {self.box}) images, got {images.shape}")
+        if self.written + len(images) > self.n:
+            raise ValueError("more images than the stack was created for")
+        self._f.write(np.ascontiguousarray(images).tobytes())
+        self.written += len(images)
+        x = images.astype(np.float64)
+        self._min = min(self._min, float(x.min()))
+        self._max = max(self._max, float(x.max()))
+        self._sum += float(x.sum())
+        self._sumsq += float((x * x).sum())
+
+    def close(self) -> None:
+        """Close the file and write the header statistics."""
+        import mrcfile
+
+        self._f.close()
+        if self.written != self.n:
+            raise ValueError(f"stack {self.path} got {self.written} of {self.n} images")
+        count = self.n * self.box * self.box
+        mean = self._sum / count
+        with mrcfile.mmap(str(self.path), mode="r+", permissive=False) as mrc:
+            mrc.header.dmin = self._min
+            mrc.header.dmax = self._max
+            mrc.header.dmean = mean
+            mrc.header.rms = np.sqrt(max(self._sumsq / count - mean * mean, 0.0))
+
+
+# ----------------------------------------------------------------------------- STAR writing
+def write_star(path, blocks: dict) -> Path:
+    """Write STAR data blocks (``{name: DataFrame}``) atomically with ``starfile``.
+
+    Floats are written with 6 decimals (``%.6f``).
+    """
+    import starfile
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp, float_format="%.6f")
+    return path
+
+
+_STAR_FLOAT = "%.6f"
+
+
+def star_round(x) -> np.ndarray:
+    """Round values exactly as they come back from a STAR file written by :func:`write_star`."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.char.mod(_STAR_FLOAT, x).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- particles
+_NAME_RE = re.compile(r"^\s*(\d+)@(.+?)\s*$")
+
+
+class ParticleDataset:
+    """A RELION particle STAR file with its image stacks, validated on open, read lazily.
+
+    Attributes
+    ----------
+    star_path : Path
+    n : int
+        Number of particles.
+    box : int
+        Image size in pixels.
+    apix : float
+        Pixel size, Å.
+    rotations : ndarray ``(n, 3, 3)`` float64
+        RELION matrices ``A`` from ``rlnAngleRot/Tilt/Psi`` (identity where absent; see
+        ``has_poses``).
+    euler : ndarray ``(n, 3)``
+        ``(rot, tilt, psi)`` in degrees.
+    shifts_A : ndarray ``(n, 2)``
+        ``(rlnOriginXAngst, rlnOriginYAngst)`` in Å (0 where absent).
+    ctf : CTFParams or None
+        None when the STAR has no ``rlnDefocusU`` (no CTF).
+    image_names : list of str
+        ``rlnImageName`` as written in the STAR.
+    particles, optics : pandas.DataFrame
+        The tables as read (``optics`` None for RELION 3.0 files).
+    """
+
+    def __init__(self, star_path, particles, optics, stacks, stack_of, index_in_stack,
+                 box, apix):
+        self.star_path = Path(star_path)
+        self.particles = particles
+        self.optics = optics
+        self._stack_paths = stacks
+        self._stack_of = stack_of
+        self._index = index_in_stack
+        self.box, self.apix = int(box), float(apix)
+        self.n = len(particles)
+        self.image_names = [str(s) for s in particles["rlnImageName"]]
+        self._mmaps: dict[int, object] = {}
+        cols = particles.columns
+        self.has_poses = all(c in cols for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
+        if self.has_poses:
+            self.euler = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(np.float64)
+            if not np.all(np.isfinite(self.euler)):
+                raise InputError("non-finite Euler angles", self.star_path)
+        else:
+            self.euler = np.zeros((self.n, 3))
+        self.rotations = euler_to_matrix(self.euler[:, 0], self.euler[:, 1], self.euler[:, 2])
+        if "rlnOriginXAngst" in cols:
+            self.shifts_A = particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64)
+        elif "rlnOriginX" in cols:
+            self.shifts_A = particles[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64) * self.apix
+        else:
+            self.shifts_A = np.zeros((self.n, 2))
+        self.ctf = self._read_ctf(particles)
+
+    def _read_ctf(self, p):
+        if "rlnDefocusU" not in p.columns:
+            return None
+
+        def col(name, default):
+            if name in p.columns:
+                return p[name].to_numpy(np.float64)
+            if default is None:
+                raise InputError(f"column {name} is missing (needed for the CTF)", self.star_path)
+            return np.full(self.n, float(default))
+
+        ctf = CTFParams(
+            defocus_u=col("rlnDefocusU", None),
+            defocus_v=col("rlnDefocusV", None) if "rlnDefocusV" in p.columns else col("rlnDefocusU", None),
+            defocus_angle=col("rlnDefocusAngle", 0.0),
+            voltage=col("rlnVoltage", None),
+            cs=col("rlnSphericalAberration", None),
+            amplitude_contrast=col("rlnAmplitudeContrast", None),
+            phase_shift=col("rlnPhaseShift", 0.0),
+            bfactor=col("rlnCtfBfactor", 0.0),
+        )
+        for name in ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs",
+                     "amplitude_contrast", "phase_shift", "bfactor"):
+            if not np.all(np.isfinite(getattr(ctf, name))):
+                raise InputError(f"non-finite CTF parameter {name}", self.star_path)
+        if np.any(ctf.voltage <= 0):
+            raise InputError("voltage must be > 0 kV", self.star_path)
+        return ctf
+
+    # -- lazy image access
+    def _mmap(self, s: int):
+        m = self._mmaps.get(s)
+        if m is None:
+            m = _open_mrc(self._stack_paths[s], mmap=True)
+            self._mmaps[s] = m
+        return m
+
+    def images(self, indices=None) -> np.ndarray:
+        """Read images (memory-mapped) as float32 ``(k, D, D)``.
+
+        Parameters
+        ----------
+        indices : int, slice, sequence of ints or None
+            Particle indices (0-based, STAR row order); None reads all.
+
+        Raises
+        ------
+        InputError
+            If any returned pixel is NaN/Inf (naming the stack and particle).
+        """
+        if indices is None:
+            idx = np.arange(self.n)
+        elif isinstance(indices, slice):
+            idx = np.arange(self.n)[indices]
+        else:
+            idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
+        if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
+            raise IndexError(f"particle index out of range 0..{self.n - 1}")
+        idx = idx % self.n if idx.size else idx
+        out = np.empty((len(idx), self.box, self.box), dtype=np.float32)
+        stacks = self._stack_of[idx]
+        for s in np.unique(stacks):
+            sel = np.nonzero(stacks == s)[0]
+            data = self._mmap(int(s)).data
+            rows = self._index[idx[sel]]
+            block = data[rows] if data.ndim == 3 else np.asarray(data)[None].repeat(len(rows), 0)
+            out[sel] = block
+            bad = ~np.isfinite(out[sel]).all(axis=(1, 2))
+            if bad.any():
+                first = int(idx[sel][bad][0])
+                raise InputError(f"NaN/Inf pixels in image {self.image_names[first]} "
+                                 f"(particle {first}; {int(bad.sum())} bad images in this read)",
+                                 self._stack_paths[int(s)])
+        return out
+
+    def check_pixels(self, chunk: int = 2000) -> None:
+        """Scan every image for NaN/Inf (raises :class:`InputError` on the first bad one)."""
+        for i in range(0, self.n, chunk):
+            self.images(np.arange(i, min(i + chunk, self.n)))
+
+    def close(self) -> None:
+        """Close the memory-mapped stacks."""
+        for m in self._mmaps.values():
+            m.close()
+        self._mmaps.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return (f"ParticleDataset({str(self.star_path)!r}, n={self.n}, box={self.box}, "
+                f"apix={self.apix}, stacks={len(self._stack_paths)}, ctf={self.ctf is not None})")
+
+
+def _resolve_stack(name: str, star_dir: Path) -> Path:
+    p = Path(name)
+    if p.is_absolute():
+        return p
+    cand = star_dir / p
+    if cand.exists() or not Path(name).exists():
+        return cand
+    return Path(name).resolve()
+
+
+def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
+    """Open a RELION particle STAR file and its stacks, validating everything but the pixels.
+
+    Parameters
+    ----------
+    star_path : str or Path
+        RELION 3.1+ (optics + particles tables) or 3.0 (single table) STAR file.
+    check_pixels : bool
+        Also scan all pixels for NaN/Inf now (otherwise checked on every read).
+
+    Returns
+    -------
+    ParticleDataset
+
+    Raises
+    ------
+    InputError
+        Missing/unparsable STAR, missing columns, missing/truncated stacks, image indices
+        past the end of a stack, non-square or mismatched image sizes, pixel size ≤ 0.
+    """
+    import starfile
+
+    star_path = Path(star_path)
+    if not star_path.is_file():
+        raise InputError("STAR file not found", star_path)
+    try:
+        blocks = starfile.read(star_path, always_dict=True)
+    except Exception as exc:
+        raise InputError(f"cannot parse STAR file ({exc})", star_path) from exc
+    blocks = {k: v for k, v in blocks.items() if hasattr(v, "columns")}
+    optics = blocks.get("optics")
+    particles = blocks.get("particles")
+    if particles is None:
+        particles = next((b for b in blocks.values() if "rlnImageName" in b.columns), None)
+    if particles is None or "rlnImageName" not in particles.columns:
+        raise InputError("no particle table with an rlnImageName column", star_path)
+    if len(particles) == 0:
+        raise InputError("particle table is empty", star_path)
+    particles = particles.reset_index(drop=True).copy()
+
+    # merge optics-group columns into the particle rows (RELION 3.1+)
+    group_apix = None
+    if optics is not None and len(optics):
+        if "rlnOpticsGroup" not in optics.columns or "rlnOpticsGroup" not in particles.columns:
+            raise InputError("optics table without rlnOpticsGroup", star_path)
+        optics = optics.reset_index(drop=True)
+        og = optics.set_index("rlnOpticsGroup")
+        missing = set(particles["rlnOpticsGroup"]) - set(og.index)
+        if missing:
+            raise InputError(f"particles refer to undefined optics groups {sorted(missing)}", star_path)
+        for colname in og.columns:
+            if colname not in particles.columns and colname.startswith("rln"):
+                particles[colname] = particles["rlnOpticsGroup"].map(og[colname]).to_numpy()
+        if "rlnImagePixelSize" in og.columns:
+            group_apix = og["rlnImagePixelSize"].to_numpy(np.float64)
+    else:
+        optics = None
+
+    # pixel size
+    if group_apix is None and "rlnImagePixelSize" in particles.columns:
+        group_apix = particles["rlnImagePixelSize"].to_numpy(np.float64)
+    if group_apix is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles.columns):
+        group_apix = (particles["rlnDetectorPixelSize"].to_numpy(np.float64) * 1e4
+                      / particles["rlnMagnification"].to_numpy(np.float64))
+    if group_apix is not None:
+        if not np.all(np.isfinite(group_apix)) or np.any(group_apix <= 0):
+            raise InputError(f"pixel size must be > 0 Å, got {np.unique(group_apix).tolist()}", star_path)
+        if not np.allclose(group_apix, group_apix[0], rtol=1e-5):
+            raise InputError(f"mixed pixel sizes {np.unique(group_apix).tolist()} are not supported", star_path)
+        apix = float(group_apix[0])
+    else:
+        apix = None
+
+    # image names -> (stack, index)
+    names = particles["rlnImageName"].astype(str).to_numpy()
+    stack_ids: dict[str, int] = {}
+    stack_of = np.empty(len(names), dtype=np.int64)
+    index = np.empty(len(names), dtype=np.int64)
+    for i, name in enumerate(names):
+        m = _NAME_RE.match(name)
+        if m:
+            k, fname = int(m.group(1)), m.group(2)
+        else:
+            k, fname = 1, name.strip()
+        if k < 1:
+            raise InputError(f"row {i + 1}: image index must be >= 1 in {name!r}", star_path)
+        s = stack_ids.setdefault(fname, len(stack_ids))
+        stack_of[i], index[i] = s, k - 1
+    stacks = [_resolve_stack(f, star_path.parent) for f in stack_ids]
+
+    # open each stack once: existence, integrity, shape, index range, pixel size
+    box = None
+    for s, sp in enumerate(stacks):
+        with _open_mrc(sp, mmap=True) as mrc:
+            shape = mrc.data.shape
+            n_img = shape[0] if len(shape) == 3 else 1
+            ny, nx = shape[-2:]
+            if ny != nx:
+                raise InputError(f"images are not square ({ny} x {nx})", sp)
+            if box is None:
+                box = nx
+            elif nx != box:
+                raise InputError(f"image size {nx} differs from {box} in {stacks[0]}", sp)
+            rows = index[stack_of == s]
+            if rows.max() >= n_img:
+                bad = int(np.nonzero((stack_of == s) & (index >= n_img))[0][0])
+                raise InputError(
+                    f"STAR row {bad + 1} ({names[bad]!r}) points past the end of the stack, "
+                    f"which holds {n_img} images", sp)
+            if apix is None:
+                apix = _voxel_size(mrc, sp)
+    if box % 2:
+        raise InputError(f"image size {box} is odd; an even box is required", stacks[0])
+    if "rlnImageSize" in particles.columns:
+        sizes = np.unique(particles["rlnImageSize"].to_numpy())
+        if len(sizes) != 1 or int(sizes[0]) != box:
+            raise InputError(f"rlnImageSize {sizes.tolist()} does not match the stacks' {box}", star_path)
+    ds = ParticleDataset(star_path, particles, optics, stacks, stack_of, index, box, apix)
+    if check_pixels:
+        ds.check_pixels()
+    return ds
+
+
+def _relative_name(target: Path, star_dir: Path) -> str:
+    try:
+        return os.path.relpath(target.resolve(), star_dir.resolve())
+    except ValueError:  # different drives on Windows
+        return str(target.resolve())
+
+
+def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_A=None) -> Path:
+    """Write a RELION 3.1 STAR for ``dataset`` with (optionally) new poses, atomically.
+
+    All particle columns of the source STAR are kept; image names are rewritten relative to
+    the new file's directory; the Euler angles (and origins) are replaced when given.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output STAR file.
+    dataset : ParticleDataset
+    rotations : array_like ``(n, 3, 3)``, optional
+        RELION matrices ``A`` (e.g. estimated poses); converted to rlnAngleRot/Tilt/Psi (°).
+    shifts_A : array_like ``(n, 2)``, optional
+        rlnOriginXAngst/YAngst in Å.
+
+    Returns
+    -------
+    Path
+    """
+    import pandas as pd
+
+    path = Path(path)
+    p = dataset.particles.copy()
+    names = []
+    for i in range(dataset.n):
+        s, k = int(dataset._stack_of[i]), int(dataset._index[i])
+        names.append(f"{k + 1:06d}@{_relative_name(dataset._stack_paths[s], path.parent)}")
+    p["rlnImageName"] = names
+    if rotations is not None:
+        R = np.asarray(rotations.detach().cpu() if hasattr(rotations, "detach") else rotations,
+                       dtype=np.float64)
+        if R.shape != (dataset.n, 3, 3):
+            raise ValueError(f"rotations must have shape ({dataset.n}, 3, 3), got {R.shape}")
+        rot, tilt, psi = matrix_to_euler(R)
+        p["rlnAngleRot"], p["rlnAngleTilt"], p["rlnAnglePsi"] = rot, tilt, psi
+    if shifts_A is not None:
+        sh = np.asarray(shifts_A, dtype=np.float64).reshape(dataset.n, 2)
+        p["rlnOriginXAngst"], p["rlnOriginYAngst"] = sh[:, 0], sh[:, 1]
+    if dataset.optics is not None:
+        optics = dataset.optics.copy()
+        p = p[[c for c in p.columns if c not in optics.columns or c == "rlnOpticsGroup"]]
+    else:
+        row = {"rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1"}
+        for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
+            if c in p.columns and p[c].nunique() == 1:
+                row[c] = float(p[c].iloc[0])
+                p = p.drop(columns=c)
+        row.update(rlnImagePixelSize=dataset.apix, rlnImageSize=dataset.box,
+                   rlnImageDimensionality=2)
+        optics = pd.DataFrame([row])
+        p["rlnOpticsGroup"] = 1
+    return write_star(path, {"optics": optics, "particles": p})

@@ -1,0 +1,298 @@
+"""Simulated particle stacks: uniform poses, Fourier-slice projection, CTF, noise at a target SNR.
+
+Output (in ``out_dir``):
+
+* ``particles.mrcs`` — float32 image stack ``(N, D, D)`` with the pixel size in the header;
+* ``particles.star`` — RELION 3.1+ STAR (``data_optics`` + ``data_particles``), image names
+  ``000001@particles.mrcs``, Euler angles in RELION's convention (so RELION, cryoDRGN or any
+  reader projecting the reference through ``rlnAngleRot/Tilt/Psi`` gets the same images),
+  zero origins, defocus U/V/angle, phase shift and B-factor (0), ``rlnRandomSubset`` 1/2
+  alternating; with ``apply_ctf=False`` the CTF columns are left out;
+* ``reference.mrc`` — the map the particles were projected from;
+* ``simulation.json`` — the parameters of the run.
+
+Image model (per particle ``i``, Fourier space on the centred grid)::
+
+    F_clean_i(k) = CTF_i(k) · F_V(R_iᵀ (kx, ky, 0))
+    image_i      = clean_i + n_i,    n_i ~ N(0, var(clean_i) / SNR)  (white, per image)
+
+All values written to the STAR (angles, defoci) are rounded to the STAR's precision
+(6 decimals) *before* they are used, so re-projecting through the STAR reproduces the
+stored noise-free images to float precision.
+
+Randomness: ``numpy.random.SeedSequence(seed)`` spawns three streams — poses, CTF
+parameters, noise; the noise is drawn chunk after chunk in particle order, so the output does
+not depend on the chunk size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .ctf import CTFParams
+from .io import StackWriter, _tmp_name, read_map, star_round, write_map, write_star
+from .projector import fourier_slices, slices_to_images, volume_fourier
+from .rotations import euler_to_matrix, matrix_to_euler, random_rotations
+
+__all__ = ["SimulationConfig", "SimulationResult", "simulate_particles", "draw_ctf_params"]
+
+
+@dataclass
+class SimulationConfig:
+    """Parameters of a simulation (defaults: the paper's §6 protocol, DESIGN.md §3).
+
+    Attributes
+    ----------
+    n : int
+        Number of particles.
+    snr : float
+        Signal-to-noise ratio per image: var(clean CTF image) / noise variance.
+    seed : int
+    noise_free : bool
+        Write the clean (CTF-applied) images.
+    apply_ctf : bool
+        Multiply by the CTF (False: pure projections, no CTF columns in the STAR).
+    chunk : int
+        Particles simulated and written at once.
+    defocus_min, defocus_max : float
+        Range of the mean defocus (Å), uniform.
+    astig_min, astig_max : float
+        Range of ``dfU − dfV`` (Å), uniform; ``dfU/V = mean ± astig/2``.
+    voltage : float
+        kV.
+    cs : float
+        mm.
+    amp_contrast : float
+        Amplitude contrast fraction.
+    pad : int
+        Zero-padding factor of the projector.
+    """
+
+    n: int = 1000
+    snr: float = 0.1
+    seed: int = 0
+    noise_free: bool = False
+    apply_ctf: bool = True
+    chunk: int = 1000
+    defocus_min: float = 15000.0
+    defocus_max: float = 20000.0
+    astig_min: float = 100.0
+    astig_max: float = 500.0
+    voltage: float = 300.0
+    cs: float = 2.7
+    amp_contrast: float = 0.1
+    pad: int = 2
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for an invalid parameter."""
+        if int(self.n) != self.n or self.n < 1:
+            raise InputError(f"--n must be a positive integer, got {self.n}")
+        if not self.noise_free and not (np.isfinite(self.snr) and self.snr > 0):
+            raise InputError(f"--snr must be > 0, got {self.snr}")
+        if int(self.chunk) != self.chunk or self.chunk < 1:
+            raise InputError(f"--chunk must be a positive integer, got {self.chunk}")
+        if not 0 <= self.defocus_min <= self.defocus_max:
+            raise InputError(f"need 0 <= defocus-min <= defocus-max, got {self.defocus_min}, {self.defocus_max}")
+        if not 0 <= self.astig_min <= self.astig_max:
+            raise InputError(f"need 0 <= astig-min <= astig-max, got {self.astig_min}, {self.astig_max}")
+        if not self.voltage > 0:
+            raise InputError(f"--voltage must be > 0 kV, got {self.voltage}")
+        if not self.cs >= 0:
+            raise InputError(f"--cs must be >= 0 mm, got {self.cs}")
+        if not 0 <= self.amp_contrast < 1:
+            raise InputError(f"--amp-contrast must be in [0, 1), got {self.amp_contrast}")
+
+
+@dataclass
+class SimulationResult:
+    """Paths written by :func:`simulate_particles` and the dataset's shape."""
+
+    star: Path
+    stack: Path
+    reference: Path
+    metadata: Path
+    n: int
+    box: int
+    apix: float
+    extra: dict = field(default_factory=dict)
+
+
+def draw_ctf_params(n: int, cfg: SimulationConfig, rng: np.random.Generator) -> CTFParams:
+    """Per-particle CTF parameters: mean defocus and astigmatism uniform in their ranges,
+    angle uniform in [0, 360)°, rounded to the STAR's precision."""
+    mean = rng.uniform(cfg.defocus_min, cfg.defocus_max, n)
+    astig = rng.uniform(cfg.astig_min, cfg.astig_max, n)
+    angle = rng.uniform(0.0, 360.0, n)
+    return CTFParams(
+        defocus_u=star_round(mean + astig / 2),
+        defocus_v=star_round(mean - astig / 2),
+        defocus_angle=star_round(angle),
+        voltage=np.full(n, float(cfg.voltage)),
+        cs=np.full(n, float(cfg.cs)),
+        amplitude_contrast=np.full(n, float(cfg.amp_contrast)),
+        phase_shift=np.zeros(n),
+        bfactor=np.zeros(n),
+    )
+
+
+def _star_tables(cfg: SimulationConfig, euler: np.ndarray, ctf: CTFParams, box: int, apix: float,
+                 stack_name: str):
+    import pandas as pd
+
+    n = len(euler)
+    width = max(6, len(str(n)))
+    optics = pd.DataFrame([{
+        "rlnOpticsGroupName": "opticsGroup1",
+        "rlnOpticsGroup": 1,
+        "rlnVoltage": float(cfg.voltage),
+        "rlnSphericalAberration": float(cfg.cs),
+        "rlnAmplitudeContrast": float(cfg.amp_contrast),
+        "rlnImagePixelSize": float(apix),
+        "rlnImageSize": int(box),
+        "rlnImageDimensionality": 2,
+    }])
+    cols = {
+        "rlnImageName": [f"{i + 1:0{width}d}@{stack_name}" for i in range(n)],
+        "rlnAngleRot": euler[:, 0],
+        "rlnAngleTilt": euler[:, 1],
+        "rlnAnglePsi": euler[:, 2],
+        "rlnOriginXAngst": np.zeros(n),
+        "rlnOriginYAngst": np.zeros(n),
+    }
+    if cfg.apply_ctf:
+        cols.update(rlnDefocusU=ctf.defocus_u, rlnDefocusV=ctf.defocus_v,
+                    rlnDefocusAngle=ctf.defocus_angle, rlnPhaseShift=ctf.phase_shift,
+                    rlnCtfBfactor=ctf.bfactor)
+    cols["rlnOpticsGroup"] = np.ones(n, dtype=np.int64)
+    cols["rlnRandomSubset"] = (np.arange(n) % 2 + 1).astype(np.int64)
+    return optics, pd.DataFrame(cols)
+
+
+def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, seed: int = 0,
+                       noise_free: bool = False, apply_ctf: bool = True, chunk: int = 1000,
+                       defocus_range=(15000.0, 20000.0), astig_range=(100.0, 500.0),
+                       voltage: float = 300.0, cs: float = 2.7, amp_contrast: float = 0.1,
+                       overwrite: bool = False,
+                       progress: Optional[Callable[[int, int], None]] = None) -> SimulationResult:
+    """Simulate a particle stack from a map and write it with a RELION STAR file.
+
+    Parameters
+    ----------
+    map_path : str or Path
+        Reference map (MRC, cubic, even box; voxel size in the header, Å).
+    out_dir : str or Path
+        Output directory (created if needed).
+    n : int
+        Number of particles.
+    snr : float
+        Per-image SNR: noise variance = variance of the clean CTF image / snr.
+    seed : int
+        Seed of all randomness (poses, CTF parameters, noise).
+    noise_free : bool
+        Skip the noise.
+    apply_ctf : bool
+        Apply the CTF (RELION convention, :func:`rmfn_napari.cryoem.ctf.ctf_2d`).
+    chunk : int
+        Particles per chunk (memory ~ chunk·D² complex values).
+    defocus_range : (float, float)
+        Mean defocus range in Å.
+    astig_range : (float, float)
+        ``dfU − dfV`` range in Å.
+    voltage, cs, amp_contrast : float
+        kV, mm, fraction.
+    overwrite : bool
+        Replace existing outputs (otherwise an existing ``particles.star``/``.mrcs`` is an error).
+    progress : callable(done, total), optional
+        Called after each chunk with the number of particles written.
+
+    Returns
+    -------
+    SimulationResult
+        Paths of ``particles.star``, ``particles.mrcs``, ``reference.mrc``, ``simulation.json``.
+        All files are written under temporary names and renamed at the very end, so an
+        interrupted run leaves none of them half-written.
+    """
+    cfg = SimulationConfig(n=n, snr=snr, seed=seed, noise_free=noise_free, apply_ctf=apply_ctf,
+                           chunk=chunk, defocus_min=defocus_range[0], defocus_max=defocus_range[1],
+                           astig_min=astig_range[0], astig_max=astig_range[1], voltage=voltage,
+                           cs=cs, amp_contrast=amp_contrast)
+    cfg.validate()
+    volume, apix = read_map(map_path)
+    box = volume.shape[0]
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output directory ({exc})", out_dir) from exc
+    finals = {k: out_dir / name for k, name in (("stack", "particles.mrcs"), ("star", "particles.star"),
+                                                  ("reference", "reference.mrc"),
+                                                  ("metadata", "simulation.json"))}
+    if not overwrite:
+        existing = [str(p) for p in finals.values() if p.exists()]
+        if existing:
+            raise InputError(f"output exists: {', '.join(existing)} (use overwrite)", out_dir)
+
+    ss = np.random.SeedSequence(int(seed))
+    rng_pose, rng_ctf, rng_noise = (np.random.default_rng(s) for s in ss.spawn(3))
+    n = int(n)
+    R0 = random_rotations(n, generator=rng_pose)
+    rot, tilt, psi = matrix_to_euler(R0.numpy())
+    euler = np.stack([star_round(rot), star_round(tilt), star_round(psi)], 1)
+    R = torch.as_tensor(euler_to_matrix(euler[:, 0], euler[:, 1], euler[:, 2]))
+    ctf = draw_ctf_params(n, cfg, rng_ctf)
+
+    vol_ft = volume_fourier(torch.from_numpy(volume), pad=cfg.pad)
+    tmps = {k: _tmp_name(p) for k, p in finals.items()}
+    try:
+        writer = StackWriter(tmps["stack"], n, box, apix)
+        try:
+            for i in range(0, n, int(chunk)):
+                j = min(i + int(chunk), n)
+                with torch.no_grad():
+                    ft = fourier_slices(vol_ft, R[i:j], box)
+                    if apply_ctf:
+                        ft = ft * ctf.evaluate(box, apix, np.arange(i, j), dtype=torch.float32)
+                    clean = slices_to_images(ft).numpy()
+                if noise_free:
+                    imgs = clean
+                else:
+                    var = clean.reshape(len(clean), -1).var(axis=1, dtype=np.float64)
+                    if np.any(var <= 0):
+                        raise InputError("the map projects to a constant image (empty map?)", map_path)
+                    sigma = np.sqrt(var / snr)
+                    noise = rng_noise.standard_normal(clean.shape)
+                    imgs = clean + (noise * sigma[:, None, None])
+                writer.write(imgs.astype(np.float32))
+                del ft, clean, imgs
+                if progress is not None:
+                    progress(j, n)
+        finally:
+            writer._f.close()
+        writer.close()
+        optics, particles = _star_tables(cfg, euler, ctf, box, apix, finals["stack"].name)
+        write_star(tmps["star"], {"optics": optics, "particles": particles})
+        write_map(tmps["reference"], volume, apix)
+        meta = asdict(cfg)
+        meta.update(map=str(Path(map_path).resolve()), box=box, apix=apix,
+                    noise_model="white Gaussian, variance = var(clean image)/snr per image",
+                    ctf_convention="RELION (CTF(0)=+amplitude contrast)")
+        tmps["metadata"].write_text(json.dumps(meta, indent=2))
+        for k in ("stack", "reference", "metadata", "star"):  # the STAR last: it names the rest
+            os.replace(tmps[k], finals[k])
+    except BaseException:
+        for p in tmps.values():
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        raise
+    return SimulationResult(star=finals["star"], stack=finals["stack"], reference=finals["reference"],
+                            metadata=finals["metadata"], n=n, box=box, apix=apix)
