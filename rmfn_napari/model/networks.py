@@ -164,10 +164,17 @@ class ResidualMFN(nn.Module):
 
     def grid_features(self, shape: Sequence[int], max_scale: int | None = None) -> list[torch.Tensor]:
         """Hidden states on the regular grid of ``shape`` (array order) via separable filters."""
-        last = self._check_scale(max_scale)
         ref = self.heads[0].weight
-        axes = [grid_axis(n, ref.device, ref.dtype) for n in shape]
-        return self._features(lambda i: self.filters[i].on_grid(axes), last)
+        return self.axes_features([grid_axis(n, ref.device, ref.dtype) for n in shape], max_scale)
+
+    def axes_features(self, axes: Sequence[torch.Tensor], max_scale: int | None = None) -> list[torch.Tensor]:
+        """Hidden states on the grid spanned by 1D coordinate vectors (array order)."""
+        last = self._check_scale(max_scale)
+        return self._features(lambda i: self.filters[i].on_grid(list(axes)), last)
+
+    def render_axes(self, axes: Sequence[torch.Tensor], max_scale: int | None = None) -> list[torch.Tensor]:
+        """Outputs of every scale on the grid spanned by 1D coordinate vectors (array order)."""
+        return self.combine(self.axes_features(axes, max_scale))
 
     def head(self, i: int, z: torch.Tensor) -> torch.Tensor:
         """Output of head i (with its activation) for hidden state ``z``."""

@@ -1,0 +1,81 @@
+"""Rendering engine events on a terminal: a progress bar and one summary line per stage."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..engine.control import RunControl
+from ..engine.events import (
+    Event, Log, Metrics, Progress, RunFinished, RunPaused, RunStarted, StageFinished, StageStarted,
+)
+
+
+@contextmanager
+def stop_on_interrupt(control: RunControl):
+    """First Ctrl-C asks the run to stop cleanly (outputs are written); a second one aborts."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if control.stop_requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+        control.request_stop()
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def consume(events: Iterator[Event], quiet: bool = False) -> RunFinished:
+    """Drive an engine run to its end, showing progress; return its RunFinished event.
+
+    The bar is drawn only on a terminal (tqdm disables itself otherwise); stage summaries
+    and warnings always go to stderr.
+    """
+    from tqdm import tqdm
+
+    bar = None
+    finished = None
+    stage_metrics: dict[int, dict] = {}
+    for ev in events:
+        if isinstance(ev, RunStarted):
+            bar = tqdm(total=ev.total_steps, disable=quiet or not sys.stderr.isatty(),
+                       unit="step", dynamic_ncols=True, file=sys.stderr)
+            if not quiet:
+                print(f"{ev.task}: {ev.n_stages} stages, {ev.total_steps} steps on {ev.device}", file=sys.stderr)
+        elif isinstance(ev, StageStarted) and bar is not None:
+            bar.set_description(f"stage {ev.stage + 1}/{ev.n_stages} (band {ev.band_cycles:.1f} cyc/box)")
+        elif isinstance(ev, Progress) and bar is not None:
+            bar.update(ev.step - bar.n)
+            bar.set_postfix(loss=f"{ev.loss:.4g}", **{k: f"{v:.3g}" for k, v in ev.extra.items()})
+        elif isinstance(ev, Metrics):
+            stage_metrics.setdefault(ev.stage, {}).update(
+                {k: v for k, v in ev.values.items() if isinstance(v, (int, float, str))})
+        elif isinstance(ev, StageFinished) and not quiet:
+            vals = {**stage_metrics.get(ev.stage, {}), **{k: v for k, v in ev.summary.items()
+                                                        if isinstance(v, (int, float, str))}}
+            text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items())
+            early = " (ended early)" if ev.skipped_early else ""
+            line = f"stage {ev.stage + 1}: {ev.steps_done} steps in {ev.seconds:.1f} s{early}; {text}"
+            (bar.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr))
+        elif isinstance(ev, Log) and (not quiet or ev.level == "warning"):
+            (bar.write(ev.message, file=sys.stderr) if bar is not None else print(ev.message, file=sys.stderr))
+        elif isinstance(ev, RunPaused) and not quiet:
+            print(f"paused at step {ev.step}", file=sys.stderr)
+        elif isinstance(ev, RunFinished):
+            finished = ev
+    if bar is not None:
+        bar.close()
+    if finished is None:
+        raise RuntimeError("the run ended without a RunFinished event")
+    return finished
