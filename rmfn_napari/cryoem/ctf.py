@@ -174,7 +174,7 @@ class CTFParams:
             Of the result.
         """
         p = self if indices is None else self.subset(indices)
-        t = {f.name: torch.as_tensor(getattr(p, f.name), dtype=torch.float64, device=device)
+        t = {f.name: torch.tensor(getattr(p, f.name), dtype=torch.float64, device=device)
              for f in fields(p)}
         return ctf_2d(box, apix, t["defocus_u"], t["defocus_v"], t["defocus_angle"], t["voltage"],
                       t["cs"], t["amplitude_contrast"], t["phase_shift"], t["bfactor"]).to(dtype)

@@ -194,11 +194,11 @@ class StackWriter:
             raise ValueError("more images than the stack was created for")
         self._f.write(np.ascontiguousarray(images).tobytes())
         self.written += len(images)
-        x = images.astype(np.float64)
-        self._min = min(self._min, float(x.min()))
-        self._max = max(self._max, float(x.max()))
-        self._sum += float(x.sum())
-        self._sumsq += float((x * x).sum())
+        flat = images.reshape(-1)
+        self._min = min(self._min, float(flat.min()))
+        self._max = max(self._max, float(flat.max()))
+        self._sum += float(flat.sum(dtype=np.float64))
+        self._sumsq += float(np.einsum("i,i->", flat, flat, dtype=np.float64))
 
     def close(self) -> None:
         """Close the file and write the header statistics."""

@@ -89,7 +89,7 @@ def volume_fourier(volume, pad: int = 2, grid_correct: bool = True) -> torch.Ten
     return fft3_centered(vp)
 
 
-def fourier_slices(vol_ft: torch.Tensor, rotations, box: int) -> torch.Tensor:
+def fourier_slices(vol_ft: torch.Tensor, rotations, box: int, crop: int | None = None) -> torch.Tensor:
     """Central slices of a padded centred volume FT: centred 2D FTs of the projections.
 
     Parameters
@@ -99,11 +99,14 @@ def fourier_slices(vol_ft: torch.Tensor, rotations, box: int) -> torch.Tensor:
     rotations : torch.Tensor, shape ``(B, 3, 3)`` (or ``(3, 3)``)
         RELION matrices ``A``; differentiable.
     box : int
-        Output image size ``D``.
+        Output image size ``D`` (the volume's box; ``P = pad·D``).
+    crop : int, optional
+        Return only the central ``crop × crop`` frequencies (``k = j − crop/2``
+        cycles/box); default ``D`` (all). Used to compare low-passed data cheaply.
 
     Returns
     -------
-    torch.Tensor, complex, shape ``(B, D, D)``
+    torch.Tensor, complex, shape ``(B, D, D)`` (``(B, crop, crop)`` with ``crop``)
         ``out[b, j, i] = F_V(Rᵀ (kx, ky, 0))`` with ``kx = i − D/2``, ``ky = j − D/2`` cycles/box,
         i.e. the centred 2D DFT of the projection ``Σ_z V(Rᵀx)``. Frequencies that fall outside
         the padded grid (only beyond the Nyquist circle) are zero.
@@ -116,13 +119,15 @@ def fourier_slices(vol_ft: torch.Tensor, rotations, box: int) -> torch.Tensor:
     if R.ndim == 2:
         R = R[None]
     B = R.shape[0]
-    k = (torch.arange(D, dtype=real_dtype, device=vol_ft.device) - D // 2) * ratio
+    C = D if crop is None else int(crop)
+    k = (torch.arange(C, dtype=real_dtype, device=vol_ft.device) - C // 2) * ratio
     ky, kx = torch.meshgrid(k, k, indexing="ij")
     plane = torch.stack([kx, ky, torch.zeros_like(kx)], -1).reshape(-1, 3)  # (D², 3) as (x, y, z)
     # q = Rᵀ k for each rotation: q_b = plane @ R_b  (row vectors)
-    q = plane[None] @ R  # (B, D², 3)
-    grid = (q + P // 2) * (2.0 / (P - 1)) - 1.0  # align_corners=True normalisation
-    grid = grid.reshape(1, B, D, D, 3)
+    # q = Rᵀ k, then the align_corners=True normalisation, in place (matmul's backward does not
+    # need its output, so this is autograd-safe and saves two (B, D², 3) temporaries)
+    grid = (plane[None] @ R).add_(P // 2).mul_(2.0 / (P - 1)).sub_(1.0)
+    grid = grid.reshape(1, B, C, C, 3)
     vol = torch.view_as_real(vol_ft).permute(3, 0, 1, 2)[None]  # (1, 2, P, P, P)
     out = F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     out = out[0]  # (2, B, D, D)

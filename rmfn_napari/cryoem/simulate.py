@@ -176,6 +176,28 @@ def _star_tables(cfg: SimulationConfig, euler: np.ndarray, ctf: CTFParams, box: 
     return optics, pd.DataFrame(cols)
 
 
+_COMPUTE_BATCH = 256
+
+
+def _simulate_batch(vol_ft, R, ctf, idx, box, apix, apply_ctf, noise_free, snr, rng_noise, map_path):
+    """Images of particles ``idx``: slice, CTF, inverse FFT, noise (drawn in particle order)."""
+    with torch.no_grad():
+        ft = fourier_slices(vol_ft, R, box)
+        if apply_ctf:
+            ft = ft * ctf.evaluate(box, apix, idx, dtype=torch.float32)
+        clean = slices_to_images(ft).numpy()
+    if noise_free:
+        return clean
+    var = clean.reshape(len(clean), -1).var(axis=1, dtype=np.float64)
+    if np.any(var <= 0):
+        raise InputError("the map projects to a constant image (empty map?)", map_path)
+    sigma = np.sqrt(var / snr)
+    noise = rng_noise.standard_normal(clean.shape)
+    noise *= sigma[:, None, None]
+    noise += clean
+    return noise
+
+
 def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, seed: int = 0,
                        noise_free: bool = False, apply_ctf: bool = True, chunk: int = 1000,
                        defocus_range=(15000.0, 20000.0), astig_range=(100.0, 500.0),
@@ -256,22 +278,13 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
         try:
             for i in range(0, n, int(chunk)):
                 j = min(i + int(chunk), n)
-                with torch.no_grad():
-                    ft = fourier_slices(vol_ft, R[i:j], box)
-                    if apply_ctf:
-                        ft = ft * ctf.evaluate(box, apix, np.arange(i, j), dtype=torch.float32)
-                    clean = slices_to_images(ft).numpy()
-                if noise_free:
-                    imgs = clean
-                else:
-                    var = clean.reshape(len(clean), -1).var(axis=1, dtype=np.float64)
-                    if np.any(var <= 0):
-                        raise InputError("the map projects to a constant image (empty map?)", map_path)
-                    sigma = np.sqrt(var / snr)
-                    noise = rng_noise.standard_normal(clean.shape)
-                    imgs = clean + (noise * sigma[:, None, None])
-                writer.write(imgs.astype(np.float32))
-                del ft, clean, imgs
+                buf = np.empty((j - i, box, box), dtype=np.float32)
+                for a in range(i, j, _COMPUTE_BATCH):  # bounded temporaries, whatever the chunk
+                    b = min(a + _COMPUTE_BATCH, j)
+                    buf[a - i:b - i] = _simulate_batch(vol_ft, R[a:b], ctf, np.arange(a, b), box, apix,
+                                                       apply_ctf, noise_free, snr, rng_noise, map_path)
+                writer.write(buf)
+                del buf
                 if progress is not None:
                     progress(j, n)
         finally:
