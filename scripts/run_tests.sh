@@ -40,6 +40,12 @@ if [[ "${RMFN_SKIP_INSTALL:-0}" != "1" ]]; then
     fi
   fi
 
+  # A Debian system python outside a venv refuses pip (PEP 668); on a throwaway CI machine
+  # installing into it is what we want.
+  if [[ "${CI:-}" == "true" ]] && "$PY" -c 'import os, sys, sysconfig; sys.exit(not (sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))))'; then
+    export PIP_BREAK_SYSTEM_PACKAGES=1
+  fi
+
   # torch first, CPU build, so that nothing below pulls a CUDA torch from the index.
   if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     echo "run_tests: installing torch==2.13.0 (CPU)"
