@@ -1,0 +1,417 @@
+"""Reconstruct dock widget: cryo-EM ab initio reconstruction (paper §6) from napari.
+
+Drives :func:`rmfn_napari.cryoem.reconstruct.reconstruct` in a thread worker. The dataset is a
+RELION ``.star`` file, or a stack simulated (in the worker) from a map: a bundled sample or an
+MRC file. An optional reference map (an image layer, a file, or the map the simulation used) is
+shown as the ``"reference"`` layer and used by the engine for FSC. Presets fill the key
+parameters. Volumes stream into ``"rMFN scale k"`` / ``"rMFN spectrum k"`` layers (3D, scaled by
+the voxel size); FSC curves and the pose-error histogram are docked as live plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLineEdit, QSpinBox, QStackedWidget,
+    QToolButton, QWidget,
+)
+
+from ..engine.devices import available_devices
+from ..engine.events import Metrics, RunStarted, ScaleSnapshot
+from ..errors import InputError
+from ._base import RunWidgetBase
+from .layers import REFERENCE_NAME
+from .plots import FSCPlot, PoseHistogram
+
+#: Bundled maps offered for "simulate from map": label -> sample key.
+SAMPLE_MAPS = {
+    "1OL5 sample (32³, 2 Å)": "1ol5_32",
+    "4AKE sample (32³, 2.4 Å)": "4ake_32",
+    "1OL5 sample (64³, 1 Å)": "1ol5_64",
+    "4AKE sample (64³, 1.2 Å)": "4ake_64",
+}
+MAP_FILE = "map file…"
+DATASET_STAR = "STAR file"
+DATASET_SIMULATE = "simulate from map"
+REF_NONE = "(none)"
+REF_SIMULATION = "(map used for the simulation)"
+REF_FILE = "(file…)"
+PRESET_NAMES = ("cpu-small", "paper", "tiny")
+OWN_LAYER_PREFIXES = ("rMFN scale ", "rMFN spectrum ")
+
+
+class _PathField(QWidget):
+    """A line edit with a "…" button opening a file dialog."""
+
+    def __init__(self, caption: str, filter_: str, placeholder: str = "",
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.caption, self.filter = caption, filter_
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        button = QToolButton()
+        button.setText("…")
+        button.clicked.connect(self._choose)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.edit)
+        lay.addWidget(button)
+
+    def _choose(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, self.caption, self.edit.text(), self.filter)
+        if path:
+            self.edit.setText(path)
+
+    def path(self) -> str:
+        """The path typed or chosen ('' when empty)."""
+        return self.edit.text().strip()
+
+
+def _csv_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.replace(";", ",").split(",") if t.strip())
+    except ValueError:
+        raise InputError(f"{what}: expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise InputError(f"{what}: need positive whole numbers, got {text!r}")
+    return values
+
+
+class ReconstructWidget(RunWidgetBase):
+    """Dock widget: reconstruct a 3D map and particle poses coarse to fine.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (npe2 passes it as the first argument).
+
+    The FSC plot and the pose-error histogram (``fsc_plot``, ``pose_plot``) are docked in the
+    viewer the first time a run starts.
+    """
+
+    task = "reconstruct"
+    spatial_ndim = 3
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(napari_viewer, parent)
+        # -- dataset
+        self.dataset_kind = QComboBox()
+        self.dataset_kind.addItems([DATASET_SIMULATE, DATASET_STAR])
+        self.star_path = _PathField("Particle STAR file", "RELION STAR (*.star)",
+                                    "particles.star")
+        sim = QWidget()
+        sim_row = QHBoxLayout(sim)
+        sim_row.setContentsMargins(0, 0, 0, 0)
+        self.sim_map = QComboBox()
+        self.sim_map.addItems(list(SAMPLE_MAPS) + [MAP_FILE])
+        self.sim_n = QSpinBox()
+        self.sim_n.setRange(10, 1_000_000)
+        self.sim_n.setValue(2000)
+        self.sim_n.setSuffix(" particles")
+        self.sim_snr = QDoubleSpinBox()
+        self.sim_snr.setDecimals(3)
+        self.sim_snr.setRange(0.001, 100.0)
+        self.sim_snr.setValue(0.1)
+        self.sim_snr.setPrefix("SNR ")
+        sim_row.addWidget(self.sim_map, 2)
+        sim_row.addWidget(self.sim_n, 1)
+        sim_row.addWidget(self.sim_snr, 1)
+        self.sim_map_path = _PathField("Map to simulate from", "MRC (*.mrc *.map)", "map.mrc")
+        self.dataset_stack = QStackedWidget()
+        self.dataset_stack.addWidget(sim)
+        self.dataset_stack.addWidget(self.star_path)
+        self.dataset_kind.currentIndexChanged.connect(self._dataset_kind_changed)
+        self.sim_map.currentTextChanged.connect(self._sim_map_changed)
+        # -- reference
+        self.reference = QComboBox()
+        self.reference_path = _PathField("Reference map", "MRC (*.mrc *.map)", "reference.mrc")
+        self.reference.currentTextChanged.connect(self._reference_changed)
+        # -- parameters
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESET_NAMES))
+        self.preset.setToolTip("cpu-small: 32³ data on a laptop CPU; paper: the paper's §6 "
+                               "protocol (GPU); tiny: a seconds-long smoke run")
+        self.n_layers = QSpinBox()
+        self.n_layers.setRange(1, 8)
+        self.hidden = QSpinBox()
+        self.hidden.setRange(4, 2048)
+        self.lambda1 = QDoubleSpinBox()
+        self.lambda1.setDecimals(3)
+        self.lambda1.setRange(0.0, 10.0)
+        self.lambda2 = QDoubleSpinBox()
+        self.lambda2.setDecimals(3)
+        self.lambda2.setRange(0.0, 20.0)
+        lam = QWidget()
+        lam_row = QHBoxLayout(lam)
+        lam_row.setContentsMargins(0, 0, 0, 0)
+        self.lambda1.setPrefix("λ1 ")
+        self.lambda2.setPrefix("λ2 ")
+        lam_row.addWidget(self.lambda1)
+        lam_row.addWidget(self.lambda2)
+        self.epochs = QLineEdit()
+        self.epochs.setToolTip("Epochs of each stage, one number per layer, e.g. 10,15,15")
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 100_000)
+        self.lr_structure = QDoubleSpinBox()
+        self.lr_structure.setDecimals(5)
+        self.lr_structure.setRange(1e-5, 1.0)
+        self.lr_structure.setPrefix("structure ")
+        self.lr_pose = QDoubleSpinBox()
+        self.lr_pose.setDecimals(5)
+        self.lr_pose.setRange(1e-5, 1.0)
+        self.lr_pose.setPrefix("pose ")
+        lr = QWidget()
+        lr_row = QHBoxLayout(lr)
+        lr_row.setContentsMargins(0, 0, 0, 0)
+        lr_row.addWidget(self.lr_structure)
+        lr_row.addWidget(self.lr_pose)
+        self.pose_init = QComboBox()
+        self.pose_init.addItems(["perturb", "random", "star"])
+        self.pose_init.setToolTip("perturb: the STAR's poses turned 45–90° away (paper protocol "
+                                  "on simulated data); random: uniform; star: as in the file")
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+
+        self.form.addRow("dataset", self.dataset_kind)
+        self.form.addRow("", self.dataset_stack)
+        self.form.addRow("map file", self.sim_map_path)
+        self.form.addRow("reference", self.reference)
+        self.form.addRow("reference file", self.reference_path)
+        self.form.addRow("preset", self.preset)
+        self.form.addRow("layers", self.n_layers)
+        self.form.addRow("width", self.hidden)
+        self.form.addRow("frequency init", lam)
+        self.form.addRow("epochs per stage", self.epochs)
+        self.form.addRow("batch", self.batch)
+        self.form.addRow("learning rates", lr)
+        self.form.addRow("pose init", self.pose_init)
+        self.form.addRow("device", self.device)
+        self.form.addRow("seed", self.seed)
+        self.form.addRow("output folder", self.out_dir)
+
+        self.fsc_plot = FSCPlot()
+        self.pose_plot = PoseHistogram()
+        self._plots_docked = False
+        self._box_apix: tuple[int, float] | None = None
+
+        self.preset.currentTextChanged.connect(self.apply_preset)
+        self.apply_preset(self.preset.currentText())
+        events = napari_viewer.layers.events
+        events.inserted.connect(self._refresh_layers)
+        events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+        self._dataset_kind_changed()
+        self._sim_map_changed(self.sim_map.currentText())
+
+    # ---- form -------------------------------------------------------------------------
+    def form_widgets(self):
+        """Inputs locked during a run."""
+        return [self.dataset_kind, self.dataset_stack, self.sim_map_path, self.reference,
+                self.reference_path, self.preset, self.n_layers, self.hidden, self.lambda1,
+                self.lambda2, self.epochs, self.batch, self.lr_structure, self.lr_pose,
+                self.pose_init, self.device, self.seed]
+
+    def apply_preset(self, name: str) -> None:
+        """Fill the key parameters from preset ``name``."""
+        from ..cryoem.reconstruct import ReconstructConfig
+
+        cfg = ReconstructConfig.from_preset(name)
+        self.n_layers.setValue(cfg.n_layers)
+        self.hidden.setValue(cfg.hidden)
+        self.lambda1.setValue(cfg.lambdas[0])
+        self.lambda2.setValue(cfg.lambdas[1])
+        self.epochs.setText(",".join(str(e) for e in cfg.epochs_per_stage))
+        self.batch.setValue(cfg.batch_size)
+        self.lr_structure.setValue(cfg.lr_structure)
+        self.lr_pose.setValue(cfg.lr_pose)
+        self.pose_init.setCurrentText(cfg.pose_init)
+
+    def _set_row_visible(self, field: QWidget, visible: bool) -> None:
+        field.setVisible(visible)
+        label = self.form.labelForField(field)
+        if label is not None:
+            label.setVisible(visible)
+
+    def _dataset_kind_changed(self, *_args) -> None:
+        simulate = self.dataset_kind.currentText() == DATASET_SIMULATE
+        self.dataset_stack.setCurrentIndex(0 if simulate else 1)
+        self._sim_map_changed(self.sim_map.currentText())
+        self._refresh_layers()
+
+    def _sim_map_changed(self, text: str) -> None:
+        simulate = self.dataset_kind.currentText() == DATASET_SIMULATE
+        self._set_row_visible(self.sim_map_path, simulate and text == MAP_FILE)
+
+    def _reference_changed(self, text: str) -> None:
+        self._set_row_visible(self.reference_path, text == REF_FILE)
+
+    def _refresh_layers(self, *_args) -> None:
+        current = self.reference.currentText()
+        items = [REF_NONE]
+        if self.dataset_kind.currentText() == DATASET_SIMULATE:
+            items.append(REF_SIMULATION)
+        items.append(REF_FILE)
+        items += [layer.name for layer in self.viewer.layers
+                  if type(layer).__name__ == "Image" and layer.ndim == 3
+                  and not getattr(layer, "rgb", False)
+                  and not layer.name.startswith(OWN_LAYER_PREFIXES)]
+        self.reference.blockSignals(True)
+        self.reference.clear()
+        self.reference.addItems(items)
+        if current in items:
+            self.reference.setCurrentText(current)
+        elif REF_SIMULATION in items:
+            self.reference.setCurrentText(REF_SIMULATION)
+        self.reference.blockSignals(False)
+        self._reference_changed(self.reference.currentText())
+
+    def config(self):
+        """The :class:`~rmfn_napari.cryoem.reconstruct.ReconstructConfig` the form describes."""
+        from ..cryoem.reconstruct import ReconstructConfig
+
+        cfg = ReconstructConfig.from_preset(
+            self.preset.currentText(),
+            n_layers=int(self.n_layers.value()),
+            hidden=int(self.hidden.value()),
+            lambdas=(float(self.lambda1.value()), float(self.lambda2.value())),
+            epochs_per_stage=_csv_ints(self.epochs.text(), "epochs per stage"),
+            batch_size=int(self.batch.value()),
+            lr_structure=float(self.lr_structure.value()),
+            lr_pose=float(self.lr_pose.value()),
+            pose_init=self.pose_init.currentText(),
+            device=self.device.currentText(),
+            seed=int(self.seed.value()),
+        )
+        cfg.validate()
+        return cfg
+
+    def _simulation_map(self) -> Path:
+        from .._sample_data import map_path
+
+        label = self.sim_map.currentText()
+        if label == MAP_FILE:
+            path = Path(self.sim_map_path.path())
+            if not self.sim_map_path.path() or not path.is_file():
+                raise InputError("map file: choose an existing .mrc map to simulate from")
+            return path
+        return map_path(SAMPLE_MAPS[label])
+
+    def _reference(self, sim_map: Path | None):
+        """(volume, voxel size, path or None) of the chosen reference, or None (GUI thread)."""
+        from ..cryoem.io import read_map
+
+        choice = self.reference.currentText()
+        if choice == REF_NONE:
+            return None
+        if choice == REF_SIMULATION:
+            if sim_map is None:
+                return None
+            vol, apix = read_map(sim_map)
+            return np.asarray(vol, np.float32), float(apix), sim_map
+        if choice == REF_FILE:
+            path = self.reference_path.path()
+            if not path:
+                raise InputError("reference file: choose a map file or set reference to (none)")
+            vol, apix = read_map(path)
+            return np.asarray(vol, np.float32), float(apix), Path(path)
+        if choice not in self.viewer.layers:
+            raise InputError(f"reference: layer {choice!r} is gone")
+        layer = self.viewer.layers[choice]
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        apix = float(layer.metadata.get("voxel_size", layer.scale[-1]))
+        return np.array(data, dtype=np.float32), apix, None
+
+    def build_source(self, out_dir: str):
+        """Read the form and return the reconstruction event source for the worker.
+
+        For "simulate from map" the stack is simulated in the worker into
+        ``<output folder>/simulated`` before training starts.
+        """
+        from ..cryoem.reconstruct import reconstruct
+
+        cfg = self.config()
+        simulate = self.dataset_kind.currentText() == DATASET_SIMULATE
+        sim_map = self._simulation_map() if simulate else None
+        star = None
+        if not simulate:
+            star = self.star_path.path()
+            if not star or not Path(star).is_file():
+                raise InputError("dataset: choose an existing RELION .star particle file")
+        ref = self._reference(sim_map)
+        ref_volume = None
+        if ref is not None:
+            ref_volume, ref_apix, _ = ref
+            if self.reference.currentText() != REFERENCE_NAME:
+                self.layers.set_reference(ref_volume, ref_apix)
+        n, snr, seed = int(self.sim_n.value()), float(self.sim_snr.value()), int(self.seed.value())
+        self.fsc_plot.clear()
+        self.pose_plot.set_counts(np.zeros(36), np.linspace(0, 180, 37), "no pose errors yet")
+        self._box_apix = None
+        self.dock_plots()
+
+        def source(control):
+            from ..engine.events import Log
+
+            dataset = star
+            if simulate:
+                from ..cryoem.simulate import simulate_particles
+
+                yield Log(f"simulating {n} particles from {Path(sim_map).name} at SNR {snr:g}…")
+                result = simulate_particles(sim_map, Path(out_dir) / "simulated", n=n, snr=snr,
+                                            seed=seed, overwrite=True)
+                dataset = result.star
+                yield Log(f"simulated {result.n} particles of {result.box}² at "
+                          f"{result.apix:g} Å/px: {result.star}")
+                if control.stop_requested:
+                    return
+            yield from reconstruct(dataset, cfg, control, reference=ref_volume, out_dir=out_dir)
+
+        return source
+
+    def dock_plots(self) -> None:
+        """Dock the FSC plot and the pose-error histogram in the viewer (once)."""
+        if self._plots_docked:
+            return
+        window = getattr(self.viewer, "window", None)
+        if window is None or not hasattr(window, "add_dock_widget"):
+            return
+        window.add_dock_widget(self.fsc_plot, name="FSC", area="right")
+        window.add_dock_widget(self.pose_plot, name="pose errors", area="right")
+        self._plots_docked = True
+
+    # ---- events -----------------------------------------------------------------------
+    def on_run_started(self, ev: RunStarted) -> None:
+        """Nothing extra: plots were cleared at Start."""
+
+    def _on_event(self, ev) -> None:
+        if isinstance(ev, ScaleSnapshot) and self._box_apix is None:
+            self._box_apix = (int(ev.data.shape[-1]), float(ev.voxel_size))
+        super()._on_event(ev)
+
+    def on_metrics(self, ev: Metrics) -> None:
+        """FSC curves (per scale) and the pose-error histogram."""
+        v = ev.values
+        if ev.name == "fsc":
+            freq = np.asarray(v.get("freq_cycles", v.get("freq_cycles_per_box", [])), float)
+            x_label = "spatial frequency (cycles/box)"
+            if self._box_apix is not None:
+                box, apix = self._box_apix
+                freq = freq / (box * apix)  # cycles/box -> 1/Å
+                x_label = "spatial frequency (1/Å)"
+            self.fsc_plot.set_curve(int(v.get("scale", ev.stage)), freq, v.get("fsc", []),
+                                    v.get("resolution_A"), float(v.get("threshold", 0.5)), x_label)
+        elif ev.name == "pose_errors":
+            summary = (f"stage {ev.stage + 1}: median {v.get('median_deg', float('nan')):.1f}°, "
+                       f"mean {v.get('mean_deg', float('nan')):.1f}°, "
+                       f"{100 * v.get('frac_under_5deg', float('nan')):.0f}% under 5°")
+            if "hist_counts" in v and "hist_edges_deg" in v:
+                self.pose_plot.set_counts(v["hist_counts"], v["hist_edges_deg"], summary)
+            elif "errors_deg" in ev.arrays:
+                self.pose_plot.set_errors(ev.arrays["errors_deg"], summary=summary)
+
+
+__all__ = ["ReconstructWidget"]

@@ -1,0 +1,275 @@
+"""Worker plumbing: run an engine event stream in a napari thread worker, steer it, and hand
+its events to the GUI thread.
+
+The engine (``rmfn_napari.fitting.image_fitting.fit_image``,
+``rmfn_napari.cryoem.reconstruct.reconstruct``) is a generator of typed events
+(:mod:`rmfn_napari.engine.events`) steered by a :class:`~rmfn_napari.engine.control.RunControl`.
+:class:`EngineRunner` starts it with :func:`napari.qt.threading.create_worker`, so the
+optimisation runs in a ``QThreadPool`` thread; every event travels to the GUI thread through the
+worker's ``yielded`` signal (a queued connection) and is re-emitted there as
+:attr:`EngineRunner.event`. Nothing here touches a layer or a widget from the worker thread.
+
+Pause, resume, next stage and stop go through the ``RunControl``; the engine blocks *itself*
+while paused (inside the worker thread), so the GUI thread never waits.
+
+Two things keep the event loop responsive while a fast run yields thousands of steps:
+
+* ``Progress`` events are coalesced on the worker side: at most one every
+  ``progress_interval_s`` (default 50 ms) reaches the GUI; the newest pending one is always
+  delivered before any other event and at the end, so counters are exact at pauses and stops.
+* Any exception raised by the engine is caught in the worker and delivered as a
+  :class:`RunFailed` event (superqt would otherwise turn a ``RuntimeError`` into a bare warning).
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from qtpy.QtCore import QObject, Signal
+
+from ..engine.control import RunControl
+from ..engine.events import (
+    Event, Progress, RunFinished, RunPaused, RunResumed, RunStarted, StageStarted,
+)
+from ..errors import InputError
+
+EventSource = Callable[[RunControl], Iterator[Event]]
+"""A callable that builds an engine event stream for a given ``RunControl``.
+
+It is *called in the worker thread*, so slow set-up (reading a particle stack, simulating a
+dataset) happens off the GUI thread and its errors are reported like the engine's.
+"""
+
+
+class RunState(str, enum.Enum):
+    """Life cycle of a run as the widgets show it."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass
+class RunFailed(Event):
+    """GUI-side event: the run raised. ``message`` is one line for the status label.
+
+    ``user_error`` is True for :class:`~rmfn_napari.errors.InputError` (bad input: no traceback
+    is worth showing); ``details`` holds the formatted traceback otherwise.
+    """
+
+    message: str
+    user_error: bool = False
+    details: str = ""
+
+
+def _release_device_memory() -> None:
+    """Free cached CUDA memory after a run (no-op without CUDA)."""
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def drive(source: EventSource, control: RunControl,
+          progress_interval_s: float = 0.05) -> Iterator[Event]:
+    """Worker-side generator: run ``source(control)`` and yield its events, coalescing Progress.
+
+    Runs in the worker thread. Exceptions become a final :class:`RunFailed` event. The engine
+    generator is closed and device memory released when it ends, however it ends.
+    """
+    gen = None
+    pending: Progress | None = None
+    last_sent = 0.0
+    try:
+        gen = source(control)
+        for ev in gen:
+            if isinstance(ev, Progress):
+                now = time.monotonic()
+                if now - last_sent >= progress_interval_s or ev.step >= ev.total_steps:
+                    pending = None
+                    last_sent = now
+                    yield ev
+                else:
+                    pending = ev
+                continue
+            if pending is not None:
+                yield pending
+                pending = None
+            yield ev
+        if pending is not None:
+            yield pending
+    except InputError as exc:
+        yield RunFailed(str(exc), user_error=True)
+    except Exception as exc:  # noqa: BLE001 - reported in the GUI, not swallowed
+        yield RunFailed(f"{type(exc).__name__}: {exc}", user_error=False,
+                        details=traceback.format_exc())
+    finally:
+        if gen is not None:
+            gen.close()
+        del gen
+        _release_device_memory()
+
+
+class EngineRunner(QObject):
+    """Owns one run at a time: its worker, its ``RunControl`` and its state.
+
+    Signals (all emitted on the GUI thread)
+    ---------------------------------------
+    event(object)
+        Every engine event, in order (plus :class:`RunFailed` on an error).
+    state_changed(str)
+        The new :class:`RunState` value.
+    finished()
+        The worker thread ended (normally, stopped or failed); the runner is idle again.
+
+    Parameters
+    ----------
+    progress_interval_s : float
+        Minimum interval between two ``Progress`` events delivered to the GUI.
+    """
+
+    event = Signal(object)
+    state_changed = Signal(str)
+    finished = Signal()
+
+    def __init__(self, parent: QObject | None = None, progress_interval_s: float = 0.05):
+        super().__init__(parent)
+        self.progress_interval_s = progress_interval_s
+        self.control: RunControl | None = None
+        self.worker = None
+        self.state = RunState.IDLE
+        self.last_event: Event | None = None
+        self.finished_event: RunFinished | None = None
+        self.failure: RunFailed | None = None
+        self._stage_boundary = False
+
+    # ---- queries -------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """True while a worker is alive (from Start until its thread ended)."""
+        return self.worker is not None
+
+    # ---- commands (GUI thread) -----------------------------------------------------
+    def start(self, source: EventSource, pause_at_stage_end: bool = False):
+        """Start ``source`` in a thread worker. Returns the worker.
+
+        Raises ``RuntimeError`` if a run is already in progress.
+        """
+        from napari.qt.threading import create_worker
+
+        if self.busy:
+            raise RuntimeError("a run is already in progress")
+        self.control = RunControl(pause_at_stage_end=pause_at_stage_end)
+        self.finished_event = None
+        self.failure = None
+        self.last_event = None
+        self._stage_boundary = False
+        worker = create_worker(drive, source, self.control, self.progress_interval_s,
+                               _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_yielded)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_state(RunState.STARTING)
+        worker.start()
+        return worker
+
+    def set_pause_at_stage_end(self, on: bool) -> None:
+        """Change "pause at the end of each stage" (also while running)."""
+        if self.control is not None:
+            self.control.pause_at_stage_end = bool(on)
+
+    def pause(self) -> None:
+        """Ask the run to pause before its next step (it confirms with ``RunPaused``)."""
+        if self.control is not None and self.state == RunState.RUNNING:
+            self.control.pause()
+
+    def resume(self) -> None:
+        """Resume a paused run."""
+        if self.control is not None:
+            self.control.resume()
+
+    def toggle_pause(self) -> None:
+        """Pause a running run, resume a paused one."""
+        if self.state == RunState.PAUSED:
+            self.resume()
+        else:
+            self.pause()
+
+    def next_stage(self) -> None:
+        """End the current stage now and go on with the next one.
+
+        While paused right at the start of a stage (e.g. after "pause at the end of each
+        stage"), the stage that just began *is* the next one, so this only resumes; while
+        paused in the middle of a stage it ends that stage and resumes.
+        """
+        if self.control is None:
+            return
+        if self.state == RunState.PAUSED:
+            if not self._stage_boundary:
+                self.control.request_next_stage()
+            self.control.resume()
+        elif self.state == RunState.RUNNING:
+            self.control.request_next_stage()
+
+    def stop(self) -> None:
+        """Ask the run to stop; the engine ends after its current step and writes its outputs."""
+        if self.control is not None and self.busy:
+            self.control.request_stop()
+            if self.state not in (RunState.FINISHED, RunState.FAILED):
+                self._set_state(RunState.STOPPING)
+
+    def abort(self) -> None:
+        """Stop and also ask the worker to quit at its next yield (used when closing)."""
+        if self.control is not None:
+            self.control.request_stop()
+        if self.worker is not None:
+            self.worker.quit()
+
+    # ---- worker signals (GUI thread) -----------------------------------------------
+    def _on_yielded(self, ev: Event) -> None:
+        self.last_event = ev
+        if isinstance(ev, RunStarted):
+            self._set_state(RunState.RUNNING)
+        elif isinstance(ev, RunPaused):
+            self._set_state(RunState.PAUSED)
+        elif isinstance(ev, RunResumed):
+            self._set_state(RunState.STOPPING if self.control and self.control.stop_requested
+                            else RunState.RUNNING)
+        elif isinstance(ev, RunFinished):
+            self.finished_event = ev
+        elif isinstance(ev, RunFailed):
+            self.failure = ev
+        # a pause right after StageStarted (no step of the stage yet) sits on a stage boundary
+        if isinstance(ev, StageStarted):
+            self._stage_boundary = True
+        elif isinstance(ev, Progress):
+            self._stage_boundary = False
+        self.event.emit(ev)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self.failure is not None:
+            self._set_state(RunState.FAILED)
+        else:
+            self._set_state(RunState.FINISHED)
+        self.finished.emit()
+
+    def _set_state(self, state: RunState) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_changed.emit(state.value)
+
+
+__all__ = ["EngineRunner", "EventSource", "RunFailed", "RunState", "drive"]
