@@ -246,7 +246,8 @@ def test_fsc_report_with_alignment():
     reference = vfun(x).astype(np.float32)
     rot = Rotation.from_euler("zyz", [40, 75, -20], degrees=True).as_matrix()
     moving = vfun(x @ (rot @ J).T + np.array([0.0, 1.5, -1.0])).astype(np.float32)
-    rep = M.fsc_report(moving, reference, apix=2.0, threshold=0.5, n_rotations=2000)
+    rep = M.fsc_report(moving, reference, apix=2.0, threshold=0.5, n_rotations=1500,
+                       n_candidates=4)
     assert rep["alignment"]["flipped"] is True
     assert M.geodesic_distance_deg(np.array(rep["alignment"]["rotation"]), rot) < 3.0
     assert rep["alignment"]["correlation"] > 0.98

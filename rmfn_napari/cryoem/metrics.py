@@ -48,9 +48,16 @@ MIRROR = np.diag([1.0, 1.0, -1.0])
 # ----------------------------------------------------------------------------------------------
 # FSC and resolution
 # ----------------------------------------------------------------------------------------------
+def _to_numpy(x):
+    """Arrays, lists or (CPU/GPU) torch tensors -> numpy array."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
 def _check_pair(map_a, map_b):
-    a = np.asarray(map_a)
-    b = np.asarray(map_b)
+    a = _to_numpy(map_a)
+    b = _to_numpy(map_b)
     if a.ndim != 3 or a.shape != b.shape:
         raise ValueError(f"maps must be 3D and of the same shape, got {a.shape} and {b.shape}")
     if len(set(a.shape)) != 1:
@@ -156,12 +163,12 @@ def resolution_at(freqs, fsc, threshold, box, apix):
     return float(box * apix / k)
 
 
-def fsc_report(map_, reference, apix, threshold=0.5, align=True, **align_kwargs):
+def fsc_report(map, reference, apix, threshold=0.5, align=True, **align_kwargs):  # noqa: A002
     """FSC of a map against a reference, optionally after aligning it, with its resolution.
 
     Parameters
     ----------
-    map_ : array_like, shape (D, D, D)
+    map : array_like, shape (D, D, D)
         The map to evaluate (e.g. a reconstruction), ``[z, y, x]``.
     reference : array_like, shape (D, D, D)
         The reference (e.g. ground truth) on the same grid.
@@ -171,7 +178,7 @@ def fsc_report(map_, reference, apix, threshold=0.5, align=True, **align_kwargs)
         FSC threshold (0.5 against a reference, 0.143 for half-maps).
     align : bool, optional
         If true, :func:`align_map` first finds the rotation, translation and hand that best
-        superimpose ``map_`` onto ``reference`` and the FSC is computed on the aligned map.
+        superimpose ``map`` onto ``reference`` and the FSC is computed on the aligned map.
     **align_kwargs
         Passed on to :func:`align_map`.
 
@@ -185,7 +192,7 @@ def fsc_report(map_, reference, apix, threshold=0.5, align=True, **align_kwargs)
         :meth:`Alignment.to_dict` of the alignment applied). Everything is JSON-serialisable
         except ``inf``/``nan`` floats.
     """
-    m, ref = _check_pair(map_, reference)
+    m, ref = _check_pair(map, reference)
     box = m.shape[0]
     alignment = None
     if align:
@@ -375,6 +382,16 @@ def _fourier_crop(vol: np.ndarray, small: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _gaussian_lowpass(vol: np.ndarray, k_half: float) -> np.ndarray:
+    """Gaussian low-pass whose amplitude is 0.5 at ``k_half`` cycles/box."""
+    box = vol.shape[0]
+    k = np.fft.fftfreq(box) * box
+    kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
+    sigma = k_half / math.sqrt(2 * math.log(2))
+    filt = np.exp(-(kx**2 + ky**2 + kz**2) / (2 * sigma**2))
+    return np.fft.ifftn(np.fft.fftn(vol.astype(np.float64)) * filt).real.astype(np.float32)
+
+
 def _soft_sphere(box: int, radius: float, width: float) -> np.ndarray:
     c = np.arange(box) - box // 2
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
@@ -527,20 +544,22 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / den) if den > 0 else 0.0
 
 
-def align_map(moving, reference, apix=1.0, *, n_rotations=4000, allow_flip=True, coarse_box=None,
-              mid_box=32, n_candidates=6, seed=0):
+def align_map(moving, reference, apix=1.0, *, lowpass_A=None, n_rotations=4000, allow_flip=True,
+              coarse_box=None, mid_box=32, n_candidates=6):
     """Align a map to a reference: rotation, translation (voxels) and handedness.
 
     Method: (1) both maps are Fourier-cropped to a coarse box (16³ for D ≤ 32, else 20³),
     low-passed and softly masked; ``n_rotations`` near-uniform rotations (a super-Fibonacci
     spiral on the unit quaternions, ≈ 10° spacing for 4000) are scored for each hand, the best
     translation for each rotation coming from an FFT cross-correlation; (2) the
-    ``n_candidates`` best, mutually distinct (> 20°) orientations are refined by a greedy local
+    ``n_candidates`` best, mutually distinct (> 20°) orientations (half per hand) are refined by a greedy local
     search on 3×3×3 grids of small rotations (8°, 4°, 2° steps) at the coarse size, and the two
-    best of those again at ``mid_box``³ (2°, 1°, 0.5°); (3) the winner is refined at full size:
+    best of those (plus the best of the other hand) again at ``mid_box``³ (2°, 1°, 0.5°);
+    (3) the best orientation of each hand is refined at full size:
     a 0.5° local search with the FFT translation (parabolic subvoxel peak), then alternating
     3×3×3 pattern searches over rotation (0.5° → 0.1°) and subvoxel shift (0.25 → 0.05 voxel)
-    on the real-space correlation.
+    on the real-space correlation; the hand whose aligned map correlates best with the
+    reference wins.
 
     Parameters
     ----------
@@ -549,7 +568,11 @@ def align_map(moving, reference, apix=1.0, *, n_rotations=4000, allow_flip=True,
     reference : array_like, shape (D, D, D)
         Reference map on the same grid.
     apix : float, optional
-        Voxel size in Å (only checked and recorded; the search works in voxels).
+        Voxel size in Å (used only to convert ``lowpass_A``; the search works in voxels).
+    lowpass_A : float, optional
+        If given, both maps are low-passed for the search (not for the returned map) by a
+        Gaussian whose amplitude is 0.5 at this resolution in Å. Setting it near the moving
+        map's resolution keeps noise beyond it from perturbing the search.
     n_rotations : int, optional
         Size of the global rotation grid (per hand).
     allow_flip : bool, optional
@@ -557,9 +580,7 @@ def align_map(moving, reference, apix=1.0, *, n_rotations=4000, allow_flip=True,
     coarse_box, mid_box : int, optional
         Box sizes (even) of the coarse and intermediate search levels.
     n_candidates : int, optional
-        Number of coarse solutions refined locally.
-    seed : int, optional
-        Unused by the deterministic grid; kept for API stability of future random restarts.
+        Number of coarse solutions refined locally (split evenly between the hands).
 
     Returns
     -------
@@ -594,23 +615,29 @@ def align_map(moving, reference, apix=1.0, *, n_rotations=4000, allow_flip=True,
         raise ValueError("coarse_box and mid_box must be even")
     timings = {}
     t0 = time.perf_counter()
+    mov_search, ref_search = mov, ref
+    if lowpass_A is not None:
+        if lowpass_A <= 0:
+            raise ValueError("lowpass_A must be positive")
+        k_half = box * apix / float(lowpass_A)  # cycles/box where the filter is 0.5
+        mov_search = _gaussian_lowpass(mov, k_half)
+        ref_search = _gaussian_lowpass(ref, k_half)
 
     hands = [np.eye(3)] + ([MIRROR] if allow_flip else [])
     rots = _super_fibonacci_rotations(int(n_rotations))
-    coarse = _Level(mov, ref, coarse_box, box / coarse_box)
-    results = []  # (score, hand index, rotation)
+    coarse = _Level(mov_search, ref_search, coarse_box, box / coarse_box)
+    per_hand = max(1, -(-int(n_candidates) // len(hands)))
+    chosen = []  # (score, hand index, rotation): the best mutually distinct ones of each hand
     for h, m in enumerate(hands):
         mats = np.transpose(rots @ m, (0, 2, 1))  # (R M)^T = M R^T
         sc, _ = coarse.score(mats)
-        for i in np.argsort(sc)[::-1][: 8 * n_candidates]:
-            results.append((float(sc[i]), h, rots[i]))
-    results.sort(key=lambda r: -r[0])
-    chosen = []
-    for sc, h, r in results:
-        if all(h != h2 or geodesic_distance_deg(r, r2) > 20.0 for _, h2, r2 in chosen):
-            chosen.append((sc, h, r))
-        if len(chosen) >= n_candidates:
-            break
+        mine = []
+        for i in np.argsort(sc)[::-1]:
+            if all(geodesic_distance_deg(rots[i], r2) > 20.0 for _, _, r2 in mine):
+                mine.append((float(sc[i]), h, rots[i]))
+            if len(mine) >= per_hand:
+                break
+        chosen += mine
     timings["coarse"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -622,26 +649,35 @@ def align_map(moving, reference, apix=1.0, *, n_rotations=4000, allow_flip=True,
     timings["refine_coarse"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
-    mid = coarse if mid_box == coarse_box else _Level(mov, ref, mid_box, box / mid_box)
-    finalists = []
-    for _, h, r in refined[:2]:
+    mid = coarse if mid_box == coarse_box else _Level(mov_search, ref_search, mid_box, box / mid_box)
+    # the two best overall, plus the best of the other hand, go on to the finer levels
+    todo = refined[:2]
+    for h in range(len(hands)):
+        if all(c[1] != h for c in todo):
+            todo += [c for c in refined if c[1] == h][:1]
+    finalists = {}
+    for _, h, r in todo:
         r2, _, sc = _refine_local(mid, r, hands[h], [2.0, 1.0, 0.5])
-        finalists.append((sc, h, r2))
-    finalists.sort(key=lambda r: -r[0])
-    _, h_best, r_best = finalists[0]
+        if h not in finalists or sc > finalists[h][0]:
+            finalists[h] = (sc, r2)
     timings["refine_mid"] = time.perf_counter() - t1
 
+    # the best of each hand is refined at full size; the hand is decided by the correlation
+    # of the aligned (unfiltered) map with the reference
     t2 = time.perf_counter()
-    full = mid if mid_box == box else _Level(mov, ref, box, 1.0)
-    m_best = hands[h_best]
-    r_best, shift, _ = _refine_local(full, r_best, m_best, [0.5], max_moves=2)
-    r_best, shift = _refine_joint(full, r_best, m_best, shift)
+    full = mid if mid_box == box else _Level(mov_search, ref_search, box, 1.0)
+    best = None
+    for h, (_, r) in finalists.items():
+        r, shift, _ = _refine_local(full, r, hands[h], [0.5], max_moves=2)
+        r, shift = _refine_joint(full, r, hands[h], shift)
+        cand = Alignment(rotation=r, shift_voxels=np.asarray(shift, dtype=np.float64),
+                         flipped=bool(h == 1), correlation=0.0)
+        aligned = apply_alignment(mov, cand)
+        cand.correlation = _pearson(aligned, ref)
+        if best is None or cand.correlation > best[0].correlation:
+            best = (cand, aligned)
+    alignment, aligned = best
     timings["refine_full"] = time.perf_counter() - t2
-
-    alignment = Alignment(rotation=r_best, shift_voxels=np.asarray(shift, dtype=np.float64),
-                          flipped=bool(h_best == 1), correlation=0.0)
-    aligned = apply_alignment(mov, alignment)
-    alignment.correlation = _pearson(aligned, ref)
     timings["total"] = time.perf_counter() - t0
     alignment.timings_s = timings
     return aligned, alignment
