@@ -597,7 +597,7 @@ def align_map(moving, reference, apix=1.0, *, lowpass_A=None, n_rotations=4000, 
     Notes
     -----
     Wall time on the 2-core development CPU (torch's default 2 threads): about 2 s for 32³ and
-    7–9 s for 64³ when the machine is otherwise idle; 12–25 s and 30–45 s while other jobs
+    6–9 s for 64³ when the machine is otherwise idle; 12–25 s and 28–46 s while other jobs
     keep it loaded (load average ≈ 7). Typical accuracy on maps of sums of Gaussians or of
     1OL5 / 4AKE low-passed to ~D/8 cycles/box with noise: < 1° and < 0.3 voxel, hand right.
     At very low resolution (≲ D/20 cycles/box) maps become nearly featureless blobs and both
