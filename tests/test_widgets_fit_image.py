@@ -100,11 +100,11 @@ def test_fit_image_pause_next_stage_stop(make_napari_viewer, qtbot, tmp_out):
     w.panel.pause_button.click()
     _wait_until(qtbot, lambda: w.runner.state == RunState.PAUSED)
     assert w.panel.pause_button.text() == "Resume"
+    qtbot.wait(300)  # the step in flight when Pause was clicked lands
     first = w.steps_done
     qtbot.wait(500)
     assert w.steps_done == first  # paused: no step
-    qtbot.wait(100)
-    assert w.runner.control.paused
+    assert w.runner.control.paused and "Paused" in w.panel.status.text()
     # Next stage (while paused mid-stage) ends stage 1 and resumes into stage 2
     w.panel.next_button.click()
     _wait_until(qtbot, lambda: w.stage == 1 and w.steps_done > first)

@@ -5,7 +5,9 @@ stepper, wired to the engine's event stream. Subclasses build the form and the e
 from __future__ import annotations
 
 import sys
+import time
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFormLayout, QVBoxLayout, QWidget
 
 from ..engine.events import (
@@ -48,6 +50,12 @@ class RunWidgetBase(QWidget):
         self.last_outputs: dict[str, str] = {}
         self.run_out_dir: str | None = None
         self.run_config: dict = {}
+        self.progress_interval_s = 0.05  # repaint the progress bar at most 20 times a second
+        self._last_progress: Progress | None = None
+        self._last_paint = 0.0
+        self._paint_timer = QTimer(self)
+        self._paint_timer.setSingleShot(True)
+        self._paint_timer.timeout.connect(self._paint_progress)
 
         self.form = QFormLayout()
         outer = QVBoxLayout(self)
@@ -59,7 +67,7 @@ class RunWidgetBase(QWidget):
         outer.addStretch(1)
 
         self.panel.start_clicked.connect(self.start)
-        self.panel.pause_clicked.connect(self.runner.toggle_pause)
+        self.panel.pause_clicked.connect(self._toggle_pause)
         self.panel.next_clicked.connect(self.runner.next_stage)
         self.panel.stop_clicked.connect(self.stop)
         self.panel.pause_at_stage_end_changed.connect(self.runner.set_pause_at_stage_end)
@@ -102,12 +110,28 @@ class RunWidgetBase(QWidget):
             return None
         self.run_out_dir = out_dir
         self.steps_done, self.stage, self.n_stages = 0, -1, 0
+        self._last_progress = None
         self.events_seen = {}
         self.last_outputs = {}
         self.layers.reset(self.spatial_ndim)
         self.panel.set_total(1)
         self.panel.set_status(f"Starting… outputs will go to {out_dir}")
-        return self.runner.start(source, pause_at_stage_end=self.panel.pause_at_stage_end.isChecked())
+        worker = self.runner.start(source,
+                                   pause_at_stage_end=self.panel.pause_at_stage_end.isChecked())
+        # if the widget goes away (dock closed, viewer closed) the run must not outlive it,
+        # or a paused engine would block the thread pool forever
+        control = self.runner.control
+        self.destroyed.connect(lambda *_args, c=control: c.request_stop())
+        return worker
+
+    def _toggle_pause(self) -> None:
+        paused = self.runner.state == RunState.PAUSED
+        self.runner.toggle_pause()
+        if not paused and self.runner.state == RunState.PAUSED:
+            self.panel.set_status(f"Paused after step {self.steps_done}. "
+                                  "Resume, Next stage or Stop.")
+        elif paused:
+            self.panel.set_status("Resumed.")
 
     def stop(self) -> None:
         """Stop the run after its current step; its outputs are still written."""
@@ -131,6 +155,13 @@ class RunWidgetBase(QWidget):
             self.layers.show_scale(self.layers.n_scales - 1)
         self.layers.follow = on
 
+    def _paint_progress(self) -> None:
+        self._paint_timer.stop()
+        ev = self._last_progress
+        if ev is not None:
+            self._last_paint = time.monotonic()
+            self.panel.show_progress(ev, self.n_stages, self._epochs_of_stage(ev.stage))
+
     def _epochs_of_stage(self, stage: int) -> int | None:
         epochs = self.run_config.get("epochs_per_stage")
         if not epochs:
@@ -153,7 +184,12 @@ class RunWidgetBase(QWidget):
         self.events_seen[name] = self.events_seen.get(name, 0) + 1
         if isinstance(ev, Progress):
             self.steps_done, self.stage = ev.step, ev.stage
-            self.panel.show_progress(ev, self.n_stages, self._epochs_of_stage(ev.stage))
+            self._last_progress = ev
+            now = time.monotonic()
+            if now - self._last_paint >= self.progress_interval_s or ev.step >= ev.total_steps:
+                self._paint_progress()
+            elif not self._paint_timer.isActive():
+                self._paint_timer.start(int(self.progress_interval_s * 1000))
         elif isinstance(ev, ScaleSnapshot):
             self.layers.handle(ev)
         elif isinstance(ev, Metrics):
@@ -168,7 +204,9 @@ class RunWidgetBase(QWidget):
                                   f"steps, {ev.seconds:.1f} s")
         elif isinstance(ev, RunPaused):
             self.steps_done = ev.step
-            self.panel.set_status(f"Paused at step {ev.step}. Resume, Next stage or Stop.")
+            self._paint_progress()
+            if self.runner.state == RunState.PAUSED:
+                self.panel.set_status(f"Paused at step {ev.step}. Resume, Next stage or Stop.")
         elif isinstance(ev, RunResumed):
             self.panel.set_status(f"Resumed at step {ev.step}.")
         elif isinstance(ev, RunStarted):
@@ -181,6 +219,7 @@ class RunWidgetBase(QWidget):
         elif isinstance(ev, Log):
             self.panel.set_status(ev.message, error=ev.level == "warning")
         elif isinstance(ev, RunFinished):
+            self._paint_progress()
             self.layers.flush()
             self.last_outputs = dict(ev.outputs)
             self.steps_done = ev.steps_done

@@ -78,7 +78,8 @@ class FitImageWidget(RunWidgetBase):
         self.schedule = QLineEdit(",".join(str(s) for s in PAPER_SCHEDULE))
         self.schedule.setToolTip("Steps of each stage; the number of stages is the number of scales")
         self.schedule_factor = QDoubleSpinBox()
-        self.schedule_factor.setDecimals(3)
+        self.schedule_factor.setDecimals(2)
+        self.schedule_factor.setMinimumWidth(80)
         self.schedule_factor.setRange(0.001, 100.0)
         self.schedule_factor.setValue(1.0)
         self.schedule_factor.setPrefix("× ")
@@ -105,6 +106,7 @@ class FitImageWidget(RunWidgetBase):
         self.device.addItems(available_devices())
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
+        self.seed.setSpecialValueText("0")
 
         self.form.addRow("image", self.layer_combo)
         self.form.addRow("method", self.method)

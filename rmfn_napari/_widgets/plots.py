@@ -76,7 +76,7 @@ class _VispyPlot(QWidget):
 
     def set_x_label(self, text: str) -> None:
         """Change the x-axis label."""
-        self.x_axis.axis_label = text
+        self.x_axis.axis.axis_label = text
 
     def set_range(self, x, y) -> None:
         """Show ``x = (x0, x1)``, ``y = (y0, y1)``."""
@@ -110,6 +110,7 @@ class FSCPlot(_VispyPlot):
                                      color=(0.5, 0.5, 0.5, 0.6), width=1, parent=self.view.scene)
         self.curves: dict[int, object] = {}
         self.resolutions: dict[int, float] = {}
+        self._x_ends: dict[int, float] = {}
         self._x_max = 1.0
         self.set_range((0, 1), (-0.2, 1.05))
         self._update_legend()
@@ -139,7 +140,8 @@ class FSCPlot(_VispyPlot):
         if x_label:
             self.set_x_label(x_label)
         self.threshold = float(threshold)
-        self._x_max = max(self._x_max if self.curves else 0.0, float(np.nanmax(x[:n])) if n else 1.0)
+        self._x_ends[scale] = float(np.nanmax(x[:n])) if n else 0.0
+        self._x_max = max(self._x_ends.values()) or 1.0
         line = np.array([[0, self.threshold], [self._x_max, self.threshold]], np.float32)
         self._threshold_line.set_data(pos=line)
         self._zero_line.set_data(pos=np.array([[0, 0], [self._x_max, 0]], np.float32))
@@ -153,6 +155,7 @@ class FSCPlot(_VispyPlot):
             line.parent = None
         self.curves.clear()
         self.resolutions.clear()
+        self._x_ends.clear()
         self._x_max = 1.0
         self._update_legend()
         self.redraw()

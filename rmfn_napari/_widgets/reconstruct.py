@@ -175,6 +175,7 @@ class ReconstructWidget(RunWidgetBase):
         self.device.addItems(available_devices())
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
+        self.seed.setSpecialValueText("0")
 
         self.form.addRow("dataset", self.dataset_kind)
         self.form.addRow("", self.dataset_stack)

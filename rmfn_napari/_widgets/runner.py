@@ -12,20 +12,16 @@ worker's ``yielded`` signal (a queued connection) and is re-emitted there as
 Pause, resume, next stage and stop go through the ``RunControl``; the engine blocks *itself*
 while paused (inside the worker thread), so the GUI thread never waits.
 
-Two things keep the event loop responsive while a fast run yields thousands of steps:
-
-* ``Progress`` events are coalesced on the worker side: at most one every
-  ``progress_interval_s`` (default 50 ms) reaches the GUI; the newest pending one is always
-  delivered before any other event and at the end, so counters are exact at pauses and stops.
-* Any exception raised by the engine is caught in the worker and delivered as a
-  :class:`RunFailed` event (superqt would otherwise turn a ``RuntimeError`` into a bare warning).
+Every event is delivered (counters stay exact at pauses and stops); the widgets repaint the
+progress bar at a bounded rate and heavy layer updates are throttled in :mod:`.layers`. Any
+exception raised by the engine is caught in the worker and delivered as a :class:`RunFailed`
+event (superqt would otherwise turn a ``RuntimeError`` into a bare warning).
 """
 
 from __future__ import annotations
 
 import enum
 import gc
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -82,34 +78,16 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def drive(source: EventSource, control: RunControl,
-          progress_interval_s: float = 0.05) -> Iterator[Event]:
-    """Worker-side generator: run ``source(control)`` and yield its events, coalescing Progress.
+def drive(source: EventSource, control: RunControl) -> Iterator[Event]:
+    """Worker-side generator: run ``source(control)`` and yield its events unchanged.
 
     Runs in the worker thread. Exceptions become a final :class:`RunFailed` event. The engine
     generator is closed and device memory released when it ends, however it ends.
     """
     gen = None
-    pending: Progress | None = None
-    last_sent = 0.0
     try:
         gen = source(control)
-        for ev in gen:
-            if isinstance(ev, Progress):
-                now = time.monotonic()
-                if now - last_sent >= progress_interval_s or ev.step >= ev.total_steps:
-                    pending = None
-                    last_sent = now
-                    yield ev
-                else:
-                    pending = ev
-                continue
-            if pending is not None:
-                yield pending
-                pending = None
-            yield ev
-        if pending is not None:
-            yield pending
+        yield from gen
     except InputError as exc:
         yield RunFailed(str(exc), user_error=True)
     except Exception as exc:  # noqa: BLE001 - reported in the GUI, not swallowed
@@ -134,19 +112,14 @@ class EngineRunner(QObject):
     finished()
         The worker thread ended (normally, stopped or failed); the runner is idle again.
 
-    Parameters
-    ----------
-    progress_interval_s : float
-        Minimum interval between two ``Progress`` events delivered to the GUI.
     """
 
     event = Signal(object)
     state_changed = Signal(str)
     finished = Signal()
 
-    def __init__(self, parent: QObject | None = None, progress_interval_s: float = 0.05):
+    def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
-        self.progress_interval_s = progress_interval_s
         self.control: RunControl | None = None
         self.worker = None
         self.state = RunState.IDLE
@@ -176,7 +149,7 @@ class EngineRunner(QObject):
         self.failure = None
         self.last_event = None
         self._stage_boundary = False
-        worker = create_worker(drive, source, self.control, self.progress_interval_s,
+        worker = create_worker(drive, source, self.control,
                                _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
@@ -191,14 +164,22 @@ class EngineRunner(QObject):
             self.control.pause_at_stage_end = bool(on)
 
     def pause(self) -> None:
-        """Ask the run to pause before its next step (it confirms with ``RunPaused``)."""
+        """Ask the run to pause.
+
+        The state turns PAUSED at once: the ``RunControl`` guarantees that no optimisation
+        step starts after the current one (an engine may block inside a batch without
+        yielding ``RunPaused``, so the GUI does not wait for that event).
+        """
         if self.control is not None and self.state == RunState.RUNNING:
             self.control.pause()
+            self._set_state(RunState.PAUSED)
 
     def resume(self) -> None:
         """Resume a paused run."""
         if self.control is not None:
             self.control.resume()
+            if self.state == RunState.PAUSED:
+                self._set_state(RunState.RUNNING)
 
     def toggle_pause(self) -> None:
         """Pause a running run, resume a paused one."""
@@ -219,7 +200,7 @@ class EngineRunner(QObject):
         if self.state == RunState.PAUSED:
             if not self._stage_boundary:
                 self.control.request_next_stage()
-            self.control.resume()
+            self.resume()
         elif self.state == RunState.RUNNING:
             self.control.request_next_stage()
 
@@ -243,10 +224,13 @@ class EngineRunner(QObject):
         if isinstance(ev, RunStarted):
             self._set_state(RunState.RUNNING)
         elif isinstance(ev, RunPaused):
-            self._set_state(RunState.PAUSED)
+            if self.control is not None and self.control.paused:  # not already resumed
+                self._set_state(RunState.PAUSED)
         elif isinstance(ev, RunResumed):
-            self._set_state(RunState.STOPPING if self.control and self.control.stop_requested
-                            else RunState.RUNNING)
+            if self.control is not None and self.control.stop_requested:
+                self._set_state(RunState.STOPPING)
+            elif self.state == RunState.PAUSED and not self.control.paused:
+                self._set_state(RunState.RUNNING)
         elif isinstance(ev, RunFinished):
             self.finished_event = ev
         elif isinstance(ev, RunFailed):

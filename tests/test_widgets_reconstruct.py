@@ -1,0 +1,171 @@
+"""GUI tests of the reconstruct dock widget (run under Xvfb: ``bash scripts/run_tests.sh``).
+
+Tiny data only: a 16³ map (the 1OL5 32³ sample block-averaged 2×, 4 Å voxels), 128 simulated
+particles, the "tiny" preset (1 epoch per stage). A run takes ~10 s on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("rmfn_napari.cryoem.reconstruct")
+
+from rmfn_napari._widgets import ReconstructWidget  # noqa: E402
+from rmfn_napari._widgets.reconstruct import (  # noqa: E402
+    DATASET_SIMULATE, DATASET_STAR, MAP_FILE, REF_FILE, REF_NONE, REF_SIMULATION,
+)
+from rmfn_napari._widgets.runner import RunState  # noqa: E402
+
+APIX16 = 4.0
+
+
+@pytest.fixture(scope="module")
+def map16(tmp_path_factory) -> Path:
+    """The 1OL5 32³ sample block-averaged to 16³ (4 Å voxels)."""
+    from rmfn_napari._sample_data import load_map
+    from rmfn_napari.cryoem.io import write_map
+
+    vol, apix = load_map("1ol5_32")
+    small = vol.reshape(16, 2, 16, 2, 16, 2).mean((1, 3, 5))
+    path = tmp_path_factory.mktemp("map16") / "map16.mrc"
+    write_map(path, small, apix * 2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def star16(map16, tmp_path_factory) -> Path:
+    """128 particles simulated from ``map16``."""
+    from rmfn_napari.cryoem.simulate import simulate_particles
+
+    out = tmp_path_factory.mktemp("sim16")
+    return simulate_particles(map16, out, n=128, snr=0.1, seed=0, overwrite=True).star
+
+
+def _widget(make_napari_viewer, tmp_out):
+    viewer = make_napari_viewer()
+    w = ReconstructWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Reconstruct (cryo-EM)")
+    w.preset.setCurrentText("tiny")
+    w.batch.setValue(64)
+    w.device.setCurrentText("cpu")
+    w.out_dir.set_path(str(tmp_out))
+    return viewer, w
+
+
+def test_preset_fills_parameters(make_napari_viewer):
+    from rmfn_napari.cryoem.reconstruct import ReconstructConfig
+
+    viewer = make_napari_viewer()
+    w = ReconstructWidget(viewer)
+    for name in ("paper", "cpu-small"):
+        w.preset.setCurrentText(name)
+        cfg = ReconstructConfig.from_preset(name)
+        assert w.n_layers.value() == cfg.n_layers and w.hidden.value() == cfg.hidden
+        assert w.batch.value() == cfg.batch_size
+        assert w.epochs.text() == ",".join(map(str, cfg.epochs_per_stage))
+        assert (w.lambda1.value(), w.lambda2.value()) == pytest.approx(cfg.lambdas)
+        assert w.lr_structure.value() == pytest.approx(cfg.lr_structure)
+        assert w.lr_pose.value() == pytest.approx(cfg.lr_pose)
+    from rmfn_napari.engine.devices import available_devices
+
+    assert [w.device.itemText(i) for i in range(w.device.count())] == available_devices()
+    # 3D image layers are offered as references, 2D ones are not
+    viewer.add_image(np.zeros((8, 8, 8), np.float32), name="vol")
+    viewer.add_image(np.zeros((8, 8), np.float32), name="flat")
+    items = [w.reference.itemText(i) for i in range(w.reference.count())]
+    assert "vol" in items and "flat" not in items and REF_SIMULATION in items
+
+
+def test_reconstruct_from_simulation_streams_volumes_and_plots(
+        make_napari_viewer, qtbot, tmp_out, map16, artifacts_dir):
+    viewer, w = _widget(make_napari_viewer, tmp_out)
+    w.dataset_kind.setCurrentText(DATASET_SIMULATE)
+    w.sim_map.setCurrentText(MAP_FILE)
+    w.sim_map_path.edit.setText(str(map16))
+    w.sim_n.setValue(128)
+    w.reference.setCurrentText(REF_SIMULATION)
+    inserted = []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value.name))
+    with qtbot.waitSignal(w.runner.finished, timeout=120000):
+        w.panel.start_button.click()
+    assert w.runner.failure is None, w.runner.failure
+    assert viewer.dims.ndisplay == 3
+    ref = viewer.layers["reference"]
+    assert ref.data.shape == (16, 16, 16) and tuple(ref.scale) == (APIX16,) * 3
+    for k in (1, 2, 3):
+        vol, spec = viewer.layers[f"rMFN scale {k}"], viewer.layers[f"rMFN spectrum {k}"]
+        assert vol.data.shape == (16, 16, 16) and spec.data.shape == (16, 16, 16)
+        assert tuple(vol.scale) == (APIX16,) * 3 and tuple(spec.scale) == (APIX16,) * 3
+        assert inserted.count(f"rMFN scale {k}") == 1
+    # FSC: one curve per scale with a resolution in Å; pose errors: every particle counted
+    assert w.fsc_plot.n_curves == 3
+    assert all(math.isfinite(r) and r > 0 for r in w.fsc_plot.resolutions.values())
+    assert "Å" in w.fsc_plot.legend.text()
+    assert w.pose_plot.total == 128
+    assert w.fsc_plot.n_redraws >= 3 and w.pose_plot.n_redraws >= 3
+    docks = set(viewer.window.dock_widgets.keys())
+    assert {"FSC", "pose errors"} <= docks
+    assert w.panel.percent() == pytest.approx(100.0)
+    assert "epoch" in w.panel.progress.format() or "done" in w.panel.progress.format()
+    out = Path(tmp_out)
+    assert (out / "scale_3.mrc").is_file() and (out / "simulated" / "particles.star").is_file()
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    import imageio.v3 as iio
+
+    iio.imwrite(artifacts_dir / "widget_reconstruct.png", shot)
+    iio.imwrite(artifacts_dir / "widget_reconstruct_fsc.png", w.fsc_plot.grab_image())
+    assert shot.std() > 1
+
+
+def test_reconstruct_pause_next_stop(make_napari_viewer, qtbot, tmp_out, star16, map16):
+    viewer, w = _widget(make_napari_viewer, tmp_out)
+    w.dataset_kind.setCurrentText(DATASET_STAR)
+    w.star_path.edit.setText(str(star16))
+    w.reference.setCurrentText(REF_NONE)
+    w.epochs.setText("50,50,50")
+    w.start()
+    qtbot.waitUntil(lambda: w.steps_done >= 1, timeout=30000)
+    w.panel.pause_button.click()
+    qtbot.waitUntil(lambda: w.runner.state == RunState.PAUSED, timeout=30000)
+    qtbot.wait(500)  # the step in flight when Pause was clicked lands
+    held = w.steps_done
+    qtbot.wait(500)
+    assert w.steps_done == held
+    assert "epoch" in w.panel.progress.format()
+    w.panel.next_button.click()
+    qtbot.waitUntil(lambda: w.stage == 1 and w.steps_done > held, timeout=30000)
+    with qtbot.waitSignal(w.runner.finished, timeout=60000):
+        w.panel.stop_button.click()
+    assert w.runner.finished_event.stopped
+    assert (Path(tmp_out) / "scale_1.mrc").is_file()
+    assert (Path(tmp_out) / "metrics.json").is_file()
+    assert "rMFN scale 2" in viewer.layers
+    assert w.fsc_plot.n_curves == 0  # no reference: no FSC
+    assert w.pose_plot.total == 128
+
+
+def test_reconstruct_errors_in_status(make_napari_viewer, qtbot, tmp_out, star16):
+    viewer, w = _widget(make_napari_viewer, tmp_out)
+    w.dataset_kind.setCurrentText(DATASET_STAR)
+    w.star_path.edit.setText(str(Path(tmp_out) / "missing.star"))
+    assert w.start() is None
+    assert ".star" in w.panel.status.text()
+    w.star_path.edit.setText(str(star16))
+    w.epochs.setText("1,1")  # 3 layers need 3 values
+    assert w.start() is None
+    assert "epochs_per_stage" in w.panel.status.text()
+    # a reference of the wrong size: the engine's InputError shows in the label
+    from rmfn_napari._sample_data import map_path
+
+    w.epochs.setText("1,1,1")
+    w.reference.setCurrentText(REF_FILE)
+    w.reference_path.edit.setText(str(map_path("1ol5_32")))
+    with qtbot.waitSignal(w.runner.finished, timeout=30000):
+        w.start()
+    assert w.runner.state == RunState.FAILED
+    assert "reference" in w.panel.status.text() and "Traceback" not in w.panel.status.text()
