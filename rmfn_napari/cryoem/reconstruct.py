@@ -76,6 +76,13 @@ class ReconstructConfig:
         ``perturb_deg`` (paper protocol, when the STAR holds the truth), or uniform.
     perturb_deg : (min, max) geodesic perturbation in degrees.
     poses_are_truth : evaluate pose errors against the STAR's poses (simulated data).
+    pose_search : before each epoch, score every particle against ``search_rotations``
+        random rotations (a fresh uniform set each epoch) on the stage's central Fourier
+        window (at most ``search_window`` pixels wide) and keep the best pose where it
+        beats the current one; the paper's gradient steps then refine locally. It runs
+        from stage ``search_from_stage`` (0-based; the first stage's band cannot fix
+        poses) and skips each stage's first epoch (the new head is still settling). Our
+        extension (not in the paper): gradient-only refinement is local (DESIGN.md §4b).
     invert_contrast : multiply the images by -1 (data with dark particles).
     max_particles : use only the first N particles (None: all).
     pad : zero-padding factor of the 3D FFT (2).
@@ -101,6 +108,10 @@ class ReconstructConfig:
     poses_are_truth: bool = True
     invert_contrast: bool = False
     max_particles: int | None = None
+    pose_search: bool = False
+    search_from_stage: int = 1
+    search_rotations: int = 4000
+    search_window: int = 20
     pad: int = 2
     snapshot_interval_s: float = 5.0
     align_for_fsc: bool = True
@@ -145,7 +156,8 @@ PRESETS: dict[str, dict] = {
     # a 2-core CPU in ~minutes: 32^3 maps, a few thousand particles; smaller batches give
     # more structure updates per epoch, and the middle stage gets more time (DESIGN.md §4b)
     "cpu-small": dict(n_layers=3, hidden=64, epochs_per_stage=(10, 15, 10), batch_size=200,
-                      structure_steps=5, pose_steps=20, lr_structure=1e-3, lr_pose=1e-2),
+                      structure_steps=5, pose_steps=20, lr_structure=1e-3, lr_pose=1e-2,
+                      pose_search=True),
     # seconds: smoke tests and the napari demo
     "tiny": dict(n_layers=3, hidden=32, epochs_per_stage=(1, 1, 1), batch_size=64,
                  structure_steps=2, pose_steps=4, lr_structure=1e-3, lr_pose=1e-2,
@@ -424,7 +436,8 @@ def reconstruct(
 
     torch.manual_seed(cfg.seed)
     net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
-                      lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed).to(device)
+                      lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed,
+                      new_head_scale=0.05).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_structure)
     rotations = _initial_rotations(ds, n, cfg)
     true_rot = ds.rotations[:n] if (cfg.poses_are_truth and ds.has_poses) else None
@@ -481,6 +494,17 @@ def reconstruct(
         for epoch in range(start_epoch, epochs):
             order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
             epoch_loss = 0.0
+            search_now = (cfg.pose_search and cfg.mode != "oracle-poses" and epoch > 0
+                          and (stage_idx >= cfg.search_from_stage or cfg.mode == "full-scale"))
+            if search_now and not control.stop_requested:
+                t_search = time.perf_counter()
+                gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch)
+                batches = ((idx, *_batch_data(ds, idx, ctf, shifts_px, fwd, scale_img, cfg, device))
+                           for idx in np.array_split(np.arange(n), max(1, n // 1000)))
+                moved, total = global_pose_search(net, fwd, weight, batches, rotations,
+                                                  cfg.search_rotations, cfg.search_window, gen, device)
+                yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
+                          f"({time.perf_counter() - t_search:.1f} s)")
             for b in range(batches_per_epoch):
                 if control.paused:
                     yield RunPaused(state.step)
@@ -633,6 +657,53 @@ def pose_steps(vol_ft, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, lr:
     with torch.no_grad():
         new = axis_angle_to_matrix(omega.detach().double()) @ R.double()
     return _orthonormalize(new.cpu()), loss_value
+
+
+def score_rotations(slices: torch.Tensor, obs: torch.Tensor, ctf_b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted squared error of every image against every candidate slice, ``(B, G)``.
+
+    ``slices`` (G, w, w) are model spectra (no CTF); ``obs`` and ``ctf_b`` (B, w, w).
+    Expands ``sum_k w^2 |c S - o|^2 = sum w^2 c^2 |S|^2 - 2 Re sum w^2 c conj(o) S + const``
+    into two matrix products, so all B x G pairs cost one pass; the constant
+    ``sum w^2 |o|^2`` is added so values equal :func:`_residual_loss`.
+    """
+    w2 = (weight**2).reshape(1, -1)
+    S = slices.reshape(slices.shape[0], -1)
+    o = obs.reshape(obs.shape[0], -1)
+    c = ctf_b.reshape(ctf_b.shape[0], -1)
+    a = w2 * c * o.conj()
+    cross = a.real @ S.real.T - a.imag @ S.imag.T
+    quad = (w2 * c * c) @ (S.real**2 + S.imag**2).T
+    const = (w2 * (o.real**2 + o.imag**2)).sum(-1, keepdim=True)
+    return quad - 2 * cross + const
+
+
+def global_pose_search(net, fwd: ForwardModel, weight, batches, rotations, n_candidates: int,
+                       window: int, generator: torch.Generator, device) -> tuple[int, int]:
+    """Replace poses by the best of ``n_candidates`` random rotations where that fits better.
+
+    ``batches`` yields ``(idx, obs, ctf)`` on the stage window. The score uses the central
+    ``window`` x ``window`` frequencies. Returns (particles improved, particles scored).
+    """
+    cand = random_rotations(n_candidates, generator=generator, dtype=torch.float64)
+    win = int(min(window, fwd.window))
+    w = crop_center(weight, win)
+    with torch.no_grad():
+        vol_ft = fwd.volume_ft(net)
+        S = crop_center(fwd.slices(vol_ft, cand.to(device=device, dtype=torch.float32)), win)
+        improved = scored = 0
+        for idx, obs, ctf_b in batches:
+            obs_c, ctf_c = crop_center(obs, win), crop_center(ctf_b, win)
+            scores = score_rotations(S, obs_c, ctf_c, w)
+            best, arg = scores.min(dim=1)
+            R_now = rotations[idx].to(device=device, dtype=torch.float32)
+            now = _residual_loss(crop_center(fwd.slices(vol_ft, R_now), win), obs_c, ctf_c, w)
+            better = (best < now).cpu()
+            sel = torch.as_tensor(idx)[better]
+            rotations[sel] = cand[arg.cpu()[better]]
+            improved += int(better.sum())
+            scored += len(idx)
+    return improved, scored
 
 
 def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, idx, cfg, control, device):

@@ -80,6 +80,10 @@ class ResidualMFN(nn.Module):
         Applied to each head before summing (paper §6 uses a ReLU: density >= 0).
     seed : int
         Seed of the initialisation (frequencies, phases, weights).
+    new_head_scale : float
+        Multiplies the initial weights of heads 1..L-1, so that a new scale starts as a
+        small correction of the previous one (1.0: the paper's init; the cryo-EM engine
+        uses a small value so that opening a stage does not wreck the map).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class ResidualMFN(nn.Module):
         resolution: int = 256,
         head_activation: str | None = None,
         seed: int = 0,
+        new_head_scale: float = 1.0,
     ):
         super().__init__()
         if init not in INITS:
@@ -107,6 +112,7 @@ class ResidualMFN(nn.Module):
         self.lambdas = (float(lambdas[0]), float(lambdas[1]))
         self.head_activation = head_activation
         self.seed = int(seed)
+        self.new_head_scale = float(new_head_scale)
         gen = torch.Generator().manual_seed(seed)
         bands = scale_band_limits(resolution, n_layers, self.lambdas)
         self._bands_rad = bands
@@ -129,6 +135,8 @@ class ResidualMFN(nn.Module):
                 lin.weight.uniform_(-bound, bound, generator=gen)
                 if lin.bias is not None:
                     lin.bias.zero_()
+            for head in list(self.heads)[1:]:
+                head.weight.mul_(self.new_head_scale)
 
     # ------------------------------------------------------------------ bands
     @property
@@ -232,6 +240,7 @@ class ResidualMFN(nn.Module):
             in_dim=self.in_dim, hidden=self.hidden, n_layers=self.n_layers, out_dim=self.out_dim,
             init=self.init, residual=self.residual, lambdas=list(self.lambdas),
             resolution=self.resolution, head_activation=self.head_activation, seed=self.seed,
+            new_head_scale=self.new_head_scale,
         )
 
 
