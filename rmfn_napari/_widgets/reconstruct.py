@@ -22,7 +22,6 @@ from ..engine.devices import available_devices
 from ..engine.events import Metrics, RunStarted, ScaleSnapshot
 from ..errors import InputError
 from ._base import RunWidgetBase
-from .layers import REFERENCE_NAME
 from .plots import FSCPlot, PoseHistogram
 
 #: Bundled maps offered for "simulate from map": label -> sample key.
@@ -109,9 +108,13 @@ class ReconstructWidget(RunWidgetBase):
         self.sim_n = QSpinBox()
         self.sim_n.setRange(10, 1_000_000)
         self.sim_n.setValue(2000)
-        self.sim_n.setSuffix(" particles")
+        self.sim_n.setPrefix("n ")
+        self.sim_n.setToolTip("Number of particles to simulate")
+        self.sim_n.setMinimumWidth(90)
         self.sim_snr = QDoubleSpinBox()
-        self.sim_snr.setDecimals(3)
+        self.sim_snr.setDecimals(2)
+        self.sim_snr.setMinimumWidth(90)
+        self.sim_snr.setToolTip("Signal-to-noise ratio per image (the paper: 0.1)")
         self.sim_snr.setRange(0.001, 100.0)
         self.sim_snr.setValue(0.1)
         self.sim_snr.setPrefix("SNR ")
@@ -345,8 +348,8 @@ class ReconstructWidget(RunWidgetBase):
         ref = self._reference(sim_map)
         ref_volume = None
         if ref is not None:
-            ref_volume, ref_apix, _ = ref
-            if self.reference.currentText() != REFERENCE_NAME:
+            ref_volume, ref_apix, ref_path = ref
+            if ref_path is not None:  # a file: show it; a layer is already on show
                 self.layers.set_reference(ref_volume, ref_apix)
         n, snr, seed = int(self.sim_n.value()), float(self.sim_snr.value()), int(self.seed.value())
         self.fsc_plot.clear()
