@@ -24,7 +24,7 @@ def _image(n=32, rgb=False):
     return np.stack([img, img[::-1], img.T], -1) if rgb else img
 
 
-def _widget(make_napari_viewer, tmp_out, *, schedule="20,20,40", rgb=False, downsample=1):
+def _widget(make_napari_viewer, tmp_out, *, schedule="10,10,20", rgb=False, downsample=1):
     viewer = make_napari_viewer()
     viewer.add_image(_image(rgb=rgb), name="target", rgb=rgb)
     w = FitImageWidget(viewer)
@@ -61,7 +61,7 @@ def test_fit_image_run_streams_layers_and_metrics(make_napari_viewer, qtbot, tmp
         assert inserted.count(f"rMFN spectrum {k}") == 1
     assert w.layers.n_applied >= 6  # 3 stage ends + 3 end-of-run snapshots
     assert w.panel.percent() == pytest.approx(100.0)
-    assert w.steps_done == 80
+    assert w.steps_done == 40
     # PSNR per stage and drift per scale in the table
     for k in range(3):
         assert float(w.table.value_text(k, 0)) > 5
