@@ -15,44 +15,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 
-APT_PACKAGES=(xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0
-  libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
-  libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1)
-
-if [[ "${RMFN_SKIP_INSTALL:-0}" != "1" ]]; then
-  if command -v dpkg-query >/dev/null 2>&1; then
-    missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
-      if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$pkg")
-      fi
-    done
-    if ((${#missing[@]})); then
-      if [[ "$(id -u)" == "0" ]]; then
-        echo "run_tests: installing Debian packages: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq </dev/null
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
-      else
-        echo "run_tests: missing Debian packages (need root to install): ${missing[*]}" >&2
-        echo "run_tests: GUI tests will be skipped without a display (they fail under CI=true)" >&2
-      fi
-    fi
-  fi
-
-  # A Debian system python outside a venv refuses pip (PEP 668); on a throwaway CI machine
-  # installing into it is what we want.
-  if [[ "${CI:-}" == "true" ]] && "$PY" -c 'import os, sys, sysconfig; sys.exit(not (sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))))'; then
-    export PIP_BREAK_SYSTEM_PACKAGES=1
-  fi
-
-  # torch first, CPU build, so that nothing below pulls a CUDA torch from the index.
-  if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-    echo "run_tests: installing torch==2.13.0 (CPU)"
-    "$PY" -m pip install -q --no-input "torch==2.13.0"
-  fi
-  "$PY" -m pip install -q --no-input -e ".[napari,testing]"
-fi
+source scripts/install.sh
 
 echo "run_tests: $("$PY" -c 'import sys, torch, napari; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, napari {napari.__version__}")')"
 # exec: the script's exit status is pytest's own (0 only when tests ran and all passed).
