@@ -118,9 +118,12 @@ class ReconstructWidget(RunWidgetBase):
         self.sim_snr.setRange(0.001, 100.0)
         self.sim_snr.setValue(0.1)
         self.sim_snr.setPrefix("SNR ")
-        sim_row.addWidget(self.sim_map, 2)
-        sim_row.addWidget(self.sim_n, 1)
-        sim_row.addWidget(self.sim_snr, 1)
+        sim_row.addWidget(self.sim_map)
+        self.sim_params = QWidget()
+        params_row = QHBoxLayout(self.sim_params)
+        params_row.setContentsMargins(0, 0, 0, 0)
+        params_row.addWidget(self.sim_n)
+        params_row.addWidget(self.sim_snr)
         self.sim_map_path = _PathField("Map to simulate from", "MRC (*.mrc *.map)", "map.mrc")
         self.dataset_stack = QStackedWidget()
         self.dataset_stack.addWidget(sim)
@@ -182,6 +185,7 @@ class ReconstructWidget(RunWidgetBase):
 
         self.form.addRow("dataset", self.dataset_kind)
         self.form.addRow("", self.dataset_stack)
+        self.form.addRow("particles", self.sim_params)
         self.form.addRow("map file", self.sim_map_path)
         self.form.addRow("reference", self.reference)
         self.form.addRow("reference file", self.reference_path)
@@ -214,7 +218,7 @@ class ReconstructWidget(RunWidgetBase):
     # ---- form -------------------------------------------------------------------------
     def form_widgets(self):
         """Inputs locked during a run."""
-        return [self.dataset_kind, self.dataset_stack, self.sim_map_path, self.reference,
+        return [self.dataset_kind, self.dataset_stack, self.sim_params, self.sim_map_path, self.reference,
                 self.reference_path, self.preset, self.n_layers, self.hidden, self.lambda1,
                 self.lambda2, self.epochs, self.batch, self.lr_structure, self.lr_pose,
                 self.pose_init, self.device, self.seed]
@@ -243,6 +247,7 @@ class ReconstructWidget(RunWidgetBase):
     def _dataset_kind_changed(self, *_args) -> None:
         simulate = self.dataset_kind.currentText() == DATASET_SIMULATE
         self.dataset_stack.setCurrentIndex(0 if simulate else 1)
+        self._set_row_visible(self.sim_params, simulate)
         self._sim_map_changed(self.sim_map.currentText())
         self._refresh_layers()
 

@@ -1,0 +1,156 @@
+"""Open napari with the rMFN plugin docked, on the bundled samples.
+
+    python scripts/launch_napari.py                 # the interactive app (needs a display)
+    xvfb-run -a python scripts/launch_napari.py --screenshots docs/screenshots
+                                                    # tiny runs, then README screenshots, exit
+
+The viewer opens with both dock widgets (Plugins ▸ rMFN ▸ "Reconstruct (cryo-EM)" and
+"Fit image (2D)", tabbed), the 1OL5 32³ map (2 Å voxels) and the astronaut test image. In the
+Reconstruct tab, Start simulates a particle stack from the bundled 1OL5 map and reconstructs
+it; the FSC and pose-error plots dock themselves on the right.
+
+With ``--screenshots DIR`` the script runs a short fit of the astronaut and a tiny
+reconstruction, saves ``DIR/fit_image.png``, ``DIR/reconstruct.png`` (whole window) and
+``DIR/fsc.png`` / ``DIR/pose_errors.png`` (the plot canvases), and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+PLUGIN = "rmfn-napari"
+RECONSTRUCT = "Reconstruct (cryo-EM)"
+FIT_IMAGE = "Fit image (2D)"
+
+
+def open_viewer(size=(1700, 1000)):
+    """A napari viewer with the samples loaded and both rMFN widgets docked (tabbed).
+
+    Returns ``(viewer, reconstruct_widget, fit_image_widget)``.
+    """
+    import napari
+
+    viewer = napari.Viewer(title="rMFN — napari")
+    viewer.window._qt_window.resize(*size)
+    viewer.open_sample(PLUGIN, "astronaut")
+    viewer.open_sample(PLUGIN, "1ol5_32")
+    fit_dock, fit = viewer.window.add_plugin_dock_widget(PLUGIN, FIT_IMAGE)
+    rec_dock, rec = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT, tabify=True)
+    fit.dock, rec.dock = fit_dock, rec_dock
+    return viewer, rec, fit
+
+
+def _wait_for(widget, timeout_s: float) -> None:
+    """Run the Qt event loop until ``widget``'s run ended (or the timeout)."""
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.monotonic()
+    while widget.runner.busy and time.monotonic() - t0 < timeout_s:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    if widget.runner.busy:
+        widget.stop()
+        while widget.runner.busy:
+            QApplication.processEvents()
+            time.sleep(0.01)
+    for _ in range(20):  # let the last repaints land
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def _save(path: Path, image) -> None:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, image)
+    print(f"saved {path} {image.shape}")
+
+
+def _raise_dock(widget) -> None:
+    widget.dock.show()
+    widget.dock.raise_()
+
+
+def _hide_notifications(viewer) -> None:
+    """Close napari's toast notifications (e.g. the PyQt5 deprecation notice) before a shot."""
+    from qtpy.QtWidgets import QApplication
+
+    try:
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+    except ImportError:  # pragma: no cover - private module moved
+        return
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.hide()
+    QApplication.processEvents()
+
+
+def _shot(viewer):
+    _hide_notifications(viewer)
+    return viewer.screenshot(canvas_only=False, flash=False)
+
+
+def take_screenshots(out_dir: Path, timeout_s: float = 240.0) -> None:
+    """Tiny runs from both widgets, then screenshots of the window and the plots."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, rec, fit = open_viewer()
+    # ---- 2D: the astronaut, a short schedule at 128² (downsample 4)
+    viewer.layers["1OL5 map (32³, 2 Å)"].visible = False
+    _raise_dock(fit)
+    fit.layer_combo.setCurrentText("astronaut")
+    fit.schedule.setText("50,50,100,150")
+    fit.hidden.setValue(64)
+    fit.downsample.setValue(4)
+    fit.start()
+    _wait_for(fit, timeout_s)
+    viewer.layers["astronaut"].visible = False
+    fit.stepper.spin.setValue(4)  # the finest scale and its spectrum
+    viewer.reset_view()
+    QApplication.processEvents()
+    _save(out_dir / "fit_image.png", _shot(viewer))
+
+    # ---- 3D: simulate from the 1OL5 32³ sample, tiny preset, FSC against the loaded map
+    for name in [layer.name for layer in viewer.layers if layer.name.startswith("rMFN ")]:
+        viewer.layers.remove(name)
+    viewer.layers.remove("astronaut")  # keep the 3D view framed on the map
+    _raise_dock(rec)
+    rec.sim_n.setValue(300)
+    rec.reference.setCurrentText("1OL5 map (32³, 2 Å)")
+    rec.preset.setCurrentText("tiny")
+    rec.batch.setValue(100)
+    rec.start()
+    _wait_for(rec, timeout_s)
+    rec.stepper.all_button.click()
+    viewer.layers["1OL5 map (32³, 2 Å)"].visible = True
+    viewer.reset_view()
+    viewer.camera.angles = (15, -35, 55)
+    QApplication.processEvents()
+    _save(out_dir / "reconstruct.png", _shot(viewer))
+    _save(out_dir / "fsc.png", rec.fsc_plot.grab_image())
+    _save(out_dir / "pose_errors.png", rec.pose_plot.grab_image())
+    viewer.close()
+
+
+def main(argv=None) -> int:
+    """Entry point: the interactive viewer, or ``--screenshots DIR``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--screenshots", type=Path, default=None,
+                        help="run tiny fits and save README screenshots into this folder, then exit")
+    parser.add_argument("--timeout", type=float, default=240.0,
+                        help="seconds allowed for each screenshot run")
+    args = parser.parse_args(argv)
+    if args.screenshots is not None:
+        take_screenshots(args.screenshots, args.timeout)
+        return 0
+    import napari
+
+    open_viewer()
+    napari.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
