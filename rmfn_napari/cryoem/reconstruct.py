@@ -76,6 +76,8 @@ class ReconstructConfig:
         ``perturb_deg`` (paper protocol, when the STAR holds the truth), or uniform.
     perturb_deg : (min, max) geodesic perturbation in degrees.
     poses_are_truth : evaluate pose errors against the STAR's poses (simulated data).
+    mask_radius : soft spherical solvent mask applied to the rendered map, radius as a
+        fraction of the box (0.45: 0.45 D, cosine edge of 0.05 D); None: no mask.
     pose_search : before each epoch, score every particle against ``search_rotations``
         random rotations (a fresh uniform set each epoch) on the stage's central Fourier
         window (at most ``search_window`` pixels wide) and keep the best pose where it
@@ -108,6 +110,7 @@ class ReconstructConfig:
     poses_are_truth: bool = True
     invert_contrast: bool = False
     max_particles: int | None = None
+    mask_radius: float | None = 0.45
     pose_search: bool = False
     search_from_stage: int = 1
     search_rotations: int = 4000
@@ -210,16 +213,32 @@ def shift_phase(box: int, shifts_px: torch.Tensor, window: int) -> torch.Tensor:
     return torch.polar(torch.ones_like(phase), phase)
 
 
-def render_volume(net: ResidualMFN, n: int, scale: int) -> torch.Tensor:
-    """The map of ``scale`` rendered on an n^3 grid over the whole box, ``[z, y, x]``."""
-    return net.render_grid((n, n, n), max_scale=scale)[-1][..., 0]
+def spherical_mask(n: int, radius: float | None, device=None) -> torch.Tensor | None:
+    """Soft spherical mask on an n^3 grid over the box: 1 inside ``radius`` (fraction of the
+    box), a raised-cosine edge 0.05 box wide, 0 outside. None when ``radius`` is None."""
+    if radius is None:
+        return None
+    c = grid_axis(n, device)
+    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    width = 0.05
+    t = ((r - radius) / width).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(math.pi * t))
 
 
-def render_all_scales(net: ResidualMFN, box: int, upto: int) -> list[np.ndarray]:
-    """Every scale 0..upto on the full D^3 grid (numpy float32), without gradients."""
+def render_volume(net: ResidualMFN, n: int, scale: int, mask_radius: float | None = None) -> torch.Tensor:
+    """The map of ``scale`` rendered on an n^3 grid over the whole box, ``[z, y, x]``,
+    times the soft spherical mask of ``mask_radius`` (fraction of the box) if given."""
+    vol = net.render_grid((n, n, n), max_scale=scale)[-1][..., 0]
+    mask = spherical_mask(n, mask_radius, vol.device)
+    return vol if mask is None else vol * mask
+
+
+def render_all_scales(net: ResidualMFN, box: int, upto: int, mask_radius: float | None = None) -> list[np.ndarray]:
+    """Every scale 0..upto on the full D^3 grid (numpy float32, masked), without gradients."""
     with torch.no_grad():
         outs = net.render_grid((box, box, box), max_scale=upto)
-    return [o[..., 0].float().cpu().numpy() for o in outs]
+        mask = spherical_mask(box, mask_radius, outs[0].device)
+    return [(o[..., 0] if mask is None else o[..., 0] * mask).float().cpu().numpy() for o in outs]
 
 
 def forward_images_real_space(net: ResidualMFN, rotations: torch.Tensor, box: int, scale: int) -> torch.Tensor:
@@ -251,8 +270,10 @@ class ForwardModel:
     O(1) images); see :func:`forward_images_real_space` for the same quantity in real space.
     """
 
-    def __init__(self, box: int, apix: float, scale: int, band_cycles: float, sigma: float, pad: int):
+    def __init__(self, box: int, apix: float, scale: int, band_cycles: float, sigma: float, pad: int,
+                 mask_radius: float | None = None):
         self.box, self.apix, self.scale, self.pad = box, apix, scale, pad
+        self.mask_radius = mask_radius
         self.sigma = sigma
         self.window = stage_window(band_cycles, sigma, box)
         # a few samples of margin: the ReLU heads add harmonics beyond the band
@@ -260,7 +281,7 @@ class ForwardModel:
 
     def volume_ft(self, net: ResidualMFN) -> torch.Tensor:
         """Padded centred 3D FT of the stage's volume, scaled to the full box's units."""
-        vol = render_volume(net, self.render_n, self.scale)
+        vol = render_volume(net, self.render_n, self.scale, self.mask_radius)
         # a grid of n samples over the box sums to (n/D)^3 of the D-grid sum; the 1/D
         # makes images O(1)
         factor = (self.box / self.render_n) ** 3 / self.box
@@ -364,7 +385,7 @@ def _evaluate(net, box, apix, scale, reference, rotations, true_rot, cfg, stage)
     the network's frame, so the same transform is applied to the coarser ones.
     """
     events: list[Event] = []
-    maps = render_all_scales(net, box, scale)
+    maps = render_all_scales(net, box, scale, cfg.mask_radius)
     if reference is not None:
         alignment = None
         if cfg.align_for_fsc:
@@ -480,7 +501,7 @@ def reconstruct(
         last_scale = scale
         band = net.band_limits[scale]
         sigma = stage_sigma(scale, cfg.n_layers, box, cfg.lambdas)
-        fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad)
+        fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad, cfg.mask_radius)
         weight = gaussian_weight(fwd.window, sigma, device)
         yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band)
         yield log(f"stage {stage_idx + 1}: scale {scale + 1}, band {band:.2f} cycles/box "
@@ -532,7 +553,7 @@ def reconstruct(
                 now = time.perf_counter()
                 if now - last_snap >= cfg.snapshot_interval_s:
                     last_snap = now
-                    yield _snapshot(net, box, apix, scale, stage_idx, final=False)
+                    yield _snapshot(net, box, apix, scale, stage_idx, final=False, mask_radius=cfg.mask_radius)
             if stopped or skipped:
                 break
             state.epoch_in_stage = epoch + 1
@@ -543,7 +564,7 @@ def reconstruct(
                 _save_checkpoint(ckpt_path, net, opt, rotations, state, cfg)
         # end of stage: snapshots of every scale so far, FSC, pose errors
         for k in range(scale + 1):
-            yield _snapshot(net, box, apix, k, stage_idx, final=True)
+            yield _snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
         last_eval = _evaluate(net, box, apix, scale, ref, rotations, true_rot, cfg, stage_idx)
         summary = _summarise(last_eval)
         summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
@@ -573,7 +594,7 @@ def reconstruct(
     outputs: dict[str, str] = {}
     if out is not None:
         outputs = _write_outputs(out, net, box, apix, last_scale, ds, n, rotations, metrics_out,
-                                 log_lines, scale_img)
+                                 log_lines, scale_img, cfg.mask_radius)
         if ckpt_path is not None and ckpt_path.exists():
             outputs["checkpoint"] = str(ckpt_path)
     yield RunFinished(stopped, state.step, seconds, outputs, metrics_out)
@@ -721,9 +742,9 @@ def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, idx
     return loss_s, loss_p
 
 
-def _snapshot(net, box, apix, scale, stage, final) -> ScaleSnapshot:
+def _snapshot(net, box, apix, scale, stage, final, mask_radius=None) -> ScaleSnapshot:
     with torch.no_grad():
-        vol = render_volume(net, box, scale).float().cpu().numpy()
+        vol = render_volume(net, box, scale, mask_radius).float().cpu().numpy()
     return ScaleSnapshot(scale, vol, log_spectrum(vol), apix, stage, final)
 
 
@@ -752,9 +773,10 @@ def _final_metrics(events: list[Event]) -> dict:
     return res
 
 
-def _write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, metrics, log_lines, scale_img):
+def _write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, metrics, log_lines, scale_img,
+                   mask_radius=None):
     written: dict[str, str] = {}
-    maps = render_all_scales(net, box, last_scale)
+    maps = render_all_scales(net, box, last_scale, mask_radius)
     for k, vol in enumerate(maps):
         # back to the images' units: image = sum_z V / D in units of the image std
         path = write_map(out / f"scale_{k + 1}.mrc", vol * scale_img, apix)
