@@ -1,7 +1,5 @@
 """Simulator + RELION I/O: round trips, conventions, reproducibility, atomicity, bad input."""
 
-import os
-import shutil
 from pathlib import Path
 
 import mrcfile

@@ -5,7 +5,6 @@ Tiny runs only (32×32 image, width 16): each test takes a few seconds on a 2-co
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np

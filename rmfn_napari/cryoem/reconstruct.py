@@ -36,11 +36,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..engine.control import RunControl
+from ..engine.control import RunControl, honour_requests
 from ..engine.devices import resolve_device
 from ..engine.events import (
-    Event, Log, Metrics, Progress, RunFinished, RunPaused, RunResumed, RunStarted,
-    ScaleSnapshot, StageFinished, StageStarted,
+    Event, Log, Metrics, Progress, RunFinished, RunStarted, ScaleSnapshot, StageFinished,
+    StageStarted,
 )
 from ..errors import InputError
 from ..fitting.metrics import log_spectrum
@@ -527,15 +527,9 @@ def reconstruct(
                 yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
                           f"({time.perf_counter() - t_search:.1f} s)")
             for b in range(batches_per_epoch):
-                if control.paused:
-                    yield RunPaused(state.step)
-                    control.wait_while_paused()
-                    yield RunResumed(state.step)
-                if control.stop_requested:
-                    stopped = True
-                    break
-                if control.take_next_stage():
-                    skipped = True
+                command = yield from honour_requests(control, state.step)
+                if command is not None:
+                    stopped, skipped = command == "stop", command == "next"
                     break
                 idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
                 obs, ctf_b = _batch_data(ds, idx, ctf, shifts_px, fwd, scale_img, cfg, device)
@@ -641,10 +635,8 @@ def structure_steps(net, opt, fwd: ForwardModel, weight, obs, ctf_b, R, steps: i
     """
     loss_value = float("nan")
     for _ in range(steps):
-        if control is not None:
-            control.wait_while_paused()
-            if control.stop_requested:
-                break
+        if control is not None and control.wait_or_stop():
+            break
         vol_ft = fwd.volume_ft(net)
         loss = _residual_loss(fwd.slices(vol_ft, R), obs, ctf_b, weight).mean()
         opt.zero_grad(set_to_none=True)
@@ -666,10 +658,8 @@ def pose_steps(vol_ft, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, lr:
     popt = torch.optim.Adam([omega], lr=lr, betas=tuple(betas))
     loss_value = float("nan")
     for _ in range(steps):
-        if control is not None:
-            control.wait_while_paused()
-            if control.stop_requested:
-                break
+        if control is not None and control.wait_or_stop():
+            break
         per_image = _residual_loss(fwd.slices(vol_ft, axis_angle_to_matrix(omega) @ R), obs, ctf_b, weight)
         popt.zero_grad(set_to_none=True)
         per_image.sum().backward()

@@ -9,6 +9,9 @@ condition variable (no sleep loop).
 from __future__ import annotations
 
 import threading
+from typing import Generator
+
+from .events import Event, RunPaused, RunResumed
 
 
 class StopRequested(Exception):
@@ -83,7 +86,30 @@ class RunControl:
                     break
         return waited
 
+    def wait_or_stop(self) -> bool:
+        """Block while paused; return True when a stop was requested (inner loops)."""
+        self.wait_while_paused()
+        return self._stop
+
     def check_stop(self) -> None:
         """Raise :class:`StopRequested` when a stop was requested."""
         if self._stop:
             raise StopRequested()
+
+
+def honour_requests(control: RunControl, step: int) -> Generator[Event, None, str | None]:
+    """The engines' check between steps: pause (yielding RunPaused/RunResumed around the
+    wait), then stop or next stage.
+
+    Use as ``command = yield from honour_requests(control, step)``; ``command`` is
+    ``"stop"``, ``"next"`` or None.
+    """
+    if control.paused:
+        yield RunPaused(step)
+        control.wait_while_paused()
+        yield RunResumed(step)
+    if control.stop_requested:
+        return "stop"
+    if control.take_next_stage():
+        return "next"
+    return None

@@ -23,11 +23,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..engine.control import RunControl
+from ..engine.control import RunControl, honour_requests
 from ..engine.devices import resolve_device
 from ..engine.events import (
-    Event, Log, Metrics, Progress, RunFinished, RunPaused, RunResumed, RunStarted,
-    ScaleSnapshot, StageFinished, StageStarted,
+    Event, Log, Metrics, Progress, RunFinished, RunStarted, ScaleSnapshot, StageFinished,
+    StageStarted,
 )
 from ..errors import InputError
 from ..model import METHODS, ResidualMFN
@@ -165,15 +165,9 @@ def fit_image(
         done = 0
         skipped = False
         for stage_step in range(1, int(n_steps) + 1):
-            if control.paused:
-                yield RunPaused(step)
-                control.wait_while_paused()
-                yield RunResumed(step)
-            if control.stop_requested:
-                stopped = True
-                break
-            if control.take_next_stage():
-                skipped = True
+            command = yield from honour_requests(control, step)
+            if command is not None:
+                stopped, skipped = command == "stop", command == "next"
                 break
             outs = net.combine(net.grid_features((h, w), max_scale=stage),
                                detach_below=stage if fair_bacon else None)
