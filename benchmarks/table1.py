@@ -65,7 +65,7 @@ PAPER_TABLE1 = {
 #: cpu: the paper's setting scaled down -- 4 scales and lambdas as the paper, training
 #: images 128² (so the coarsest band, N/2 / 3.3³ = 1.8 cycles/box, still holds more than
 #: the DC term), width 64, and the paper's schedule divided by 10 with its 1:1:2:16
-#: proportions kept (about 0.2-0.5 s per step on 2 shared cores).
+#: proportions kept (~20 ms per step on 2 idle cores: ~3 min for the table; far more when shared).
 CONFIGS = {
     "cpu": dict(size=256, downsample=2, hidden=64, schedule=(50, 50, 100, 800), lr=5e-3, images=3),
     "paper": dict(size=512, downsample=2, hidden=256, schedule=(500, 500, 1000, 8000), lr=5e-3, images=8),
