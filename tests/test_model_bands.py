@@ -150,15 +150,29 @@ def test_methods_share_band_limits_and_residual_sums_heads():
         assert torch.allclose(b_outs[1], bacon.head(1, b_feats[1]), atol=1e-6)
 
 
-def test_bacon_frequencies_are_integer_cycles_and_frozen():
-    net = ResidualMFN(3, 16, 3, init="bacon", resolution=32)
-    for f in net.filters:
-        cycles = f.frequency / (2 * math.pi)
-        assert torch.allclose(cycles, cycles.round(), atol=1e-5)
+def test_bacon_frequencies_split_the_band_and_are_frozen():
+    net = ResidualMFN(3, 64, 3, init="bacon", resolution=32)
+    bands = net.layer_band_limits_rad
+    widths = [bands[0]] + [b - a for a, b in zip(bands, bands[1:])]
+    for f, width in zip(net.filters, widths):
+        assert f.frequency.abs().max() <= width  # continuous U(-b_i, b_i), as in Table 1's code
+        assert f.frequency.abs().max() > 0.8 * width
         assert not f.frequency.requires_grad
         assert f.phase.requires_grad
     names = {n for n, _ in net.named_parameters()}
     assert not any("frequency" in n for n in names)
+    lattice = ResidualMFN(3, 16, 3, init="bacon", resolution=32, bacon_quantized=True)
+    for f in lattice.filters:
+        cycles = f.frequency / (2 * math.pi)
+        assert torch.allclose(cycles, cycles.round(), atol=1e-5)
+
+
+def test_l_scales_have_l_plus_1_filters():
+    net = ResidualMFN(2, 8, 4, resolution=256)
+    assert (len(net.filters), len(net.linears), len(net.heads)) == (5, 4, 4)
+    # z^0 .. z^4 bands: the first filter is the scale-1 band shrunk once more by g
+    assert net.layer_band_limits_rad[1:] == net.band_limits_rad
+    assert net.layer_band_limits_rad[0] == pytest.approx(net.band_limits_rad[0] / 3.3)
 
 
 @pytest.mark.parametrize("dim,shape", [(2, (40, 24)), (3, (12, 10, 16))])
@@ -175,7 +189,7 @@ def test_grid_fast_path_matches_coordinates(dim, shape):
 def test_residual_frequencies_follow_eq7():
     lam1, lam2 = 0.3, 2.0
     net = ResidualMFN(2, 256, 3, lambdas=(lam1, lam2), resolution=64, seed=0)
-    bands = net.band_limits_rad
+    bands = net.layer_band_limits_rad  # filter i shifts the band of z^(i-1)
     w0 = net.filters[0].frequency
     assert w0.abs().max() <= bands[0]
     w1 = net.filters[1].frequency

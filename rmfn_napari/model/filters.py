@@ -14,15 +14,16 @@ Two initialisations are provided, both with *frozen* filter frequencies:
     layer i is then band-limited to ``B_i = (1 + lambda1 + lambda2) * B_{i-1}``.
 
 ``"bacon"`` (BACON, Lindell et al. 2022)
-    Integer-lattice frequencies (periodic on the unit box): layer i draws
-    ``omega = 2*pi*m`` with integer ``m`` uniform in ``[-b_i, b_i]`` cycles per axis,
-    where ``b_0 = B_0`` and ``b_i = B_i - B_{i-1}``, so scale i is band-limited to
-    ``B_i`` too ("the frequencies for all methods are initialised to have the same
-    band-limit", paper §5).
+    Layer i draws ``omega ~ U(-b_i, b_i)^d`` with ``b_0 = B_0`` and
+    ``b_i = B_i - B_{i-1}``, so ``z^i`` is band-limited to ``B_i`` too ("the frequencies
+    for all methods are initialised to have the same band-limit", paper §5). Continuous,
+    as in the authors' code for Table 1; BACON's integer lattice is an option.
 
-The scale band limits are shared: ``B_{L-1} = pi * N`` rad/unit (the Nyquist frequency of
-an N-sample grid on the unit box, i.e. N/2 cycles/box) and ``B_i = B_{L-1} / g^(L-1-i)``
-with the growth factor ``g = 1 + lambda1 + lambda2``.
+An L-scale network has L + 1 filters (paper Eq. 1): ``z^0 = g^0(x)`` and
+``z^i = g^i(x) * (W^i z^(i-1))`` for i = 1..L, with the head of scale i on ``z^i``. The
+bands are shared: ``B_L = pi * N`` rad/unit (the Nyquist frequency of an N-sample grid on
+the unit box, N/2 cycles/box) and ``B_i = B_L / g^(L-i)`` with the growth factor
+``g = 1 + lambda1 + lambda2``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ def growth_factor(lambdas: tuple[float, float]) -> float:
     return 1.0 + lam1 + lam2
 
 
+def layer_band_limits(resolution: int, n_scales: int, lambdas: tuple[float, float]) -> list[float]:
+    """Per-axis band limit (rad/unit) of every hidden state ``z^0 .. z^L`` (L = n_scales).
+
+    ``z^i`` is band-limited to ``pi * N / g^(L - i)``: ``z^L`` (the finest scale) to the
+    Nyquist frequency of the N-grid, the first filter ``z^0`` to ``pi * N / g^L``. Scale k
+    (1-based) is the head on ``z^k``, so the scale bands are this list without its first
+    entry (:func:`scale_band_limits`).
+    """
+    if resolution <= 0 or n_scales <= 0:
+        raise ValueError("resolution and n_scales must be positive")
+    g = growth_factor(lambdas)
+    top = math.pi * resolution
+    return [top / g ** (n_scales - i) for i in range(n_scales + 1)]
+
+
 def scale_band_limits(resolution: int, n_scales: int, lambdas: tuple[float, float]) -> list[float]:
     """Per-axis band limit of every scale in rad per unit length.
 
@@ -72,11 +88,7 @@ def scale_band_limits(resolution: int, n_scales: int, lambdas: tuple[float, floa
     list of float
         ``B_0 < B_1 < ... < B_{L-1}`` in rad/unit; divide by ``2*pi`` for cycles/box.
     """
-    if resolution <= 0 or n_scales <= 0:
-        raise ValueError("resolution and n_scales must be positive")
-    g = growth_factor(lambdas)
-    top = math.pi * resolution
-    return [top / g ** (n_scales - 1 - i) for i in range(n_scales)]
+    return layer_band_limits(resolution, n_scales, lambdas)[1:]
 
 
 def directions(in_dim: int) -> torch.Tensor:
@@ -98,7 +110,11 @@ def residual_frequencies(
     lambdas: tuple[float, float],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Filter frequencies (rad/unit), shape (hidden, in_dim), of the proposed init (Eq. 7)."""
+    """Filter frequencies (rad/unit), shape (hidden, in_dim), of the proposed init (Eq. 7).
+
+    ``bands`` are the hidden-state bands of :func:`layer_band_limits`; filter ``layer``
+    shifts the band of ``z^(layer-1)``.
+    """
     if layer == 0:
         b0 = bands[0]
         return (torch.rand(hidden, in_dim, generator=generator) * 2 - 1) * b0
@@ -111,14 +127,20 @@ def residual_frequencies(
 
 
 def bacon_frequencies(
-    layer: int, in_dim: int, hidden: int, bands: list[float], generator: torch.Generator
+    layer: int, in_dim: int, hidden: int, bands: list[float], generator: torch.Generator,
+    quantized: bool = False,
 ) -> torch.Tensor:
-    """Integer-lattice filter frequencies (rad/unit), shape (hidden, in_dim), BACON-style.
+    """BACON band split: filter frequencies (rad/unit), shape (hidden, in_dim).
 
-    Layer ``layer`` gets a per-axis bandwidth ``b = B_0`` (layer 0) or ``B_i - B_{i-1}``,
-    quantised to whole cycles per unit so the network is periodic on the unit box.
+    Filter ``layer`` gets a per-axis bandwidth ``b = B_0`` (layer 0) or ``B_i - B_{i-1}``
+    (``bands`` from :func:`layer_band_limits`), so the bands add up layer by layer.
+    Frequencies are drawn U(-b, b) per axis, as the rMFN authors' code does for its BACON
+    baselines (Table 1); ``quantized=True`` gives BACON's own integer lattice instead
+    (whole cycles per unit: periodic on the unit box).
     """
     width = bands[0] if layer == 0 else bands[layer] - bands[layer - 1]
+    if not quantized:
+        return (torch.rand(hidden, in_dim, generator=generator) * 2 - 1) * width
     m_max = int(math.floor(width / (2 * math.pi) + 1e-9))
     m = torch.randint(-m_max, m_max + 1, (hidden, in_dim), generator=generator)
     return 2 * math.pi * m.to(torch.float32)

@@ -10,13 +10,15 @@ staged + residual, BACON init          ``init="bacon", residual=True``
 staged + residual + proposed init      ``init="residual", residual=True`` (rMFN)
 =====================================  ==========================================
 
-The network (paper Eqs. 1, 5, 8)::
+The network (paper Eqs. 1, 5, 8), L scales, L + 1 filters::
 
     z0 = g0(x)
-    zi = gi(x) * (Wi z(i-1))                  # Hadamard product, i = 1..L-1
-    hi = Wout_i zi + bout_i                   # one linear head per layer
-    y_i = y_(i-1) + act(hi)   (residual)      # scale i = sum of heads 0..i
+    zi = gi(x) * (Wi z(i-1))                  # Hadamard product, i = 1..L
+    hi = Wout_i zi + bout_i                   # one linear head per layer, i = 1..L
+    y_i = y_(i-1) + act(hi)   (residual)      # scale i = sum of heads 1..i
     y_i = act(hi)             (BACON)
+
+In code, scales are 0-based: scale k is the head on ``z^(k+1)``.
 
 ``act`` is the identity, or a ReLU per head when the represented signal is
 non-negative (cryo-EM density). Coordinates are in ``[-0.5, 0.5)`` per axis, ordered
@@ -31,7 +33,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .filters import INITS, SineFilter, bacon_frequencies, residual_frequencies, scale_band_limits
+from .filters import INITS, SineFilter, bacon_frequencies, layer_band_limits, residual_frequencies
 
 
 def grid_axis(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -63,7 +65,8 @@ class ResidualMFN(nn.Module):
     hidden : int
         Width of every hidden layer.
     n_layers : int
-        Number of filters = hidden layers = output heads = scales.
+        Number of scales = hidden layers = output heads (the network has n_layers + 1
+        filters: the first one feeds the first hidden layer).
     out_dim : int
         Channels of the output (1 for grey images and densities, 3 for RGB).
     init : {"residual", "bacon"}
@@ -80,6 +83,8 @@ class ResidualMFN(nn.Module):
         Applied to each head before summing (paper §6 uses a ReLU: density >= 0).
     seed : int
         Seed of the initialisation (frequencies, phases, weights).
+    bacon_quantized : bool
+        With ``init="bacon"``: BACON's integer-lattice frequencies instead of continuous.
     new_head_scale : float
         Multiplies the initial weights of heads 1..L-1, so that a new scale starts as a
         small correction of the previous one (1.0: the paper's init; the cryo-EM engine
@@ -99,6 +104,7 @@ class ResidualMFN(nn.Module):
         head_activation: str | None = None,
         seed: int = 0,
         new_head_scale: float = 1.0,
+        bacon_quantized: bool = False,
     ):
         super().__init__()
         if init not in INITS:
@@ -113,20 +119,22 @@ class ResidualMFN(nn.Module):
         self.head_activation = head_activation
         self.seed = int(seed)
         self.new_head_scale = float(new_head_scale)
+        self.bacon_quantized = bool(bacon_quantized)
         gen = torch.Generator().manual_seed(seed)
-        bands = scale_band_limits(resolution, n_layers, self.lambdas)
-        self._bands_rad = bands
+        layer_bands = layer_band_limits(resolution, n_layers, self.lambdas)  # z^0 .. z^L
+        self._layer_bands_rad = layer_bands
+        self._bands_rad = layer_bands[1:]
         filters = []
-        for i in range(n_layers):
+        for i in range(n_layers + 1):
             if init == "residual":
-                freq = residual_frequencies(i, in_dim, hidden, bands, self.lambdas, gen)
+                freq = residual_frequencies(i, in_dim, hidden, layer_bands, self.lambdas, gen)
             else:
-                freq = bacon_frequencies(i, in_dim, hidden, bands, gen)
+                freq = bacon_frequencies(i, in_dim, hidden, layer_bands, gen, self.bacon_quantized)
             filters.append(SineFilter(freq, gen))
         self.filters = nn.ModuleList(filters)
         # hidden linears: the proposed init has no bias (DESIGN.md §3); BACON keeps one
         self.linears = nn.ModuleList(
-            [nn.Linear(hidden, hidden, bias=(init == "bacon")) for _ in range(n_layers - 1)]
+            [nn.Linear(hidden, hidden, bias=(init == "bacon")) for _ in range(n_layers)]
         )
         self.heads = nn.ModuleList([nn.Linear(hidden, out_dim) for _ in range(n_layers)])
         bound = math.sqrt(6.0 / hidden)
@@ -149,6 +157,11 @@ class ResidualMFN(nn.Module):
         """Per-axis band limit of each scale in rad per unit length."""
         return list(self._bands_rad)
 
+    @property
+    def layer_band_limits_rad(self) -> list[float]:
+        """Per-axis band limit of the hidden states ``z^0 .. z^L`` in rad per unit length."""
+        return list(self._layer_bands_rad)
+
     # ---------------------------------------------------------------- forward
     def _check_scale(self, max_scale: int | None) -> int:
         if max_scale is None:
@@ -159,14 +172,15 @@ class ResidualMFN(nn.Module):
 
     def _features(self, filter_out, max_scale: int) -> list[torch.Tensor]:
         z = filter_out(0)
-        feats = [z]
-        for i in range(1, max_scale + 1):
+        feats = []
+        for i in range(1, max_scale + 2):
             z = filter_out(i) * self.linears[i - 1](z)
             feats.append(z)
         return feats
 
     def features(self, coords: torch.Tensor, max_scale: int | None = None) -> list[torch.Tensor]:
-        """Hidden states ``z_0 .. z_max_scale`` at coords (..., in_dim) -> (..., hidden)."""
+        """The hidden state under each scale's head, ``z^1 .. z^(max_scale+1)``, at coords
+        (..., in_dim) -> list of (..., hidden)."""
         last = self._check_scale(max_scale)
         return self._features(lambda i: self.filters[i](coords), last)
 
@@ -226,12 +240,11 @@ class ResidualMFN(nn.Module):
         return self.combine(self.grid_features(shape, max_scale))
 
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Parameters that shape scale ``stage``: filters, linears and heads 0..stage."""
-        params: list[nn.Parameter] = []
+        """Parameters that shape scale ``stage``: filters 0..stage+1, linears and heads 0..stage."""
+        params: list[nn.Parameter] = list(self.filters[0].parameters())
         for i in range(stage + 1):
-            params += list(self.filters[i].parameters()) + list(self.heads[i].parameters())
-            if i >= 1:
-                params += list(self.linears[i - 1].parameters())
+            params += list(self.filters[i + 1].parameters()) + list(self.linears[i].parameters())
+            params += list(self.heads[i].parameters())
         return params
 
     def config(self) -> dict:
@@ -240,7 +253,7 @@ class ResidualMFN(nn.Module):
             in_dim=self.in_dim, hidden=self.hidden, n_layers=self.n_layers, out_dim=self.out_dim,
             init=self.init, residual=self.residual, lambdas=list(self.lambdas),
             resolution=self.resolution, head_activation=self.head_activation, seed=self.seed,
-            new_head_scale=self.new_head_scale,
+            new_head_scale=self.new_head_scale, bacon_quantized=self.bacon_quantized,
         )
 
 
