@@ -13,8 +13,10 @@ aggregates. It also records, per image, two diagnostics that the paper does not 
 * ``drift_hann``: the same spectrum difference with a 2D Hann window applied to both
   images before the FFT. Continuous (non-integer) filter frequencies make the outputs
   non-periodic on the grid, and the unwindowed |FFT| then spreads every change over all
-  frequencies (leakage); integer-lattice frequencies (our BACON init) do not leak. The
-  window puts both kinds on the same footing.
+  frequencies (leakage); integer-lattice frequencies (BACON's own init, the
+  ``bacon_quantized`` option) do not leak. Since all three methods now use continuous
+  frequencies (as the authors' code does for Table 1), the window mainly removes the
+  boundary term common to all of them.
 * ``drift_rms``: the root-mean-square change of each scale's image (intensity units).
 
 Images: natural images that ship with the project (``sample_data/images``) or inside the
