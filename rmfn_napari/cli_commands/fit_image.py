@@ -10,17 +10,8 @@ from ..errors import InputError
 from ..fitting import FitImageConfig, fit_image, load_image
 from ..fitting.image_fitting import PAPER_SCHEDULE
 from ..model import METHODS
+from ._args import positive_ints
 from ._events import consume, stop_on_interrupt
-
-
-def _schedule(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--schedule must be comma-separated integers, got {text!r}")
-    if not steps or min(steps) < 1:
-        raise argparse.ArgumentTypeError("--schedule needs one positive step count per stage")
-    return steps
 
 
 def register(subparsers) -> None:
@@ -35,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=sorted(METHODS), default="rmfn",
                    help="rmfn (residual + proposed init), res-bacon (residual + BACON init), "
                    "bacon (staged 'fair' BACON); default rmfn")
-    p.add_argument("--schedule", type=_schedule, default=PAPER_SCHEDULE,
+    p.add_argument("--schedule", type=positive_ints, default=PAPER_SCHEDULE,
                    help="steps per stage, one stage per scale (default 500,500,1000,8000)")
     p.add_argument("--hidden", type=int, default=256, help="hidden width (default 256)")
     p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 5e-3)")

@@ -8,14 +8,8 @@ import sys
 
 from ..cryoem.reconstruct import MODES, POSE_INITS, PRESETS, ReconstructConfig, reconstruct
 from ..engine.control import RunControl
+from ._args import positive_ints
 from ._events import consume, stop_on_interrupt
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
 def register(subparsers) -> None:
@@ -37,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--pose-init", choices=POSE_INITS, default=None,
                    help="initial poses: star, perturb (45-90 deg from the STAR's: the paper's "
                    "protocol for simulated data; default), random")
-    p.add_argument("--epochs", type=_ints, help="epochs per stage, e.g. 15,15,70")
+    p.add_argument("--epochs", type=positive_ints, help="epochs per stage, e.g. 15,15,70")
     p.add_argument("--batch", type=int, help="particles per batch")
     p.add_argument("--layers", type=int, help="network layers (= scales = stages)")
     p.add_argument("--hidden", type=int, help="network width")
