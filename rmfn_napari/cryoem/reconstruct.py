@@ -78,6 +78,8 @@ class ReconstructConfig:
     poses_are_truth : evaluate pose errors against the STAR's poses (simulated data).
     mask_radius : soft spherical solvent mask applied to the rendered map, radius as a
         fraction of the box (0.45: 0.45 D, cosine edge of 0.05 D); None: no mask.
+    new_head_scale : initial weight scale of heads 2..L relative to the paper's init, so
+        that opening a stage does not wreck the map (1.0: the paper's init).
     pose_search : before each epoch, score every particle against ``search_rotations``
         random rotations (a fresh uniform set each epoch) on the stage's central Fourier
         window (at most ``search_window`` pixels wide) and keep the best pose where it
@@ -111,6 +113,7 @@ class ReconstructConfig:
     invert_contrast: bool = False
     max_particles: int | None = None
     mask_radius: float | None = 0.45
+    new_head_scale: float = 0.05
     pose_search: bool = False
     search_from_stage: int = 1
     search_rotations: int = 4000
@@ -458,7 +461,7 @@ def reconstruct(
     torch.manual_seed(cfg.seed)
     net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
                       lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed,
-                      new_head_scale=0.05).to(device)
+                      new_head_scale=cfg.new_head_scale).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_structure)
     rotations = _initial_rotations(ds, n, cfg)
     true_rot = ds.rotations[:n] if (cfg.poses_are_truth and ds.has_poses) else None
