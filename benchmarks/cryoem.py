@@ -6,8 +6,9 @@ Usage::
     python benchmarks/cryoem.py --config cpu    # 1OL5 32^3 at 2 Å, 3000 particles (~20 min, 2 cores)
     python benchmarks/cryoem.py --config paper  # 1OL5 64^3 at 1 Å, 50,000 particles, 100 epochs (GPU)
 
-Each mode runs as its own ``rmfn reconstruct`` process (``--jobs`` at a time, one torch
-thread each on the CPU); the table reads their ``metrics.json``. Writes
+Each run (coarse-to-fine with three seeds, full-scale with the same pose search, both
+modes with the paper's gradient-only pose refinement, oracle poses) is its own
+``rmfn reconstruct`` process (``--jobs`` at a time, one torch thread each on the CPU); the table reads their ``metrics.json``. Writes
 ``benchmarks/results/cryoem_<config>.md`` and ``.json``.
 """
 
@@ -28,7 +29,16 @@ CONFIGS = {
     "cpu": dict(map="sample_data/maps/1ol5_32_2.0A.mrc", n=3000, preset="cpu-small", threads=1),
     "paper": dict(map="sample_data/maps/1ol5_64_1.0A.mrc", n=50000, preset="paper", threads=0),
 }
-MODES = ("coarse-to-fine", "full-scale", "oracle-poses")
+# key: (table label, --mode, seed offset, extra reconstruct flags)
+RUNS = {
+    "c2f": ("coarse-to-fine", "coarse-to-fine", 0, []),
+    "c2f-seed1": ("coarse-to-fine, seed 1", "coarse-to-fine", 1, []),
+    "c2f-seed2": ("coarse-to-fine, seed 2", "coarse-to-fine", 2, []),
+    "full": ("full-scale (same search)", "full-scale", 0, []),
+    "c2f-gradient": ("coarse-to-fine, gradient-only poses (paper)", "coarse-to-fine", 0, ["--pose-search", "off"]),
+    "full-gradient": ("full-scale, gradient-only poses (paper)", "full-scale", 0, ["--pose-search", "off"]),
+    "oracle": ("oracle-poses", "oracle-poses", 0, []),
+}
 
 
 def simulate(cfg: dict, out: Path, seed: int) -> Path:
@@ -40,20 +50,22 @@ def simulate(cfg: dict, out: Path, seed: int) -> Path:
     return star
 
 
-def run_mode(mode: str, star: Path, cfg: dict, out: Path, device: str, seed: int, extra: list[str]) -> dict:
-    mode_dir = out / mode
+def run_one(key: str, star: Path, cfg: dict, out: Path, device: str, seed: int, extra: list[str]) -> dict:
+    """One ``rmfn reconstruct`` process for run ``key`` of :data:`RUNS`; its metrics.json."""
+    label, mode, seed_offset, flags = RUNS[key]
+    mode_dir = out / key
     cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", str(star), "--reference",
            str(star.parent / "reference.mrc"), "--out", str(mode_dir), "--preset", cfg["preset"],
-           "--mode", mode, "--device", device, "--seed", str(seed), "--quiet", *extra]
+           "--mode", mode, "--device", device, "--seed", str(seed + seed_offset), "--quiet", *flags, *extra]
     if cfg["threads"]:
         cmd += ["--threads", str(cfg["threads"])]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        return {"mode": mode, "error": proc.stderr[-2000:], "wall_s": wall}
+        return {"run": key, "label": label, "mode": mode, "error": proc.stderr[-2000:], "wall_s": wall}
     metrics = json.loads((mode_dir / "metrics.json").read_text())
-    metrics["wall_s"] = wall
+    metrics.update(run=key, label=label, wall_s=wall, flags=flags)
     return metrics
 
 
@@ -92,11 +104,12 @@ def forward_speed(box: int, n_images: int = 8, repeats: int = 3) -> list[dict]:
 def markdown(results: list[dict], speed: list[dict], cfg_name: str, cfg: dict, device: str) -> str:
     lines = [f"## Cryo-EM benchmark ({cfg_name}: {Path(cfg['map']).name}, {cfg['n']} particles, "
              f"SNR 0.1, preset {cfg['preset']}, device {device})", "",
-             "| mode | FSC0.5 scale 1 (Å) | scale 2 (Å) | scale 3 (Å) | pose median (°) | poses < 5° | wall (s) |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | FSC0.5 scale 1 (Å) | scale 2 (Å) | scale 3 (Å) | × oracle | pose median (°) | poses < 5° | wall (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    oracle = next((r.get("resolution_A") for r in results if r.get("mode") == "oracle-poses" and "error" not in r), None)
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['mode']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | | |")
+            lines.append(f"| {r['label']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | | | |")
             continue
         fsc = r.get("fsc", {})
         res = [fsc.get(f"scale{k}", {}).get("resolution_A") for k in (1, 2, 3)]
@@ -104,7 +117,8 @@ def markdown(results: list[dict], speed: list[dict], cfg_name: str, cfg: dict, d
             res = [None, None, fsc.get("scale3", {}).get("resolution_A")]
         pe = r.get("pose_errors") or {}
         cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "–" for v in res]
-        lines.append(f"| {r['mode']} | {' | '.join(cells)} | {pe.get('median_deg', float('nan')):.1f} | "
+        ratio = f"{res[2] / oracle:.2f}" if oracle and isinstance(res[2], (int, float)) else "–"
+        lines.append(f"| {r['label']} | {' | '.join(cells)} | {ratio} | {pe.get('median_deg', float('nan')):.1f} | "
                      f"{100 * pe.get('frac_under_5deg', float('nan')):.0f}% | {r['wall_s']:.0f} |")
     lines += ["", "Forward model, seconds per structure step (forward + backward), fast path vs "
               "real-space reference (one network pass per rotated voxel per image):", "",
@@ -119,8 +133,8 @@ def markdown(results: list[dict], speed: list[dict], cfg_name: str, cfg: dict, d
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
-    p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--jobs", type=int, default=2, help="modes run at once (default 2)")
+    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, from {', '.join(RUNS)}")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="bench_out", help="where data and runs go (default bench_out/)")
@@ -131,10 +145,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     star = simulate(cfg, out, args.seed)
-    modes = args.modes.split(",")
+    keys = args.runs.split(",")
+    unknown = [k for k in keys if k not in RUNS]
+    if unknown:
+        p.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda m: run_mode(m, star, cfg, out, args.device, args.seed,
-                                                   args.extra.split()), modes))
+        results = list(pool.map(lambda k: run_one(k, star, cfg, out, args.device, args.seed,
+                                                  args.extra.split()), keys))
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     box = 32 if args.config == "cpu" else 64

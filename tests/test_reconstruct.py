@@ -4,6 +4,7 @@ refinement against a known map, staging/baselines, resume determinism, outputs, 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -171,6 +172,35 @@ def test_resume_ends_where_an_uninterrupted_run_does(tiny_dataset, tmp_path):
     pa = read_particles(tmp_path / "a" / "poses.star").rotations
     pb = read_particles(tmp_path / "b" / "poses.star").rotations
     assert np.allclose(pa, pb, atol=1e-5)
+
+
+def test_pose_from_stage_keeps_the_poses_of_earlier_stages(tiny_dataset):
+    """Stage 1 without pose steps ends with exactly the initial poses; later stages move them."""
+    star, _ = tiny_dataset
+    cfg = _tiny_config(pose_from_stage=1, pose_search=False)
+    events = list(reconstruct(star, cfg))
+    medians = [e.values["median_deg"] for e in events if isinstance(e, Metrics) and e.name == "pose_errors"]
+    from rmfn_napari.cryoem.metrics import pose_errors
+    from rmfn_napari.cryoem.reconstruct import _initial_rotations
+
+    ds = read_particles(star)
+    start = pose_errors(_initial_rotations(ds, ds.n, cfg).numpy(), ds.rotations, allow_flip=True)
+    assert medians[0] == pytest.approx(float(np.median(start)), abs=1e-6)
+    assert medians[1] != pytest.approx(medians[0], abs=1e-3)
+    # a full-scale run has a single stage, which refines poses whatever pose_from_stage says
+    full = list(reconstruct(star, replace(cfg, mode="full-scale")))
+    m_full = [e.values["median_deg"] for e in full if isinstance(e, Metrics) and e.name == "pose_errors"]
+    assert m_full[0] != pytest.approx(medians[0], abs=1e-3)
+
+
+def test_cli_pose_search_flag_overrides_the_preset():
+    from rmfn_napari.cli import build_parser
+    from rmfn_napari.cli_commands.reconstruct import config_from_args
+
+    parser = build_parser()
+    on = config_from_args(parser.parse_args(["reconstruct", "x.star", "--out", "o"]))
+    off = config_from_args(parser.parse_args(["reconstruct", "x.star", "--out", "o", "--pose-search", "off"]))
+    assert on.pose_search and not off.pose_search
 
 
 def test_particles_are_read_in_batches(tiny_dataset, monkeypatch):

@@ -71,6 +71,11 @@ def test_preset_fills_parameters(make_napari_viewer):
         assert (w.lambda1.value(), w.lambda2.value()) == pytest.approx(cfg.lambdas)
         assert w.lr_structure.value() == pytest.approx(cfg.lr_structure)
         assert w.lr_pose.value() == pytest.approx(cfg.lr_pose)
+        assert w.pose_search.isChecked() == cfg.pose_search
+        assert w.config().pose_search == cfg.pose_search and w.config().mode == "coarse-to-fine"
+    w.mode.setCurrentText("full-scale")
+    w.pose_search.setChecked(False)
+    assert w.config().mode == "full-scale" and not w.config().pose_search
     from rmfn_napari.engine.devices import available_devices
 
     assert [w.device.itemText(i) for i in range(w.device.count())] == available_devices()

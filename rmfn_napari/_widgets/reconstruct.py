@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLineEdit, QSpinBox, QStackedWidget,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLineEdit, QSpinBox, QStackedWidget,
     QToolButton, QWidget,
 )
 
@@ -177,6 +177,14 @@ class ReconstructWidget(RunWidgetBase):
         self.pose_init.addItems(["perturb", "random", "star"])
         self.pose_init.setToolTip("perturb: the STAR's poses turned 45–90° away (paper protocol "
                                   "on simulated data); random: uniform; star: as in the file")
+        self.mode = QComboBox()
+        self.mode.addItems(["coarse-to-fine", "full-scale", "oracle-poses"])
+        self.mode.setToolTip("coarse-to-fine: one scale per stage (the paper); full-scale: the finest "
+                             "scale from the start (baseline); oracle-poses: poses fixed at the STAR's")
+        self.pose_search = QCheckBox("global search each epoch")
+        self.pose_search.setToolTip("Score every particle against thousands of random rotations each "
+                                    "epoch and keep the best (not in the paper, which refines poses "
+                                    "by gradient steps only)")
         self.device = QComboBox()
         self.device.addItems(available_devices())
         self.seed = QSpinBox()
@@ -190,6 +198,7 @@ class ReconstructWidget(RunWidgetBase):
         self.form.addRow("reference", self.reference)
         self.form.addRow("reference file", self.reference_path)
         self.form.addRow("preset", self.preset)
+        self.form.addRow("mode", self.mode)
         self.form.addRow("layers", self.n_layers)
         self.form.addRow("width", self.hidden)
         self.form.addRow("frequency init", lam)
@@ -197,6 +206,7 @@ class ReconstructWidget(RunWidgetBase):
         self.form.addRow("batch", self.batch)
         self.form.addRow("learning rates", lr)
         self.form.addRow("pose init", self.pose_init)
+        self.form.addRow("pose search", self.pose_search)
         self.form.addRow("device", self.device)
         self.form.addRow("seed", self.seed)
         self.form.addRow("output folder", self.out_dir)
@@ -221,7 +231,7 @@ class ReconstructWidget(RunWidgetBase):
         return [self.dataset_kind, self.dataset_stack, self.sim_params, self.sim_map_path, self.reference,
                 self.reference_path, self.preset, self.n_layers, self.hidden, self.lambda1,
                 self.lambda2, self.epochs, self.batch, self.lr_structure, self.lr_pose,
-                self.pose_init, self.device, self.seed]
+                self.pose_init, self.mode, self.pose_search, self.device, self.seed]
 
     def apply_preset(self, name: str) -> None:
         """Fill the key parameters from preset ``name``."""
@@ -237,6 +247,7 @@ class ReconstructWidget(RunWidgetBase):
         self.lr_structure.setValue(cfg.lr_structure)
         self.lr_pose.setValue(cfg.lr_pose)
         self.pose_init.setCurrentText(cfg.pose_init)
+        self.pose_search.setChecked(cfg.pose_search)
 
     def _set_row_visible(self, field: QWidget, visible: bool) -> None:
         field.setVisible(visible)
@@ -292,6 +303,8 @@ class ReconstructWidget(RunWidgetBase):
             lr_structure=float(self.lr_structure.value()),
             lr_pose=float(self.lr_pose.value()),
             pose_init=self.pose_init.currentText(),
+            mode=self.mode.currentText(),
+            pose_search=self.pose_search.isChecked(),
             device=self.device.currentText(),
             seed=int(self.seed.value()),
         )

@@ -87,6 +87,9 @@ class ReconstructConfig:
         from stage ``search_from_stage`` (0-based; the first stage's band cannot fix
         poses) and skips each stage's first epoch (the new head is still settling). Our
         extension (not in the paper): gradient-only refinement is local (DESIGN.md §4b).
+    pose_from_stage : first stage (0-based) whose batches run pose steps; earlier stages
+        train the map only and keep the poses (0: every stage, as in the paper). A
+        ``full-scale`` run has one stage and always refines poses.
     invert_contrast : multiply the images by -1 (data with dark particles).
     max_particles : use only the first N particles (None: all).
     pad : zero-padding factor of the 3D FFT (2).
@@ -118,6 +121,7 @@ class ReconstructConfig:
     search_from_stage: int = 1
     search_rotations: int = 4000
     search_window: int = 20
+    pose_from_stage: int = 0
     pad: int = 2
     snapshot_interval_s: float = 5.0
     align_for_fsc: bool = True
@@ -537,7 +541,7 @@ def reconstruct(
                 idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
                 obs, ctf_b = _batch_data(ds, idx, ctf, shifts_px, fwd, scale_img, cfg, device)
                 loss_s, loss_p = _train_batch(net, opt, fwd, weight, obs, ctf_b, rotations, idx, cfg,
-                                              control, device)
+                                              control, device, _moves_poses(cfg, stage_idx))
                 state.step += 1
                 stage_batches += 1
                 epoch_loss += loss_s
@@ -720,11 +724,19 @@ def global_pose_search(net, fwd: ForwardModel, weight, batches, rotations, n_can
     return improved, scored
 
 
-def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, idx, cfg, control, device):
+def _moves_poses(cfg: ReconstructConfig, stage_idx: int) -> bool:
+    """Whether batches of stage ``stage_idx`` (0-based) run pose steps."""
+    if cfg.mode == "oracle-poses" or cfg.pose_steps == 0:
+        return False
+    return cfg.mode == "full-scale" or stage_idx >= cfg.pose_from_stage
+
+
+def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, idx, cfg, control, device,
+                 move_poses: bool = True):
     R = rotations[idx].to(device=device, dtype=torch.float32)
     loss_s = structure_steps(net, opt, fwd, weight, obs, ctf_b, R, cfg.structure_steps, control)
     loss_p = float("nan")
-    if cfg.mode != "oracle-poses" and cfg.pose_steps > 0 and not control.stop_requested:
+    if move_poses and cfg.mode != "oracle-poses" and cfg.pose_steps > 0 and not control.stop_requested:
         with torch.no_grad():
             vol_ft = fwd.volume_ft(net)
         new, loss_p = pose_steps(vol_ft, fwd, weight, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
