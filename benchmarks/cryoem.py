@@ -133,7 +133,8 @@ def markdown(results: list[dict], speed: list[dict], cfg_name: str, cfg: dict, d
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
-    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, from {', '.join(RUNS)}")
+    p.add_argument("--runs", default="full,full-gradient,c2f,c2f-seed1,c2f-seed2,c2f-gradient,oracle",
+                   help=f"comma-separated, from {', '.join(RUNS)} (longest first keeps both jobs busy)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -152,6 +153,7 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda k: run_one(k, star, cfg, out, args.device, args.seed,
                                                   args.extra.split()), keys))
+    results.sort(key=lambda r: list(RUNS).index(r["run"]))  # table order, whatever the run order
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     box = 32 if args.config == "cpu" else 64
