@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
 CONFIGS = {
     "cpu": dict(map="sample_data/maps/1ol5_32_2.0A.mrc", n=3000, preset="cpu-small", threads=1),
     "paper": dict(map="sample_data/maps/1ol5_64_1.0A.mrc", n=50000, preset="paper", threads=0),
@@ -46,7 +48,7 @@ def simulate(cfg: dict, out: Path, seed: int) -> Path:
     if not star.exists():
         subprocess.run([sys.executable, "-m", "rmfn_napari.cli", "simulate", "--map", str(ROOT / cfg["map"]),
                         "--n", str(cfg["n"]), "--snr", "0.1", "--seed", str(seed), "--out",
-                        str(out / "data"), "--quiet"], check=True)
+                        str(out / "data"), "--quiet"], check=True, cwd=ROOT)
     return star
 
 
@@ -60,7 +62,7 @@ def run_one(key: str, star: Path, cfg: dict, out: Path, device: str, seed: int, 
     if cfg["threads"]:
         cmd += ["--threads", str(cfg["threads"])]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"run": key, "label": label, "mode": mode, "error": proc.stderr[-2000:], "wall_s": wall}
