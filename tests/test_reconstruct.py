@@ -154,9 +154,14 @@ def test_run_events_outputs_and_baselines(tiny_dataset, tmp_path):
     assert pose_err.values["median_deg"] < 1e-3
 
 
-def test_resume_ends_where_an_uninterrupted_run_does(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("settings", [
+    dict(epochs_per_stage=(2, 1, 1)),
+    # the cpu-small recipe: map-only first stage, global pose search from stage 2
+    dict(epochs_per_stage=(2, 2, 1), pose_from_stage=1, pose_search=True, search_rotations=300),
+], ids=["paper-steps", "search"])
+def test_resume_ends_where_an_uninterrupted_run_does(tiny_dataset, tmp_path, settings):
     star, _ = tiny_dataset
-    cfg = _tiny_config(epochs_per_stage=(2, 1, 1))
+    cfg = _tiny_config(**settings)
     full = [e for e in reconstruct(star, cfg, out_dir=tmp_path / "a")][-1]
     control = RunControl()
     for ev in reconstruct(star, cfg, control, out_dir=tmp_path / "b"):
@@ -165,6 +170,9 @@ def test_resume_ends_where_an_uninterrupted_run_does(tiny_dataset, tmp_path):
     assert ev.stopped
     resumed = [e for e in reconstruct(star, cfg, out_dir=tmp_path / "b", resume=True)][-1]
     assert not resumed.stopped and resumed.steps_done == full.steps_done
+    if cfg.pose_search:  # the searches really ran, in the uninterrupted and the resumed run
+        for run in ("a", "b"):
+            assert "global search moved" in (tmp_path / run / "run.log").read_text()
     for k in (1, 2, 3):
         a, _ = read_map(tmp_path / "a" / f"scale_{k}.mrc")
         b, _ = read_map(tmp_path / "b" / f"scale_{k}.mrc")
