@@ -3,13 +3,15 @@ speed of the fast forward model against the real-space reference, stage by stage
 
 Usage::
 
-    python benchmarks/cryoem.py --config cpu    # 1OL5 32^3 at 2 Å, 3000 particles (~20 min, 2 cores)
+    python benchmarks/cryoem.py --config cpu    # 1OL5 32^3 at 2 Å, 3000 particles, all 7 runs (~45 min, 2 cores)
+    python benchmarks/cryoem.py --config cpu --runs full,c2f,oracle   # the three modes (~20 min)
     python benchmarks/cryoem.py --config paper  # 1OL5 64^3 at 1 Å, 50,000 particles, 100 epochs (GPU)
 
 Each run (coarse-to-fine with three seeds, full-scale with the same pose search, both
 modes with the paper's gradient-only pose refinement, oracle poses) is its own
-``rmfn reconstruct`` process (``--jobs`` at a time, one torch thread each on the CPU); the table reads their ``metrics.json``. Writes
-``benchmarks/results/cryoem_<config>.md`` and ``.json``.
+``rmfn reconstruct`` process (``--jobs`` at a time, one torch thread each on the CPU); the
+table reads their ``metrics.json``. Writes ``benchmarks/results/cryoem_<config>.md`` and
+``.json``.
 """
 
 from __future__ import annotations
