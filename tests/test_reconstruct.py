@@ -244,6 +244,8 @@ def test_cli_reconstruct_and_bad_input(tiny_dataset, tmp_path, capsys):
         list(reconstruct(star, _tiny_config(), reference=bad_ref))
     with pytest.raises(InputError, match="epochs_per_stage"):
         _tiny_config(epochs_per_stage=(1, 1)).validate()
+    with pytest.raises(InputError, match="pose_from_stage"):
+        _tiny_config(pose_from_stage=-1).validate()
 
 
 def test_search_scores_equal_the_per_image_loss():

@@ -151,6 +151,8 @@ class ReconstructConfig:
             raise InputError("epochs, batch size and width must be positive")
         if self.structure_steps < 1 or self.pose_steps < 0:
             raise InputError("structure_steps must be >= 1 and pose_steps >= 0")
+        if self.pose_from_stage < 0 or self.search_from_stage < 0:
+            raise InputError("pose_from_stage and search_from_stage are stage indices (>= 0)")
 
     def stage_plan(self) -> list[tuple[int, int]]:
         """``[(scale, epochs), ...]``: which scale each stage trains and for how long."""
