@@ -527,8 +527,7 @@ def reconstruct(
         for epoch in range(start_epoch, epochs):
             order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
             epoch_loss = 0.0
-            search_now = (cfg.pose_search and cfg.mode != "oracle-poses" and epoch > 0
-                          and (stage_idx >= cfg.search_from_stage or cfg.mode == "full-scale"))
+            search_now = cfg.pose_search and epoch > 0 and _poses_free(cfg, stage_idx, cfg.search_from_stage)
             if search_now and not control.stop_requested:
                 t_search = time.perf_counter()
                 gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch)
@@ -729,19 +728,25 @@ def global_pose_search(net, fwd: ForwardModel, weight, batches, rotations, n_can
     return improved, scored
 
 
+def _poses_free(cfg: ReconstructConfig, stage_idx: int, first_stage: int) -> bool:
+    """Whether poses may change in stage ``stage_idx`` (0-based) under a setting that starts at
+    ``first_stage``: never with oracle poses, always in a full-scale run's single stage."""
+    if cfg.mode == "oracle-poses":
+        return False
+    return cfg.mode == "full-scale" or stage_idx >= first_stage
+
+
 def _moves_poses(cfg: ReconstructConfig, stage_idx: int) -> bool:
     """Whether batches of stage ``stage_idx`` (0-based) run pose steps."""
-    if cfg.mode == "oracle-poses" or cfg.pose_steps == 0:
-        return False
-    return cfg.mode == "full-scale" or stage_idx >= cfg.pose_from_stage
+    return cfg.pose_steps > 0 and _poses_free(cfg, stage_idx, cfg.pose_from_stage)
 
 
 def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, idx, cfg, control, device,
-                 move_poses: bool = True):
+                 move_poses: bool):
     R = rotations[idx].to(device=device, dtype=torch.float32)
     loss_s = structure_steps(net, opt, fwd, weight, obs, ctf_b, R, cfg.structure_steps, control)
     loss_p = float("nan")
-    if move_poses and cfg.mode != "oracle-poses" and cfg.pose_steps > 0 and not control.stop_requested:
+    if move_poses and not control.stop_requested:
         with torch.no_grad():
             vol_ft = fwd.volume_ft(net)
         new, loss_p = pose_steps(vol_ft, fwd, weight, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
