@@ -41,6 +41,10 @@ RUNS = {
     "full": ("full-scale (same search)", "full-scale", 0, []),
     "c2f-gradient": ("coarse-to-fine, gradient-only poses (paper)", "coarse-to-fine", 0, ["--pose-search", "off"]),
     "full-gradient": ("full-scale, gradient-only poses (paper)", "full-scale", 0, ["--pose-search", "off"]),
+    "c2f-coarse": ("coarse-to-fine, search at stage 2 only, local at the finest", "coarse-to-fine", 0,
+                   ["--pose-search", "coarse", "--epochs", "10,60,30"]),
+    "full-coarse": ("full-scale, local at the finest (no coarse band to search)", "full-scale", 0,
+                    ["--pose-search", "coarse", "--epochs", "10,60,30"]),
     "oracle": ("oracle-poses", "oracle-poses", 0, []),
 }
 
@@ -108,12 +112,13 @@ def forward_speed(box: int, n_images: int = 8, repeats: int = 3) -> list[dict]:
 def markdown(results: list[dict], speed: list[dict], cfg_name: str, cfg: dict, device: str) -> str:
     lines = [f"## Cryo-EM benchmark ({cfg_name}: {Path(cfg['map']).name}, {cfg['n']} particles, "
              f"SNR 0.1, preset {cfg['preset']}, device {device})", "",
-             "| run | FSC0.5 scale 1 (Å) | scale 2 (Å) | scale 3 (Å) | × oracle | pose median (°) | poses < 5° | wall (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | FSC0.5 scale 1 (Å) | scale 2 (Å) | scale 3 (Å) | × oracle | pose median (°) | poses < 5° | wall (s) "
+             "| measured |",
+             "|---|---|---|---|---|---|---|---|---|"]
     oracle = next((r.get("resolution_A") for r in results if r.get("mode") == "oracle-poses" and "error" not in r), None)
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['label']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | | | |")
+            lines.append(f"| {r['label']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | | | | |")
             continue
         fsc = r.get("fsc", {})
         res = [fsc.get(f"scale{k}", {}).get("resolution_A") for k in (1, 2, 3)]
@@ -123,7 +128,8 @@ def markdown(results: list[dict], speed: list[dict], cfg_name: str, cfg: dict, d
         cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "–" for v in res]
         ratio = f"{res[2] / oracle:.2f}" if oracle and isinstance(res[2], (int, float)) else "–"
         lines.append(f"| {r['label']} | {' | '.join(cells)} | {ratio} | {pe.get('median_deg', float('nan')):.1f} | "
-                     f"{100 * pe.get('frac_under_5deg', float('nan')):.0f}% | {r['wall_s']:.0f} |")
+                     f"{100 * pe.get('frac_under_5deg', float('nan')):.0f}% | {r['wall_s']:.0f} | "
+                     f"{r.get('measured', 'earlier')} |")
     lines += ["", "Forward model, seconds per structure step (forward + backward), fast path vs "
               "real-space reference (one network pass per rotated voxel per image):", "",
               "| stage | render grid | Fourier window | images | fast (s) | reference (s) | speed-up |",
@@ -143,6 +149,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="bench_out", help="where data and runs go (default bench_out/)")
+    p.add_argument("--fresh", action="store_true",
+                   help="write only this invocation's runs (default: keep the other runs' rows from "
+                   "the last results file, each with the date it was measured)")
     p.add_argument("--extra", default="", help="extra flags for rmfn reconstruct, e.g. '--epochs 5,8,5'")
     args = p.parse_args(argv)
     cfg = CONFIGS[args.config]
@@ -157,6 +166,15 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda k: run_one(k, star, cfg, out, args.device, args.seed,
                                                   args.extra.split()), keys))
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    for r in results:
+        r["measured"] = stamp
+    res_dir = ROOT / "benchmarks" / "results"
+    res_json = res_dir / f"cryoem_{args.config}.json"
+    if res_json.exists() and not args.fresh:  # keep the rows of runs not repeated this time
+        kept = {r["run"]: r for r in json.loads(res_json.read_text())["results"] if r.get("run") in RUNS}
+        kept.update({r["run"]: r for r in results})
+        results = list(kept.values())
     results.sort(key=lambda r: list(RUNS).index(r["run"]))  # table order, whatever the run order
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -165,10 +183,9 @@ def main(argv=None) -> int:
     text = markdown(results, speed, args.config, cfg, args.device)
     text += f"\nTotal wall time {time.perf_counter() - t0:.0f} s.\n"
     print(text)
-    res_dir = ROOT / "benchmarks" / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
     (res_dir / f"cryoem_{args.config}.md").write_text(text)
-    (res_dir / f"cryoem_{args.config}.json").write_text(json.dumps(
+    res_json.write_text(json.dumps(
         {"results": [{k: v for k, v in r.items() if k != "stages"} | {"stages": r.get("stages")} for r in results],
          "speed": speed}, indent=1, default=str))
     return 0

@@ -19,7 +19,7 @@ from rmfn_napari.cryoem.reconstruct import (
 )
 from rmfn_napari.cryoem.rotations import geodesic_distance, perturb_rotations, random_rotations
 from rmfn_napari.cryoem.simulate import simulate_particles
-from rmfn_napari.engine import Metrics, Progress, RunControl, RunFinished, ScaleSnapshot, StageStarted
+from rmfn_napari.engine import Log, Metrics, Progress, RunControl, RunFinished, ScaleSnapshot, StageStarted
 from rmfn_napari.errors import InputError
 from rmfn_napari.model import ResidualMFN
 
@@ -201,14 +201,44 @@ def test_pose_from_stage_keeps_the_poses_of_earlier_stages(tiny_dataset):
     assert m_full[0] != pytest.approx(medians[0], abs=1e-3)
 
 
+def _stages_that_searched(events) -> set[int]:
+    """0-based stages in which a global pose search logged its work."""
+    stage, searched = None, set()
+    for ev in events:
+        if isinstance(ev, StageStarted):
+            stage = ev.stage
+        elif isinstance(ev, Log) and "global search moved" in ev.message:
+            searched.add(stage)
+    return searched
+
+
+def test_search_in_finest_decides_where_the_global_search_runs(tiny_dataset):
+    """Off: the coarse stages search and the finest refines locally, so a full-scale run (the
+    finest stage only) never searches; on: the finest stage searches too."""
+    star, _ = tiny_dataset
+    cfg = _tiny_config(epochs_per_stage=(2, 2, 2), pose_search=True, search_rotations=200,
+                       search_from_stage=1, search_in_finest=False)
+    assert _stages_that_searched(reconstruct(star, cfg)) == {1}
+    assert _stages_that_searched(reconstruct(star, replace(cfg, search_in_finest=True))) == {1, 2}
+    full = replace(cfg, mode="full-scale", epochs_per_stage=(1, 1, 1))  # one stage of 3 epochs
+    assert _stages_that_searched(reconstruct(star, full)) == set()
+    assert _stages_that_searched(reconstruct(star, replace(full, search_in_finest=True))) == {0}
+
+
 def test_cli_pose_search_flag_overrides_the_preset():
     from rmfn_napari.cli import build_parser
     from rmfn_napari.cli_commands.reconstruct import config_from_args
 
     parser = build_parser()
-    on = config_from_args(parser.parse_args(["reconstruct", "x.star", "--out", "o"]))
-    off = config_from_args(parser.parse_args(["reconstruct", "x.star", "--out", "o", "--pose-search", "off"]))
-    assert on.pose_search and not off.pose_search
+
+    def config(*flags):
+        return config_from_args(parser.parse_args(["reconstruct", "x.star", "--out", "o", *flags]))
+
+    preset, off = config(), config("--pose-search", "off")
+    coarse, every = config("--pose-search", "coarse"), config("--pose-search", "all")
+    assert preset.pose_search and not off.pose_search
+    assert coarse.pose_search and not coarse.search_in_finest
+    assert every.pose_search and every.search_in_finest
 
 
 def test_particles_are_read_in_batches(tiny_dataset, monkeypatch):

@@ -71,11 +71,15 @@ def test_preset_fills_parameters(make_napari_viewer):
         assert (w.lambda1.value(), w.lambda2.value()) == pytest.approx(cfg.lambdas)
         assert w.lr_structure.value() == pytest.approx(cfg.lr_structure)
         assert w.lr_pose.value() == pytest.approx(cfg.lr_pose)
-        assert w.pose_search.isChecked() == cfg.pose_search
-        assert w.config().pose_search == cfg.pose_search and w.config().mode == "coarse-to-fine"
+        form = w.config()
+        assert (form.pose_search, form.search_in_finest) == (cfg.pose_search, cfg.search_in_finest)
+        assert form.mode == "coarse-to-fine"
+    assert w.pose_search.currentText() == "every stage"  # cpu-small searches in stages 2 and 3
     w.mode.setCurrentText("full-scale")
-    w.pose_search.setChecked(False)
+    w.pose_search.setCurrentText("off (gradient only)")
     assert w.config().mode == "full-scale" and not w.config().pose_search
+    w.pose_search.setCurrentText("coarse stages")
+    assert w.config().pose_search and not w.config().search_in_finest
     from rmfn_napari.engine.devices import available_devices
 
     assert [w.device.itemText(i) for i in range(w.device.count())] == available_devices()

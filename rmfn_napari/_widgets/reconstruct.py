@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLineEdit, QSpinBox, QStackedWidget,
+    QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLineEdit, QSpinBox, QStackedWidget,
     QToolButton, QWidget,
 )
 
@@ -39,6 +39,19 @@ REF_SIMULATION = "(map used for the simulation)"
 REF_FILE = "(file…)"
 PRESET_NAMES = ("cpu-small", "paper", "tiny")
 OWN_LAYER_PREFIXES = ("rMFN scale ", "rMFN spectrum ")
+# pose-search choices of the form -> config settings (the CLI's --pose-search coarse|all|off)
+POSE_SEARCH_CHOICES = {
+    "coarse stages": dict(pose_search=True, search_in_finest=False),
+    "every stage": dict(pose_search=True, search_in_finest=True),
+    "off (gradient only)": dict(pose_search=False),
+}
+
+
+def pose_search_choice(cfg) -> str:
+    """The form's pose-search choice that describes ``cfg``."""
+    if not cfg.pose_search:
+        return "off (gradient only)"
+    return "every stage" if cfg.search_in_finest else "coarse stages"
 
 
 class _PathField(QWidget):
@@ -181,10 +194,13 @@ class ReconstructWidget(RunWidgetBase):
         self.mode.addItems(["coarse-to-fine", "full-scale", "oracle-poses"])
         self.mode.setToolTip("coarse-to-fine: one scale per stage (the paper); full-scale: the finest "
                              "scale from the start (baseline); oracle-poses: poses fixed at the STAR's")
-        self.pose_search = QCheckBox("global search each epoch")
-        self.pose_search.setToolTip("Score every particle against thousands of random rotations each "
-                                    "epoch and keep the best (not in the paper, which refines poses "
-                                    "by gradient steps only)")
+        self.pose_search = QComboBox()
+        self.pose_search.addItems(list(POSE_SEARCH_CHOICES))
+        self.pose_search.setToolTip("Each epoch, score every particle against thousands of random "
+                                    "rotations and keep the best (not in the paper, which refines "
+                                    "poses by gradient steps only). coarse stages: search at the "
+                                    "coarse bands, refine locally at the finest (so a full-scale run "
+                                    "never searches); every stage: the finest searches too")
         self.device = QComboBox()
         self.device.addItems(available_devices())
         self.seed = QSpinBox()
@@ -247,7 +263,7 @@ class ReconstructWidget(RunWidgetBase):
         self.lr_structure.setValue(cfg.lr_structure)
         self.lr_pose.setValue(cfg.lr_pose)
         self.pose_init.setCurrentText(cfg.pose_init)
-        self.pose_search.setChecked(cfg.pose_search)
+        self.pose_search.setCurrentText(pose_search_choice(cfg))
 
     def _set_row_visible(self, field: QWidget, visible: bool) -> None:
         field.setVisible(visible)
@@ -304,7 +320,7 @@ class ReconstructWidget(RunWidgetBase):
             lr_pose=float(self.lr_pose.value()),
             pose_init=self.pose_init.currentText(),
             mode=self.mode.currentText(),
-            pose_search=self.pose_search.isChecked(),
+            **POSE_SEARCH_CHOICES[self.pose_search.currentText()],
             device=self.device.currentText(),
             seed=int(self.seed.value()),
         )

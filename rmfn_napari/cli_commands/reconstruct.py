@@ -38,9 +38,10 @@ def register(subparsers) -> None:
     p.add_argument("--lambdas", type=float, nargs=2, metavar=("L1", "L2"), help="init lambda1 lambda2")
     p.add_argument("--lr-structure", type=float, help="Adam lr of the network")
     p.add_argument("--lr-pose", type=float, help="Adam lr of the poses")
-    p.add_argument("--pose-search", choices=("on", "off"), default=None,
-                   help="per-epoch global pose search (on in cpu-small, off in paper: the paper "
-                   "refines poses by gradient steps only)")
+    p.add_argument("--pose-search", choices=("coarse", "all", "off"), default=None,
+                   help="per-epoch global pose search: in the coarse stages only, then local "
+                   "gradient refinement at the finest (cpu-small); in every stage including the "
+                   "finest (so also in a full-scale run); or off, gradient steps only (paper)")
     p.add_argument("--max-particles", type=int, help="use only the first N particles")
     p.add_argument("--invert-contrast", action="store_true", help="multiply images by -1 (dark particles)")
     p.add_argument("--no-align", action="store_true", help="FSC without aligning to the reference first")
@@ -61,7 +62,8 @@ def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
                "lambdas": tuple(args.lambdas) if args.lambdas else None,
                "lr_structure": args.lr_structure, "lr_pose": args.lr_pose,
                "max_particles": args.max_particles,
-               "pose_search": None if args.pose_search is None else args.pose_search == "on"}
+               "pose_search": None if args.pose_search is None else args.pose_search != "off",
+               "search_in_finest": None if args.pose_search in (None, "off") else args.pose_search == "all"}
     overrides.update({k: v for k, v in mapping.items() if v is not None})
     if args.layers and not args.epochs:
         base = PRESETS[args.preset]["epochs_per_stage"]
