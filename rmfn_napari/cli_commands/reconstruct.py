@@ -40,8 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr-pose", type=float, help="Adam lr of the poses")
     p.add_argument("--pose-search", choices=("coarse", "all", "off"), default=None,
                    help="per-epoch global pose search: in the coarse stages only, then local "
-                   "gradient refinement at the finest (cpu-small); in every stage including the "
-                   "finest (so also in a full-scale run); or off, gradient steps only (paper)")
+                   "gradient refinement at the finest (so never in a full-scale run); in every "
+                   "stage including the finest (cpu-small); or off, gradient steps only (paper)")
     p.add_argument("--max-particles", type=int, help="use only the first N particles")
     p.add_argument("--invert-contrast", action="store_true", help="multiply images by -1 (dark particles)")
     p.add_argument("--no-align", action="store_true", help="FSC without aligning to the reference first")
