@@ -11,6 +11,12 @@ question. Usage::
     python benchmarks/cryoem.py --config cpu --runs oracle   # simulates bench_out/cpu/data once
     python benchmarks/pose_floor.py                           # then this (~3 min, 1 thread)
 
+and at the paper's size (64³, 1 Å/px; first band 2.9 cycles/box instead of 1.5)::
+
+    rmfn simulate --map sample_data/maps/1ol5_64_1.0A.mrc --n 1000 --out bench_out/paper64/data
+    python benchmarks/pose_floor.py --data bench_out/paper64/data --n 400 \
+        --out benchmarks/results/pose_floor_64.md                # ~5 min, 1 thread
+
 The true map is scaled to the images' units by one least-squares amplitude (fitted with the
 true poses); pose steps are the engine's own (:func:`rmfn_napari.cryoem.reconstruct.pose_steps`,
 Adam lr 1e-2, betas (0.9, 0.9)); errors are geodesic degrees. Prints a table and writes
@@ -50,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pose_floor_cpu.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    data = Path(args.data)
+    data = Path(args.data).resolve()
     ds = read_particles(data / "particles.star")
     ref, apix = read_map(data / "reference.mrc")
     box, n = ds.box, min(args.n, ds.n)
@@ -98,9 +104,10 @@ def main(argv=None) -> int:
                ("2 -> 3", list(range(1, cfg.n_layers))),
                ("1 -> 2 -> 3 (coarse-to-fine)", list(range(cfg.n_layers)))]
     ladder_rows = [row(label, "45-90", refine(scales, 45.0, 90.0)) for label, scales in ladders]
+    shown = data.relative_to(ROOT) if data.is_relative_to(ROOT) else data
     head = ["| {} | start (°) | median error (°) | < 5° | < 15° |", "|---|---|---|---|---|"]
-    lines = [f"## Pose precision against the true map ({data.name}, {n} particles, {args.steps} pose steps "
-             "per band)", "", "### One band", "", head[0].format("stage band"), head[1]]
+    lines = [f"## Pose precision against the true map ({box}³ at {apix:.3g} Å/px, {shown}, {n} particles, "
+             f"{args.steps} pose steps per band)", "", "### One band", "", head[0].format("stage band"), head[1]]
     lines += [f"| {lab} | {st} | {med:.1f} | {100 * f5:.0f}% | {100 * f15:.0f}% |" for lab, st, med, f5, f15 in rows]
     lines += ["", f"### Bands in turn ({args.steps} steps each), from the paper's 45-90° start", "",
               head[0].format("bands"), head[1]]
