@@ -7,8 +7,9 @@ Usage::
     python benchmarks/cryoem.py --config cpu --runs full,c2f,oracle   # the three modes (~20 min)
     python benchmarks/cryoem.py --config paper  # 1OL5 64^3 at 1 Å, 50,000 particles, 100 epochs (GPU)
 
-Each run (coarse-to-fine with three seeds, full-scale with the same pose search, both
-modes with the paper's gradient-only pose refinement, oracle poses) is its own
+Each run of :data:`RUNS` (coarse-to-fine with three seeds, full-scale with the same pose
+search, both modes with the paper's gradient-only poses, both with the search at the coarse
+bands only, oracle poses) is its own
 ``rmfn reconstruct`` process (``--jobs`` at a time, one torch thread each on the CPU); the
 table reads their ``metrics.json``. Writes ``benchmarks/results/cryoem_<config>.md`` and
 ``.json``.

@@ -39,19 +39,8 @@ REF_SIMULATION = "(map used for the simulation)"
 REF_FILE = "(file…)"
 PRESET_NAMES = ("cpu-small", "paper", "tiny")
 OWN_LAYER_PREFIXES = ("rMFN scale ", "rMFN spectrum ")
-# pose-search choices of the form -> config settings (the CLI's --pose-search coarse|all|off)
-POSE_SEARCH_CHOICES = {
-    "coarse stages": dict(pose_search=True, search_in_finest=False),
-    "every stage": dict(pose_search=True, search_in_finest=True),
-    "off (gradient only)": dict(pose_search=False),
-}
-
-
-def pose_search_choice(cfg) -> str:
-    """The form's pose-search choice that describes ``cfg``."""
-    if not cfg.pose_search:
-        return "off (gradient only)"
-    return "every stage" if cfg.search_in_finest else "coarse stages"
+# the form's pose-search labels -> keys of the engine's POSE_SEARCH_MODES (the CLI's --pose-search)
+POSE_SEARCH_LABELS = {"coarse stages": "coarse", "every stage": "all", "off (gradient only)": "off"}
 
 
 class _PathField(QWidget):
@@ -195,7 +184,7 @@ class ReconstructWidget(RunWidgetBase):
         self.mode.setToolTip("coarse-to-fine: one scale per stage (the paper); full-scale: the finest "
                              "scale from the start (baseline); oracle-poses: poses fixed at the STAR's")
         self.pose_search = QComboBox()
-        self.pose_search.addItems(list(POSE_SEARCH_CHOICES))
+        self.pose_search.addItems(list(POSE_SEARCH_LABELS))
         self.pose_search.setToolTip("Each epoch, score every particle against thousands of random "
                                     "rotations and keep the best (not in the paper, which refines "
                                     "poses by gradient steps only). coarse stages: search at the "
@@ -251,7 +240,7 @@ class ReconstructWidget(RunWidgetBase):
 
     def apply_preset(self, name: str) -> None:
         """Fill the key parameters from preset ``name``."""
-        from ..cryoem.reconstruct import ReconstructConfig
+        from ..cryoem.reconstruct import ReconstructConfig, pose_search_mode
 
         cfg = ReconstructConfig.from_preset(name)
         self.n_layers.setValue(cfg.n_layers)
@@ -263,7 +252,8 @@ class ReconstructWidget(RunWidgetBase):
         self.lr_structure.setValue(cfg.lr_structure)
         self.lr_pose.setValue(cfg.lr_pose)
         self.pose_init.setCurrentText(cfg.pose_init)
-        self.pose_search.setCurrentText(pose_search_choice(cfg))
+        label = {key: text for text, key in POSE_SEARCH_LABELS.items()}[pose_search_mode(cfg)]
+        self.pose_search.setCurrentText(label)
 
     def _set_row_visible(self, field: QWidget, visible: bool) -> None:
         field.setVisible(visible)
@@ -307,7 +297,7 @@ class ReconstructWidget(RunWidgetBase):
 
     def config(self):
         """The :class:`~rmfn_napari.cryoem.reconstruct.ReconstructConfig` the form describes."""
-        from ..cryoem.reconstruct import ReconstructConfig
+        from ..cryoem.reconstruct import POSE_SEARCH_MODES, ReconstructConfig
 
         cfg = ReconstructConfig.from_preset(
             self.preset.currentText(),
@@ -320,7 +310,7 @@ class ReconstructWidget(RunWidgetBase):
             lr_pose=float(self.lr_pose.value()),
             pose_init=self.pose_init.currentText(),
             mode=self.mode.currentText(),
-            **POSE_SEARCH_CHOICES[self.pose_search.currentText()],
+            **POSE_SEARCH_MODES[POSE_SEARCH_LABELS[self.pose_search.currentText()]],
             device=self.device.currentText(),
             seed=int(self.seed.value()),
         )

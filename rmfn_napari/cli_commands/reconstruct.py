@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..cryoem.reconstruct import MODES, POSE_INITS, PRESETS, ReconstructConfig, reconstruct
+from ..cryoem.reconstruct import MODES, POSE_INITS, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, reconstruct
 from ..engine.control import RunControl
 from ._args import positive_ints
 from ._events import consume, stop_on_interrupt
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--lambdas", type=float, nargs=2, metavar=("L1", "L2"), help="init lambda1 lambda2")
     p.add_argument("--lr-structure", type=float, help="Adam lr of the network")
     p.add_argument("--lr-pose", type=float, help="Adam lr of the poses")
-    p.add_argument("--pose-search", choices=("coarse", "all", "off"), default=None,
+    p.add_argument("--pose-search", choices=tuple(POSE_SEARCH_MODES), default=None,
                    help="per-epoch global pose search: in the coarse stages only, then local "
                    "gradient refinement at the finest (so never in a full-scale run); in every "
                    "stage including the finest (cpu-small); or off, gradient steps only (paper)")
@@ -61,10 +61,10 @@ def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
                "n_layers": args.layers, "hidden": args.hidden,
                "lambdas": tuple(args.lambdas) if args.lambdas else None,
                "lr_structure": args.lr_structure, "lr_pose": args.lr_pose,
-               "max_particles": args.max_particles,
-               "pose_search": None if args.pose_search is None else args.pose_search != "off",
-               "search_in_finest": None if args.pose_search in (None, "off") else args.pose_search == "all"}
+               "max_particles": args.max_particles}
     overrides.update({k: v for k, v in mapping.items() if v is not None})
+    if args.pose_search is not None:
+        overrides.update(POSE_SEARCH_MODES[args.pose_search])
     if args.layers and not args.epochs:
         base = PRESETS[args.preset]["epochs_per_stage"]
         overrides["epochs_per_stage"] = tuple(base[min(i, len(base) - 1)] for i in range(args.layers))

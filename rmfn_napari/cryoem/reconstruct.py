@@ -53,6 +53,20 @@ from .rotations import axis_angle_to_matrix, perturb_rotations, random_rotations
 
 MODES = ("coarse-to-fine", "full-scale", "oracle-poses")
 POSE_INITS = ("star", "perturb", "random")
+# where the global pose search runs (the CLI's --pose-search, the widget's "pose search"):
+# the coarse stages only, every stage from ``search_from_stage`` on, or nowhere (paper)
+POSE_SEARCH_MODES: dict[str, dict] = {
+    "coarse": dict(pose_search=True, search_in_finest=False),
+    "all": dict(pose_search=True, search_in_finest=True),
+    "off": dict(pose_search=False),
+}
+
+
+def pose_search_mode(cfg: "ReconstructConfig") -> str:
+    """The key of :data:`POSE_SEARCH_MODES` that describes ``cfg``."""
+    if not cfg.pose_search:
+        return "off"
+    return "all" if cfg.search_in_finest else "coarse"
 
 
 @dataclass
