@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT / "bench_out" / "cpu" / "data"),
-                   help="folder with particles.star and reference.mrc (from benchmarks/cryoem.py)")
+                   help="folder with true_poses.star and reference.mrc (from benchmarks/cryoem.py)")
     p.add_argument("--n", type=int, default=600, help="particles used (default 600)")
     p.add_argument("--steps", type=int, default=200, help="pose steps (default 200)")
     p.add_argument("--starts", nargs="+", default=["10", "30", "45-90"],
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = Path(args.data).resolve()
-    ds = read_particles(data / "particles.star")
+    ds = read_particles(data / "true_poses.star")  # the same images, with the true angles
     ref, apix = read_map(data / "reference.mrc")
     box, n = ds.box, min(args.n, ds.n)
     cfg = ReconstructConfig.from_preset("cpu-small")
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         fwd = ForwardModel(box, apix, scale, bands[scale], sigma, cfg.pad, None)
         fwd.render_n = box  # the true map is given on the full grid
         weight = gaussian_weight(fwd.window, sigma, "cpu")
-        obs, ctf = _batch_data(ds, idx, ds.ctf, torch.zeros(ds.n, 2), fwd, scale_img, cfg, "cpu")
+        obs, ctf = _batch_data(ds, idx, ds.ctf, fwd.window, scale_img, cfg, "cpu")  # centred stacks
         model = fwd.slices(vol_true, R_true.float()) * ctf
         w2 = weight**2
         amp = float((model.conj() * obs * w2).real.sum() / ((model.abs() ** 2) * w2).sum())
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         R = perturb_rotations(R_true, lo, hi, generator=torch.Generator().manual_seed(1)).float()
         for scale in scales:
             fwd, weight, obs, ctf, vol_ft = stage[scale]
-            R, _ = pose_steps(vol_ft, fwd, weight, obs, ctf, R, args.steps, cfg.lr_pose, cfg.pose_betas)
+            R, _, _ = pose_steps(vol_ft, fwd, weight, obs, ctf, R, args.steps, cfg.lr_pose, cfg.pose_betas)
             R = R.float()
         return geodesic_distance(R.double(), R_true).numpy()
 

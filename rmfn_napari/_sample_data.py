@@ -156,15 +156,18 @@ def simulated_particles(n: int | None = None, *, map_key: str | None = None,
     """Simulate (once, then reuse) a small particle stack from a bundled map.
 
     Parameters default to :data:`PARTICLE_SAMPLE` (200 particles of the 1OL5 32³ map,
-    SNR 0.1, the paper's CTF ranges). The files (``particles.star``, ``particles.mrcs``,
-    ``reference.mrc``, ``simulation.json``) are written by
-    :func:`rmfn_napari.cryoem.simulate.simulate_particles` into a folder of :func:`cache_dir`
-    named after the settings; a later call with the same settings reuses them.
+    SNR 0.1, the paper's CTF ranges, centred particles). The files (``particles.star``,
+    ``true_poses.star``, ``particles.mrcs``, ``reference.mrc``, ``simulation.json``) are
+    written by :func:`rmfn_napari.cryoem.simulate.simulate_particles` into a folder of
+    :func:`cache_dir` named after the settings; a later call with the same settings reuses them.
 
     Returns
     -------
     Path
-        The ``particles.star`` file.
+        The ``particles.star`` file (image names and CTFs only, as a particle picker gives
+        them). The ground truth — the same particles with their true angles, origins and
+        half-sets — is ``true_poses.star`` beside it (``star.parent / "true_poses.star"``),
+        for the reconstruction's ``true_poses``.
     """
     from .cryoem.simulate import simulate_particles  # torch: only when asked for
 
@@ -173,7 +176,7 @@ def simulated_particles(n: int | None = None, *, map_key: str | None = None,
                 if v is not None})
     out = cache_dir() / f"particles_{cfg['map']}_n{cfg['n']}_snr{cfg['snr']:g}_seed{cfg['seed']}"
     star = out / "particles.star"
-    if not (star.is_file() and (out / "particles.mrcs").is_file()):
+    if not all((out / f).is_file() for f in ("particles.star", "true_poses.star", "particles.mrcs")):
         simulate_particles(map_path(cfg["map"]), out, n=int(cfg["n"]), snr=float(cfg["snr"]),
                            seed=int(cfg["seed"]), overwrite=True)
     return star
@@ -183,7 +186,9 @@ def particle_stack():
     """Sample: a small simulated particle stack (200 CTF-modulated projections of the 1OL5
     32³ map at SNR 0.1), as a ``(n, D, D)`` image layer with the pixel size as y/x scale.
 
-    ``metadata["path"]`` is the RELION ``.star`` file, so it can be fed to the reconstruction.
+    ``metadata["path"]`` is the RELION ``.star`` file, so it can be fed to the reconstruction;
+    ``metadata["true_poses"]`` the STAR with the true angles and origins (for pose errors);
+    ``metadata["reference"]`` the map.
     """
     from ._reader import read_star_stack
 
@@ -192,5 +197,6 @@ def particle_stack():
     kwargs["name"] = "simulated particles (1OL5 32³, SNR 0.1)"
     kwargs["colormap"] = "gray"
     kwargs["metadata"]["reference"] = str(star.parent / "reference.mrc")
+    kwargs["metadata"]["true_poses"] = str(star.parent / "true_poses.star")
     kwargs["metadata"]["sample"] = "particles"
     return [(np.asarray(data), kwargs, kind)]

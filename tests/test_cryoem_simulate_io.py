@@ -1,5 +1,6 @@
 """Simulator + RELION I/O: round trips, conventions, reproducibility, atomicity, bad input."""
 
+import json
 from pathlib import Path
 
 import mrcfile
@@ -31,7 +32,7 @@ def clean_sim(tmp_path_factory):
 
 def test_noise_free_reprojection_through_star_is_exact(clean_sim):
     """Simulate-side and fit-side CTF/projection are the same function of the STAR's values."""
-    ds = read_particles(clean_sim.star)
+    ds = read_particles(clean_sim.true_poses)
     vol, apix = read_map(clean_sim.reference)
     idx = np.arange(ds.n)
     stored = ds.images(idx)
@@ -51,6 +52,10 @@ def test_noise_free_reprojection_through_star_is_exact(clean_sim):
 def test_star_reads_with_starfile_and_round_trips(clean_sim):
     blocks = starfile.read(clean_sim.star, always_dict=True)
     optics, parts = blocks["optics"], blocks["particles"]
+    # particles.star is what picking + extraction gives: no angles, origins or half-sets
+    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
+              "rlnRandomSubset"):
+        assert c not in parts.columns
     assert float(optics["rlnImagePixelSize"][0]) == pytest.approx(2.0)
     assert int(optics["rlnImageSize"][0]) == 32 and int(optics["rlnImageDimensionality"][0]) == 2
     for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnOpticsGroup"):
@@ -58,22 +63,35 @@ def test_star_reads_with_starfile_and_round_trips(clean_sim):
     assert parts["rlnImageName"][0] == "000001@particles.mrcs"
     ds = read_particles(clean_sim.star)
     assert (ds.n, ds.box, ds.apix) == (24, 32, 2.0)
+    assert ds.has_poses is False
     with mrcfile.open(clean_sim.stack) as m:
         raw = np.array(m.data)
         assert float(m.voxel_size.x) == pytest.approx(2.0)
         assert m.header.dmax == pytest.approx(raw.max())
     np.testing.assert_array_equal(ds.images(), raw)
     np.testing.assert_array_equal(ds.images([5, 2]), raw[[5, 2]])
-    R = euler_to_matrix(parts["rlnAngleRot"], parts["rlnAngleTilt"], parts["rlnAnglePsi"])
-    np.testing.assert_allclose(ds.rotations, R, atol=1e-12)
     np.testing.assert_allclose(ds.ctf.defocus_u, parts["rlnDefocusU"])
     np.testing.assert_allclose(ds.ctf.defocus_angle, parts["rlnDefocusAngle"])
     assert np.all(ds.ctf.defocus_u - ds.ctf.defocus_v >= 3000.0 - 1e-6)
     np.testing.assert_allclose(ds.ctf.voltage, 300.0)
-    np.testing.assert_allclose(ds.shifts_A, 0.0)
+    # true_poses.star: the same rows (names, CTF) plus the true angles, origins and half-sets
+    truth = starfile.read(clean_sim.true_poses, always_dict=True)["particles"]
+    assert list(truth["rlnImageName"]) == list(parts["rlnImageName"])
+    for c in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"):
+        np.testing.assert_array_equal(truth[c], parts[c])
+    assert list(truth["rlnRandomSubset"]) == [1, 2] * 12
+    tp = read_particles(clean_sim.true_poses)
+    assert tp.has_poses and tp.n == ds.n
+    R = euler_to_matrix(truth["rlnAngleRot"], truth["rlnAngleTilt"], truth["rlnAnglePsi"])
+    np.testing.assert_allclose(tp.rotations, R, atol=1e-12)
+    np.testing.assert_allclose(tp.shifts_A, 0.0)  # max_shift = 0: centred particles
+    np.testing.assert_array_equal(tp.images(), raw)
     ref, apix = read_map(clean_sim.reference)
     np.testing.assert_array_equal(ref, read_map(MAP32)[0])
+    meta = json.loads(clean_sim.metadata.read_text())
+    assert meta["max_shift_px"] == 0.0 and meta["true_poses"] == "true_poses.star"
     ds.close()
+    tp.close()
 
 
 def test_reproducible_chunk_independent_and_snr(tmp_path):
@@ -95,7 +113,8 @@ def test_reproducible_chunk_independent_and_snr(tmp_path):
 
 def test_no_ctf_gives_plain_projections(tmp_path):
     res = simulate_particles(MAP32, tmp_path, n=6, seed=1, noise_free=True, apply_ctf=False)
-    ds = read_particles(res.star)
+    assert read_particles(res.star).ctf is None
+    ds = read_particles(res.true_poses)
     assert ds.ctf is None
     vol, _ = read_map(res.reference)
     np.testing.assert_allclose(ds.images(), project(torch.from_numpy(vol), torch.as_tensor(ds.rotations)).numpy(),
@@ -116,14 +135,29 @@ def test_existing_output_needs_overwrite(tmp_path):
     simulate_particles(MAP32, tmp_path, n=2)
     with pytest.raises(InputError, match="exists"):
         simulate_particles(MAP32, tmp_path, n=2)
+    (tmp_path / "particles.star").unlink()  # any one output left blocks a new run
+    with pytest.raises(InputError, match="true_poses.star"):
+        simulate_particles(MAP32, tmp_path, n=2)
     simulate_particles(MAP32, tmp_path, n=3, overwrite=True)
     assert read_particles(tmp_path / "particles.star").n == 3
+    assert read_particles(tmp_path / "true_poses.star").n == 3
 
 
 def test_cli(tmp_path, capsys):
     rc = cli_main(["simulate", "--map", str(MAP32), "--n", "5", "--out", str(tmp_path / "o"),
-                   "--seed", "2", "--quiet"])
+                   "--seed", "2", "--quiet", "--max-shift", "2.5"])
     assert rc == 0 and read_particles(tmp_path / "o" / "particles.star").n == 5
+    truth = read_particles(tmp_path / "o" / "true_poses.star")
+    r_px = np.hypot(*truth.shifts_A.T) / truth.apix
+    assert r_px.max() <= 2.5 + 1e-6 and r_px.min() > 0
+    assert f"ground truth (angles, origins) for --true-poses: {tmp_path / 'o' / 'true_poses.star'}" \
+        in capsys.readouterr().out
+    for bad in ("-1", "nan", "8"):  # 8 px is box/4 for the 32-px map
+        rc = cli_main(["simulate", "--map", str(MAP32), "--n", "5", "--out", str(tmp_path / "s"),
+                       "--max-shift", bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--max-shift" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s" / "particles.star").exists()
     rc = cli_main(["simulate", "--map", str(tmp_path / "nope.mrc"), "--n", "5", "--out", str(tmp_path / "p")])
     assert rc == 2 and "not found" in capsys.readouterr().err
     rc = cli_main(["simulate", "--map", str(MAP32), "--n", "0", "--out", str(tmp_path / "q")])

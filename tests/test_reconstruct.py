@@ -35,12 +35,12 @@ def tiny_dataset(tmp_path_factory):
     small = np.fft.ifftn(np.fft.ifftshift(ft[8:24, 8:24, 8:24])).real / 8
     map_path = write_map(root / "map16.mrc", small.astype(np.float32), apix * 2)
     res = simulate_particles(map_path, root / "sim", n=120, snr=0.5, seed=3)
-    return res.star, res.reference
+    return res.star, res.reference, res.true_poses
 
 
 def _tiny_config(**kw):
     base = dict(epochs_per_stage=(1, 1, 1), batch_size=40, device="cpu", snapshot_interval_s=1e9,
-                align_for_fsc=False, seed=4)
+                align_for_fsc=False, seed=4, pose_init="random")
     base.update(kw)
     return ReconstructConfig.from_preset("tiny", **base)
 
@@ -116,15 +116,16 @@ def test_pose_steps_recover_a_10_degree_perturbation():
     ctf = torch.ones(obs.shape)
     R0 = perturb_rotations(R_true.double(), 10, 10, generator=gen).float()
     before = geodesic_distance(R0.double(), R_true.double())
-    R1, _ = pose_steps(vol_ft, fwd, weight, obs, ctf, R0, steps=150, lr=1e-2)
+    R1, no_shifts, _ = pose_steps(vol_ft, fwd, weight, obs, ctf, R0, steps=150, lr=1e-2)
+    assert no_shifts is None
     after = geodesic_distance(R1, R_true.double())
     assert float(before.median()) == pytest.approx(10, abs=1e-3)
     assert float(after.median()) < 1.0, f"median error {float(after.median()):.2f} deg"
 
 
 def test_run_events_outputs_and_baselines(tiny_dataset, tmp_path):
-    star, ref = tiny_dataset
-    events = list(reconstruct(star, _tiny_config(), reference=ref, out_dir=tmp_path / "c2f"))
+    star, ref, truth = tiny_dataset
+    events = list(reconstruct(star, _tiny_config(), reference=ref, out_dir=tmp_path / "c2f", true_poses=truth))
     assert [e.stage for e in events if isinstance(e, StageStarted)] == [0, 1, 2]
     snaps = [e for e in events if isinstance(e, ScaleSnapshot) and e.final]
     assert {s.scale for s in snaps} == {0, 1, 2}
@@ -147,9 +148,9 @@ def test_run_events_outputs_and_baselines(tiny_dataset, tmp_path):
     assert est.n == 120 and np.allclose(est.images([0, 5]), read_particles(star).images([0, 5]))
     assert (out / "checkpoint.pt").exists() and (out / "run.log").read_text()
 
-    full = list(reconstruct(star, _tiny_config(mode="full-scale"), reference=ref))
+    full = list(reconstruct(star, _tiny_config(mode="full-scale"), reference=ref, true_poses=truth))
     assert [e.band_cycles for e in full if isinstance(e, StageStarted)] == [pytest.approx(8.0)]
-    oracle = list(reconstruct(star, _tiny_config(mode="oracle-poses"), reference=ref))
+    oracle = list(reconstruct(star, _tiny_config(mode="oracle-poses"), reference=ref, true_poses=truth))
     pose_err = [e for e in oracle if isinstance(e, Metrics) and e.name == "pose_errors"][-1]
     assert pose_err.values["median_deg"] < 1e-3
 
@@ -160,15 +161,15 @@ def test_run_events_outputs_and_baselines(tiny_dataset, tmp_path):
     dict(epochs_per_stage=(2, 2, 1), pose_from_stage=1, pose_search=True, search_rotations=300),
 ], ids=["paper-steps", "search"])
 def test_resume_ends_where_an_uninterrupted_run_does(tiny_dataset, tmp_path, settings):
-    star, _ = tiny_dataset
-    cfg = _tiny_config(**settings)
-    full = [e for e in reconstruct(star, cfg, out_dir=tmp_path / "a")][-1]
+    star, _, truth = tiny_dataset
+    cfg = _tiny_config(**settings, shift_range_px=1.0)
+    full = [e for e in reconstruct(star, cfg, out_dir=tmp_path / "a", true_poses=truth)][-1]
     control = RunControl()
-    for ev in reconstruct(star, cfg, control, out_dir=tmp_path / "b"):
+    for ev in reconstruct(star, cfg, control, out_dir=tmp_path / "b", true_poses=truth):
         if isinstance(ev, Progress) and ev.step == 5:  # mid-way through stage 1, epoch 2
             control.request_stop()
     assert ev.stopped
-    resumed = [e for e in reconstruct(star, cfg, out_dir=tmp_path / "b", resume=True)][-1]
+    resumed = [e for e in reconstruct(star, cfg, out_dir=tmp_path / "b", resume=True, true_poses=truth)][-1]
     assert not resumed.stopped and resumed.steps_done == full.steps_done
     if cfg.pose_search:  # the searches really ran, in the uninterrupted and the resumed run
         for run in ("a", "b"):
@@ -177,26 +178,29 @@ def test_resume_ends_where_an_uninterrupted_run_does(tiny_dataset, tmp_path, set
         a, _ = read_map(tmp_path / "a" / f"scale_{k}.mrc")
         b, _ = read_map(tmp_path / "b" / f"scale_{k}.mrc")
         assert np.allclose(a, b, atol=1e-5 * np.abs(a).max())
-    pa = read_particles(tmp_path / "a" / "poses.star").rotations
-    pb = read_particles(tmp_path / "b" / "poses.star").rotations
-    assert np.allclose(pa, pb, atol=1e-5)
+    pa, pb = (read_particles(tmp_path / run / "poses.star") for run in ("a", "b"))
+    assert np.allclose(pa.rotations, pb.rotations, atol=1e-5)
+    assert np.allclose(pa.shifts_A, pb.shifts_A, atol=1e-5)
+    assert np.abs(pa.shifts_A).max() > 0  # the offsets were estimated, and written as origins
 
 
 def test_pose_from_stage_keeps_the_poses_of_earlier_stages(tiny_dataset):
     """Stage 1 without pose steps ends with exactly the initial poses; later stages move them."""
-    star, _ = tiny_dataset
+    star, _, truth = tiny_dataset
     cfg = _tiny_config(pose_from_stage=1, pose_search=False)
-    events = list(reconstruct(star, cfg))
+    events = list(reconstruct(star, cfg, true_poses=truth))
     medians = [e.values["median_deg"] for e in events if isinstance(e, Metrics) and e.name == "pose_errors"]
     from rmfn_napari.cryoem.metrics import pose_errors
+    from rmfn_napari.cryoem.ground_truth import read_true_poses
     from rmfn_napari.cryoem.reconstruct import _initial_rotations
 
     ds = read_particles(star)
-    start = pose_errors(_initial_rotations(ds, ds.n, cfg).numpy(), ds.rotations, allow_flip=True)
+    true = read_true_poses(truth, ds)
+    start = pose_errors(_initial_rotations(ds, ds.n, cfg, true)[0].numpy(), true.rotations, allow_flip=True)
     assert medians[0] == pytest.approx(float(np.median(start)), abs=1e-6)
     assert medians[1] != pytest.approx(medians[0], abs=1e-3)
     # a full-scale run has a single stage, which refines poses whatever pose_from_stage says
-    full = list(reconstruct(star, replace(cfg, mode="full-scale")))
+    full = list(reconstruct(star, replace(cfg, mode="full-scale"), true_poses=truth))
     m_full = [e.values["median_deg"] for e in full if isinstance(e, Metrics) and e.name == "pose_errors"]
     assert m_full[0] != pytest.approx(medians[0], abs=1e-3)
 
@@ -215,7 +219,7 @@ def _stages_that_searched(events) -> set[int]:
 def test_search_in_finest_decides_where_the_global_search_runs(tiny_dataset):
     """Off: the coarse stages search and the finest refines locally, so a full-scale run (the
     finest stage only) never searches; on: the finest stage searches too."""
-    star, _ = tiny_dataset
+    star, _, _ = tiny_dataset
     cfg = _tiny_config(epochs_per_stage=(2, 2, 2), pose_search=True, search_rotations=200,
                        search_from_stage=1, search_in_finest=False)
     assert _stages_that_searched(reconstruct(star, cfg)) == {1}
@@ -242,7 +246,7 @@ def test_cli_pose_search_flag_overrides_the_preset():
 
 
 def test_particles_are_read_in_batches(tiny_dataset, monkeypatch):
-    star, _ = tiny_dataset
+    star, _, _ = tiny_dataset
     ds = read_particles(star)
     sizes = []
     original = ds.images
@@ -254,11 +258,12 @@ def test_particles_are_read_in_batches(tiny_dataset, monkeypatch):
 
     monkeypatch.setattr(ds, "images", spy)
     list(reconstruct(ds, _tiny_config(batch_size=30)))
-    assert sizes and max(sizes[1:]) <= 30  # the first read samples the intensity scale
+    # the first read samples the intensity scale, the second checks the contrast
+    assert sizes and max(sizes[2:]) <= 30
 
 
 def test_cli_reconstruct_and_bad_input(tiny_dataset, tmp_path, capsys):
-    star, ref = tiny_dataset
+    star, ref, _ = tiny_dataset
     out = tmp_path / "cli"
     code = cli_main(["reconstruct", str(star), "--reference", str(ref), "--out", str(out),
                      "--preset", "tiny", "--epochs", "1,1,1", "--device", "cpu", "--no-align", "--quiet"])
@@ -279,7 +284,8 @@ def test_cli_reconstruct_and_bad_input(tiny_dataset, tmp_path, capsys):
 
 
 def test_search_scores_equal_the_per_image_loss():
-    from rmfn_napari.cryoem.reconstruct import _residual_loss, score_rotations
+    from rmfn_napari.cryoem.pose_search import residual_loss as _residual_loss
+    from rmfn_napari.cryoem.pose_search import score_rotations
 
     g = torch.Generator().manual_seed(0)
     S = torch.complex(torch.randn(7, 6, 6, generator=g), torch.randn(7, 6, 6, generator=g))
@@ -294,7 +300,7 @@ def test_search_scores_equal_the_per_image_loss():
 
 def test_global_search_finds_poses_from_random_starts():
     """Noise-free images of a known density; random starting poses; one search pass."""
-    from rmfn_napari.cryoem.reconstruct import global_pose_search
+    from rmfn_napari.cryoem.pose_search import global_pose_search
 
     box = 16
     blobs = GaussianBlobs(seed=3, n=6, sigma=0.07)
@@ -309,8 +315,11 @@ def test_global_search_finds_poses_from_random_starts():
     ctf = torch.ones(obs.shape)
     rotations = random_rotations(40, generator=gen)
     start = geodesic_distance(rotations, R_true)
-    moved, total = global_pose_search(blobs, fwd, w, [(np.arange(40), obs, ctf)], rotations,
-                                      4000, 16, torch.Generator().manual_seed(2), "cpu")
+    shifts = torch.zeros(40, 2, dtype=torch.float64)
+    with torch.no_grad():
+        vol_ft = fwd.volume_ft(blobs)
+    moved, total = global_pose_search(fwd, vol_ft, w, [(np.arange(40), obs, ctf)], rotations, shifts,
+                                      4000, 16, torch.zeros(1, 2), True, torch.Generator().manual_seed(2), "cpu")
     after = geodesic_distance(rotations, R_true)
     assert total == 40 and moved > 30
     assert float(start.median()) > 60 and float(after.median()) < 20

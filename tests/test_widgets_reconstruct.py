@@ -20,6 +20,7 @@ from rmfn_napari._widgets.reconstruct import (  # noqa: E402
     DATASET_SIMULATE, DATASET_STAR, MAP_FILE, REF_FILE, REF_NONE, REF_SIMULATION,
 )
 from rmfn_napari._widgets.runner import RunState  # noqa: E402
+from rmfn_napari.errors import InputError  # noqa: E402
 
 APIX16 = 4.0
 
@@ -38,12 +39,17 @@ def map16(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def star16(map16, tmp_path_factory) -> Path:
-    """128 particles simulated from ``map16``."""
+def sim16(map16, tmp_path_factory):
+    """128 particles simulated from ``map16`` (a ``SimulationResult``: ``.star``, ``.true_poses``)."""
     from rmfn_napari.cryoem.simulate import simulate_particles
 
     out = tmp_path_factory.mktemp("sim16")
-    return simulate_particles(map16, out, n=128, snr=0.1, seed=0, overwrite=True).star
+    return simulate_particles(map16, out, n=128, snr=0.1, seed=0, overwrite=True)
+
+
+@pytest.fixture(scope="module")
+def star16(sim16) -> Path:
+    return sim16.star
 
 
 def _widget(make_napari_viewer, tmp_out):
@@ -71,9 +77,14 @@ def test_preset_fills_parameters(make_napari_viewer):
         assert (w.lambda1.value(), w.lambda2.value()) == pytest.approx(cfg.lambdas)
         assert w.lr_structure.value() == pytest.approx(cfg.lr_structure)
         assert w.lr_pose.value() == pytest.approx(cfg.lr_pose)
+        assert w.pose_init.currentText() == cfg.pose_init
+        assert w.box.value() == (cfg.box or 0)
+        assert w.shift_search.value() == pytest.approx(cfg.shift_range_px)
         form = w.config()
         assert (form.pose_search, form.search_in_finest) == (cfg.pose_search, cfg.search_in_finest)
         assert form.mode == "coarse-to-fine"
+        assert (form.box, form.pose_init) == (cfg.box, cfg.pose_init)
+        assert form.shift_range_px == pytest.approx(cfg.shift_range_px)
     assert w.pose_search.currentText() == "every stage"  # cpu-small searches in stages 2 and 3
     w.mode.setCurrentText("full-scale")
     w.pose_search.setCurrentText("off (gradient only)")
@@ -83,6 +94,24 @@ def test_preset_fills_parameters(make_napari_viewer):
     from rmfn_napari.engine.devices import available_devices
 
     assert [w.device.itemText(i) for i in range(w.device.count())] == available_devices()
+    # box (0 = the stack's size), shift search (0 = off), pose init
+    assert [w.pose_init.itemText(i) for i in range(w.pose_init.count())] == [
+        "auto", "random", "perturb", "star"]
+    assert w.box.singleStep() == 2
+    w.box.setValue(0)
+    assert w.box.text() == "stack's size" and w.config().box is None
+    w.box.setValue(16)
+    w.shift_search.setValue(0.0)
+    assert w.shift_search.text() == "off"
+    w.pose_init.setCurrentText("random")
+    form = w.config()
+    assert (form.box, form.shift_range_px, form.pose_init) == (16, 0.0, "random")
+    w.shift_search.setValue(2.5)
+    w.pose_init.setCurrentText("auto")
+    assert (w.config().shift_range_px, w.config().pose_init) == (2.5, "auto")
+    w.box.setValue(15)
+    with pytest.raises(InputError, match="box"):
+        w.config()
     # 3D image layers are offered as references, 2D ones are not
     viewer.add_image(np.zeros((8, 8, 8), np.float32), name="vol")
     viewer.add_image(np.zeros((8, 8), np.float32), name="flat")
@@ -97,6 +126,7 @@ def test_reconstruct_from_simulation_streams_volumes_and_plots(
     w.sim_map.setCurrentText(MAP_FILE)
     w.sim_map_path.edit.setText(str(map16))
     w.sim_n.setValue(128)
+    assert w.sim_max_shift.value() == 2.0  # off-centre particles by default
     w.reference.setCurrentText(REF_SIMULATION)
     inserted = []
     viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value.name))
@@ -115,7 +145,7 @@ def test_reconstruct_from_simulation_streams_volumes_and_plots(
     assert w.fsc_plot.n_curves == 3
     assert all(math.isfinite(r) and r > 0 for r in w.fsc_plot.resolutions.values())
     assert "Å" in w.fsc_plot.legend.text()
-    assert w.pose_plot.total == 128
+    assert w.pose_plot.total == 128  # pose errors against the simulation's true_poses.star
     assert w.fsc_plot.n_redraws >= 3 and w.pose_plot.n_redraws >= 3
     docks = set(viewer.window.dock_widgets.keys())
     assert {"FSC", "pose errors"} <= docks
@@ -123,6 +153,7 @@ def test_reconstruct_from_simulation_streams_volumes_and_plots(
     assert "epoch" in w.panel.progress.format() or "done" in w.panel.progress.format()
     out = Path(tmp_out)
     assert (out / "scale_3.mrc").is_file() and (out / "simulated" / "particles.star").is_file()
+    assert (out / "simulated" / "true_poses.star").is_file()
     shot = viewer.screenshot(canvas_only=False, flash=False)
     import imageio.v3 as iio
 
@@ -131,10 +162,11 @@ def test_reconstruct_from_simulation_streams_volumes_and_plots(
     assert shot.std() > 1
 
 
-def test_reconstruct_pause_next_stop(make_napari_viewer, qtbot, tmp_out, star16, map16):
+def test_reconstruct_pause_next_stop(make_napari_viewer, qtbot, tmp_out, sim16, map16):
     viewer, w = _widget(make_napari_viewer, tmp_out)
     w.dataset_kind.setCurrentText(DATASET_STAR)
-    w.star_path.edit.setText(str(star16))
+    w.star_path.edit.setText(str(sim16.star))
+    w.true_poses_path.edit.setText(str(sim16.true_poses))
     w.reference.setCurrentText(REF_NONE)
     w.epochs.setText("50,50,50")
     w.start()
@@ -155,7 +187,7 @@ def test_reconstruct_pause_next_stop(make_napari_viewer, qtbot, tmp_out, star16,
     assert (Path(tmp_out) / "metrics.json").is_file()
     assert "rMFN scale 2" in viewer.layers
     assert w.fsc_plot.n_curves == 0  # no reference: no FSC
-    assert w.pose_plot.total == 128
+    assert w.pose_plot.total == 128  # the true poses were given
 
 
 def test_reconstruct_errors_in_status(make_napari_viewer, qtbot, tmp_out, star16):
@@ -178,3 +210,69 @@ def test_reconstruct_errors_in_status(make_napari_viewer, qtbot, tmp_out, star16
         w.start()
     assert w.runner.state == RunState.FAILED
     assert "reference" in w.panel.status.text() and "Traceback" not in w.panel.status.text()
+
+
+def _capture_reconstruct(monkeypatch) -> dict:
+    """Replace the engine's ``reconstruct`` by a stub that records its arguments."""
+    import rmfn_napari.cryoem.reconstruct as engine
+
+    seen: dict = {}
+
+    def fake(dataset, config, control, **kwargs):
+        seen.update(dataset=Path(dataset), config=config, **kwargs)
+        yield from ()
+
+    monkeypatch.setattr(engine, "reconstruct", fake)
+    return seen
+
+
+def test_true_poses_reach_the_engine(make_napari_viewer, qtbot, tmp_out, map16, sim16, monkeypatch):
+    """The simulate path writes true_poses.star (with the form's shift and CTF settings) and
+    passes it on; the STAR path passes the "true poses" field (None when empty)."""
+    import json
+
+    seen = _capture_reconstruct(monkeypatch)
+    viewer, w = _widget(make_napari_viewer, tmp_out)
+    assert w.form.labelForField(w.true_poses_path).isHidden()  # simulate: no field to fill
+    assert "without it no pose errors" in w.true_poses_path.toolTip()
+    w.sim_map.setCurrentText(MAP_FILE)
+    w.sim_map_path.edit.setText(str(map16))
+    w.sim_n.setValue(10)
+    w.sim_max_shift.setValue(1.5)
+    w.sim_defocus_min.setValue(1.0)
+    w.sim_defocus_max.setValue(2.0)
+    w.sim_astig_max.setValue(300.0)
+    w.box.setValue(8)
+    w.shift_search.setValue(1.0)
+    w.reference.setCurrentText(REF_NONE)
+    with qtbot.waitSignal(w.runner.finished, timeout=30000):
+        w.start()
+    assert w.runner.failure is None, w.runner.failure
+    sim = Path(tmp_out) / "simulated"
+    assert seen["dataset"] == sim / "particles.star"
+    assert Path(seen["true_poses"]) == sim / "true_poses.star" and Path(seen["true_poses"]).is_file()
+    assert (seen["config"].box, seen["config"].shift_range_px) == (8, 1.0)
+    meta = json.loads((sim / "simulation.json").read_text())
+    assert meta["max_shift_px"] == 1.5 and meta["n"] == 10
+    assert (meta["defocus_min"], meta["defocus_max"]) == pytest.approx((10000.0, 20000.0))
+    assert (meta["astig_min"], meta["astig_max"]) == (0.0, 300.0)
+    # an empty defocus range is refused at Start
+    w.sim_defocus_min.setValue(3.0)
+    assert w.start() is None and "defocus" in w.panel.status.text()
+
+    # a STAR file: the "true poses" field, optional, checked at Start
+    w.dataset_kind.setCurrentText(DATASET_STAR)
+    assert not w.form.labelForField(w.true_poses_path).isHidden()
+    assert w.form.labelForField(w.sim_ctf).isHidden()
+    w.star_path.edit.setText(str(sim16.star))
+    w.true_poses_path.edit.setText(str(Path(tmp_out) / "missing.star"))
+    assert w.start() is None and "true poses" in w.panel.status.text()
+    w.true_poses_path.edit.setText(str(sim16.true_poses))
+    with qtbot.waitSignal(w.runner.finished, timeout=30000):
+        w.start()
+    assert seen["dataset"] == sim16.star and Path(seen["true_poses"]) == sim16.true_poses
+    w.true_poses_path.edit.setText("")
+    with qtbot.waitSignal(w.runner.finished, timeout=30000):
+        w.start()
+    assert seen["true_poses"] is None
+    assert "no pose errors" in w.pose_plot.legend.text()

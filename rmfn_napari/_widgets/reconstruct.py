@@ -1,11 +1,13 @@
 """Reconstruct dock widget: cryo-EM ab initio reconstruction (paper §6) from napari.
 
 Drives :func:`rmfn_napari.cryoem.reconstruct.reconstruct` in a thread worker. The dataset is a
-RELION ``.star`` file, or a stack simulated (in the worker) from a map: a bundled sample or an
-MRC file. An optional reference map (an image layer, a file, or the map the simulation used) is
-shown as the ``"reference"`` layer and used by the engine for FSC. Presets fill the key
-parameters. Volumes stream into ``"rMFN scale k"`` / ``"rMFN spectrum k"`` layers (3D, scaled by
-the voxel size); FSC curves and the pose-error histogram are docked as live plots.
+RELION ``.star`` file (with, optionally, a STAR of the true angles and origins of the same
+particles, for pose errors), or a stack simulated (in the worker) from a map — a bundled sample
+or an MRC file — with off-centre particles and realistic defoci, whose ``true_poses.star``
+gives the pose errors. An optional reference map (an image layer, a file, or the map the
+simulation used) is shown as the ``"reference"`` layer and used by the engine for FSC. Presets
+fill the key parameters. Volumes stream into ``"rMFN scale k"`` / ``"rMFN spectrum k"`` layers
+(3D, scaled by the voxel size); FSC curves and the pose-error histogram are docked as live plots.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ PRESET_NAMES = ("cpu-small", "paper", "tiny")
 OWN_LAYER_PREFIXES = ("rMFN scale ", "rMFN spectrum ")
 # the form's pose-search labels -> keys of the engine's POSE_SEARCH_MODES (the CLI's --pose-search)
 POSE_SEARCH_LABELS = {"coarse stages": "coarse", "every stage": "all", "off (gradient only)": "off"}
+POSE_INITS = ("auto", "random", "perturb", "star")
+BOX_STACK = "stack's size"
 
 
 class _PathField(QWidget):
@@ -120,16 +124,57 @@ class ReconstructWidget(RunWidgetBase):
         self.sim_snr.setRange(0.001, 100.0)
         self.sim_snr.setValue(0.1)
         self.sim_snr.setPrefix("SNR ")
+        self.sim_max_shift = QDoubleSpinBox()
+        self.sim_max_shift.setDecimals(1)
+        self.sim_max_shift.setRange(0.0, 64.0)
+        self.sim_max_shift.setSingleStep(0.5)
+        self.sim_max_shift.setValue(2.0)
+        self.sim_max_shift.setPrefix("max shift ")
+        self.sim_max_shift.setSuffix(" px")
+        self.sim_max_shift.setToolTip("Place particles off-centre by up to this many pixels "
+                                      "(origins uniform in the disc, < box/4), as picked particles "
+                                      "are; the true origins go to true_poses.star")
         sim_row.addWidget(self.sim_map)
         self.sim_params = QWidget()
         params_row = QHBoxLayout(self.sim_params)
         params_row.setContentsMargins(0, 0, 0, 0)
         params_row.addWidget(self.sim_n)
         params_row.addWidget(self.sim_snr)
+        params_row.addWidget(self.sim_max_shift)
+        self.sim_defocus_min = QDoubleSpinBox()
+        self.sim_defocus_max = QDoubleSpinBox()
+        for spin, prefix, value in ((self.sim_defocus_min, "defocus ", 0.8),
+                                    (self.sim_defocus_max, "to ", 2.5)):
+            spin.setDecimals(2)
+            spin.setRange(0.0, 10.0)
+            spin.setSingleStep(0.1)
+            spin.setPrefix(prefix)
+            spin.setSuffix(" µm")
+            spin.setValue(value)
+            spin.setToolTip("Mean defocus range (µm), uniform per particle")
+        self.sim_astig_max = QDoubleSpinBox()
+        self.sim_astig_max.setDecimals(0)
+        self.sim_astig_max.setRange(0.0, 5000.0)
+        self.sim_astig_max.setSingleStep(50.0)
+        self.sim_astig_max.setValue(500.0)
+        self.sim_astig_max.setPrefix("astig. ≤ ")
+        self.sim_astig_max.setSuffix(" Å")
+        self.sim_astig_max.setToolTip("Largest astigmatism dfU − dfV (Å); drawn uniformly from 0 "
+                                      "to it, at a uniform angle")
+        self.sim_ctf = QWidget()
+        ctf_row = QHBoxLayout(self.sim_ctf)
+        ctf_row.setContentsMargins(0, 0, 0, 0)
+        ctf_row.addWidget(self.sim_defocus_min)
+        ctf_row.addWidget(self.sim_defocus_max)
+        ctf_row.addWidget(self.sim_astig_max)
         self.sim_map_path = _PathField("Map to simulate from", "MRC (*.mrc *.map)", "map.mrc")
         self.dataset_stack = QStackedWidget()
         self.dataset_stack.addWidget(sim)
         self.dataset_stack.addWidget(self.star_path)
+        self.true_poses_path = _PathField("STAR file with the true poses", "RELION STAR (*.star)",
+                                          "true_poses.star (optional)")
+        self.true_poses_path.setToolTip("ground truth for pose errors; without it no pose errors "
+                                        "are computed")
         self.dataset_kind.currentIndexChanged.connect(self._dataset_kind_changed)
         self.sim_map.currentTextChanged.connect(self._sim_map_changed)
         # -- reference
@@ -176,13 +221,32 @@ class ReconstructWidget(RunWidgetBase):
         lr_row.addWidget(self.lr_structure)
         lr_row.addWidget(self.lr_pose)
         self.pose_init = QComboBox()
-        self.pose_init.addItems(["perturb", "random", "star"])
-        self.pose_init.setToolTip("perturb: the STAR's poses turned 45–90° away (paper protocol "
-                                  "on simulated data); random: uniform; star: as in the file")
+        self.pose_init.addItems(list(POSE_INITS))
+        self.pose_init.setToolTip("auto: the STAR's angles if it has them, else random; random: "
+                                  "uniform; perturb: the paper's protocol, the true angles (the "
+                                  "true poses when given, else the STAR's) turned 45–90° away — "
+                                  "needs angles; star: the STAR's angles as they are")
+        self.box = QSpinBox()
+        self.box.setRange(0, 4096)
+        self.box.setSingleStep(2)
+        self.box.setSpecialValueText(BOX_STACK)
+        self.box.setSuffix(" px")
+        self.box.setToolTip("Fourier-crop the particles to this box on read (even, ≤ the particles' "
+                            "box); maps are written at this box with the matching voxel size")
+        self.shift_search = QDoubleSpinBox()
+        self.shift_search.setDecimals(1)
+        self.shift_search.setRange(0.0, 64.0)
+        self.shift_search.setSingleStep(0.5)
+        self.shift_search.setSpecialValueText("off")
+        self.shift_search.setPrefix("± ")
+        self.shift_search.setSuffix(" px")
+        self.shift_search.setToolTip("Range of the in-plane shift search (± px at the working box); "
+                                     "off: the shifts stay at the STAR's origins")
         self.mode = QComboBox()
         self.mode.addItems(["coarse-to-fine", "full-scale", "oracle-poses"])
         self.mode.setToolTip("coarse-to-fine: one scale per stage (the paper); full-scale: the finest "
-                             "scale from the start (baseline); oracle-poses: poses fixed at the STAR's")
+                             "scale from the start (baseline); oracle-poses: poses fixed at the "
+                             "true poses (else the STAR's angles)")
         self.pose_search = QComboBox()
         self.pose_search.addItems(list(POSE_SEARCH_LABELS))
         self.pose_search.setToolTip("Each epoch, score every particle against thousands of random "
@@ -199,10 +263,13 @@ class ReconstructWidget(RunWidgetBase):
         self.form.addRow("dataset", self.dataset_kind)
         self.form.addRow("", self.dataset_stack)
         self.form.addRow("particles", self.sim_params)
+        self.form.addRow("CTF", self.sim_ctf)
+        self.form.addRow("true poses", self.true_poses_path)
         self.form.addRow("map file", self.sim_map_path)
         self.form.addRow("reference", self.reference)
         self.form.addRow("reference file", self.reference_path)
         self.form.addRow("preset", self.preset)
+        self.form.addRow("box", self.box)
         self.form.addRow("mode", self.mode)
         self.form.addRow("layers", self.n_layers)
         self.form.addRow("width", self.hidden)
@@ -212,6 +279,7 @@ class ReconstructWidget(RunWidgetBase):
         self.form.addRow("learning rates", lr)
         self.form.addRow("pose init", self.pose_init)
         self.form.addRow("pose search", self.pose_search)
+        self.form.addRow("shift search", self.shift_search)
         self.form.addRow("device", self.device)
         self.form.addRow("seed", self.seed)
         self.form.addRow("output folder", self.out_dir)
@@ -233,10 +301,11 @@ class ReconstructWidget(RunWidgetBase):
     # ---- form -------------------------------------------------------------------------
     def form_widgets(self):
         """Inputs locked during a run."""
-        return [self.dataset_kind, self.dataset_stack, self.sim_params, self.sim_map_path, self.reference,
-                self.reference_path, self.preset, self.n_layers, self.hidden, self.lambda1,
-                self.lambda2, self.epochs, self.batch, self.lr_structure, self.lr_pose,
-                self.pose_init, self.mode, self.pose_search, self.device, self.seed]
+        return [self.dataset_kind, self.dataset_stack, self.sim_params, self.sim_ctf,
+                self.true_poses_path, self.sim_map_path, self.reference, self.reference_path,
+                self.preset, self.box, self.n_layers, self.hidden, self.lambda1, self.lambda2,
+                self.epochs, self.batch, self.lr_structure, self.lr_pose, self.pose_init, self.mode,
+                self.pose_search, self.shift_search, self.device, self.seed]
 
     def apply_preset(self, name: str) -> None:
         """Fill the key parameters from preset ``name``."""
@@ -252,6 +321,8 @@ class ReconstructWidget(RunWidgetBase):
         self.lr_structure.setValue(cfg.lr_structure)
         self.lr_pose.setValue(cfg.lr_pose)
         self.pose_init.setCurrentText(cfg.pose_init)
+        self.box.setValue(cfg.box or 0)
+        self.shift_search.setValue(cfg.shift_range_px)
         label = {key: text for text, key in POSE_SEARCH_LABELS.items()}[pose_search_mode(cfg)]
         self.pose_search.setCurrentText(label)
 
@@ -265,6 +336,8 @@ class ReconstructWidget(RunWidgetBase):
         simulate = self.dataset_kind.currentText() == DATASET_SIMULATE
         self.dataset_stack.setCurrentIndex(0 if simulate else 1)
         self._set_row_visible(self.sim_params, simulate)
+        self._set_row_visible(self.sim_ctf, simulate)
+        self._set_row_visible(self.true_poses_path, not simulate)
         self._sim_map_changed(self.sim_map.currentText())
         self._refresh_layers()
 
@@ -309,8 +382,10 @@ class ReconstructWidget(RunWidgetBase):
             lr_structure=float(self.lr_structure.value()),
             lr_pose=float(self.lr_pose.value()),
             pose_init=self.pose_init.currentText(),
+            box=int(self.box.value()) or None,
             mode=self.mode.currentText(),
             **POSE_SEARCH_MODES[POSE_SEARCH_LABELS[self.pose_search.currentText()]],
+            shift_range_px=float(self.shift_search.value()),
             device=self.device.currentText(),
             seed=int(self.seed.value()),
         )
@@ -353,50 +428,78 @@ class ReconstructWidget(RunWidgetBase):
         apix = float(layer.metadata.get("voxel_size", layer.scale[-1]))
         return np.array(data, dtype=np.float32), apix, None
 
+    def _simulation_settings(self) -> dict:
+        """Keyword arguments of the simulation the form describes (n, SNR, origins in px,
+        defocus and astigmatism ranges in Å)."""
+        dmin, dmax = float(self.sim_defocus_min.value()), float(self.sim_defocus_max.value())
+        if dmin > dmax:
+            raise InputError(f"CTF: the defocus range {dmin:g} to {dmax:g} µm is empty")
+        return dict(n=int(self.sim_n.value()), snr=float(self.sim_snr.value()),
+                    max_shift=float(self.sim_max_shift.value()),
+                    defocus_range=(dmin * 1e4, dmax * 1e4),
+                    astig_range=(0.0, float(self.sim_astig_max.value())))
+
+    def _true_poses(self) -> Path | None:
+        """The "true poses" STAR (None when the field is empty)."""
+        text = self.true_poses_path.path()
+        if not text:
+            return None
+        if not Path(text).is_file():
+            raise InputError(f"true poses: {text} is not a file; choose the STAR with the true "
+                             "angles and origins, or leave it empty (no pose errors)")
+        return Path(text)
+
     def build_source(self, out_dir: str):
         """Read the form and return the reconstruction event source for the worker.
 
         For "simulate from map" the stack is simulated in the worker into
-        ``<output folder>/simulated`` before training starts.
+        ``<output folder>/simulated`` before training starts, and its ``true_poses.star``
+        gives the pose errors; for a STAR file the optional "true poses" file does.
         """
         from ..cryoem.reconstruct import reconstruct
 
         cfg = self.config()
         simulate = self.dataset_kind.currentText() == DATASET_SIMULATE
         sim_map = self._simulation_map() if simulate else None
-        star = None
-        if not simulate:
+        star = true_poses = None
+        if simulate:
+            sim = self._simulation_settings()
+        else:
             star = self.star_path.path()
             if not star or not Path(star).is_file():
                 raise InputError("dataset: choose an existing RELION .star particle file")
+            true_poses = self._true_poses()
         ref = self._reference(sim_map)
         ref_volume = None
         if ref is not None:
             ref_volume, ref_apix, ref_path = ref
             if ref_path is not None:  # a file: show it; a layer is already on show
                 self.layers.set_reference(ref_volume, ref_apix)
-        n, snr, seed = int(self.sim_n.value()), float(self.sim_snr.value()), int(self.seed.value())
+        seed = int(self.seed.value())
         self.fsc_plot.clear()
-        self.pose_plot.set_counts(np.zeros(36), np.linspace(0, 180, 37), "no pose errors yet")
+        empty = "no pose errors yet" if simulate or true_poses else "no true poses: no pose errors"
+        self.pose_plot.set_counts(np.zeros(36), np.linspace(0, 180, 37), empty)
         self._box_apix = None
         self.dock_plots()
 
         def source(control):
             from ..engine.events import Log
 
-            dataset = star
+            dataset, truth = star, true_poses
             if simulate:
                 from ..cryoem.simulate import simulate_particles
 
-                yield Log(f"simulating {n} particles from {Path(sim_map).name} at SNR {snr:g}…")
-                result = simulate_particles(sim_map, Path(out_dir) / "simulated", n=n, snr=snr,
-                                            seed=seed, overwrite=True)
-                dataset = result.star
+                yield Log(f"simulating {sim['n']} particles from {Path(sim_map).name} at SNR "
+                          f"{sim['snr']:g}, off-centre by up to {sim['max_shift']:g} px…")
+                result = simulate_particles(sim_map, Path(out_dir) / "simulated", seed=seed,
+                                            overwrite=True, **sim)
+                dataset, truth = result.star, result.true_poses
                 yield Log(f"simulated {result.n} particles of {result.box}² at "
                           f"{result.apix:g} Å/px: {result.star}")
                 if control.stop_requested:
                     return
-            yield from reconstruct(dataset, cfg, control, reference=ref_volume, out_dir=out_dir)
+            yield from reconstruct(dataset, cfg, control, reference=ref_volume, out_dir=out_dir,
+                                   true_poses=truth)
 
         return source
 

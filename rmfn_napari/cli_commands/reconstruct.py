@@ -20,7 +20,14 @@ def register(subparsers) -> None:
         "--reference after alignment, pose errors), checkpoint.pt and run.log to --out.",
     )
     p.add_argument("star", help="RELION particle STAR file (images in .mrcs stacks)")
-    p.add_argument("--reference", help="reference map (MRC) for FSC; the ground truth for simulated data")
+    p.add_argument("--reference", help="reference map (MRC) for FSC, at the particles' box and pixel size "
+                   "(cropped like them with --box) or at the --box size; the ground truth for simulated data")
+    p.add_argument("--true-poses", metavar="STAR",
+                   help="STAR with the true angles and origins of these particles (rmfn simulate writes "
+                   "true_poses.star); pose and offset errors are reported only with it")
+    p.add_argument("--box", type=int, metavar="D",
+                   help="Fourier-crop the particles to D px (even, <= their box) on read; the pixel size "
+                   "grows by box/D and maps are written at D")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small",
                    help="cpu-small (default: minutes on a CPU, 32^3 data), paper (the paper's "
@@ -29,8 +36,12 @@ def register(subparsers) -> None:
                    help="coarse-to-fine (default); full-scale (finest scale only, from scratch); "
                    "oracle-poses (poses fixed at the STAR's)")
     p.add_argument("--pose-init", choices=POSE_INITS, default=None,
-                   help="initial poses: star, perturb (45-90 deg from the STAR's: the paper's "
-                   "protocol for simulated data; default), random")
+                   help="initial poses: auto (default: the STAR's angles if it has them, else random), "
+                   "star, perturb (45-90 deg from the true poses or the STAR's: the paper's protocol; "
+                   "needs angles), random")
+    p.add_argument("--shift-range", type=float, metavar="PX",
+                   help="estimate in-plane offsets within +-PX px of the working box (global search "
+                   "grid and pose steps); 0 keeps the STAR's origins (cpu-small: 3)")
     p.add_argument("--epochs", type=positive_ints, help="epochs per stage, e.g. 15,15,70")
     p.add_argument("--batch", type=int, help="particles per batch")
     p.add_argument("--layers", type=int, help="network layers (= scales = stages)")
@@ -61,7 +72,8 @@ def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
                "n_layers": args.layers, "hidden": args.hidden,
                "lambdas": tuple(args.lambdas) if args.lambdas else None,
                "lr_structure": args.lr_structure, "lr_pose": args.lr_pose,
-               "max_particles": args.max_particles}
+               "max_particles": args.max_particles, "box": args.box,
+               "shift_range_px": args.shift_range}
     overrides.update({k: v for k, v in mapping.items() if v is not None})
     if args.pose_search is not None:
         overrides.update(POSE_SEARCH_MODES[args.pose_search])
@@ -82,13 +94,15 @@ def run(args: argparse.Namespace) -> int:
     control = RunControl()
     with stop_on_interrupt(control):
         result = consume(reconstruct(args.star, cfg, control, reference=args.reference,
-                                     out_dir=args.out, resume=args.resume), quiet=args.quiet)
+                                     out_dir=args.out, resume=args.resume, true_poses=args.true_poses),
+                         quiet=args.quiet)
     m = result.metrics
     summary = {"mode": m.get("mode"), "resolution_A": m.get("resolution_A"), "stopped": result.stopped,
                "seconds": round(result.seconds, 1)}
     if m.get("pose_errors"):
-        summary.update(pose_median_deg=m["pose_errors"]["median_deg"],
-                       pose_frac_under_5deg=m["pose_errors"]["frac_under_5deg"])
+        pe = m["pose_errors"]
+        summary.update(pose_median_deg=pe["median_deg"], pose_frac_under_5deg=pe["frac_under_5deg"],
+                       pose_frac_under_10deg=pe["frac_under_10deg"], shift_median_px=pe["shift_median_px"])
     print(json.dumps(summary))
     if not args.quiet:
         print(f"outputs in {args.out}", file=sys.stderr)

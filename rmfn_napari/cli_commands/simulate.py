@@ -11,9 +11,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "simulate",
         help="simulate cryo-EM particles (poses, CTF, noise) from a map",
-        description="Project a map under uniformly random poses, apply RELION-convention CTFs, "
-        "add white Gaussian noise at a target SNR, and write DIR/particles.mrcs, "
-        "DIR/particles.star (RELION 3.1), DIR/reference.mrc and DIR/simulation.json.",
+        description="Project a map under uniformly random poses, optionally off-centre, apply "
+        "RELION-convention CTFs, add white Gaussian noise at a target SNR, and write "
+        "DIR/particles.mrcs, DIR/particles.star (RELION 3.1: image names and CTFs, as a picker "
+        "gives them), DIR/true_poses.star (the same particles with their true angles, origins and "
+        "half-sets: pass it to `rmfn reconstruct --true-poses`), DIR/reference.mrc and "
+        "DIR/simulation.json.",
     )
     p.add_argument("--map", required=True, help="reference map (MRC; cubic, even box)")
     p.add_argument("--n", type=int, required=True, help="number of particles")
@@ -30,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--voltage", type=float, default=300.0, help="kV (default 300)")
     p.add_argument("--cs", type=float, default=2.7, help="spherical aberration, mm (default 2.7)")
     p.add_argument("--amp-contrast", type=float, default=0.1, help="amplitude contrast (default 0.1)")
+    p.add_argument("--max-shift", type=float, default=0.0, metavar="PX",
+                   help="place particles off-centre by up to PX pixels, with the matching RELION "
+                   "origins in true_poses.star (default 0: centred; must be < box/4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
@@ -55,7 +61,9 @@ def run(args) -> int:
         apply_ctf=not args.no_ctf, chunk=args.chunk,
         defocus_range=(args.defocus_min, args.defocus_max),
         astig_range=(args.astig_min, args.astig_max), voltage=args.voltage, cs=args.cs,
-        amp_contrast=args.amp_contrast, overwrite=args.overwrite, progress=progress)
+        amp_contrast=args.amp_contrast, max_shift=args.max_shift, overwrite=args.overwrite,
+        progress=progress)
     print(f"wrote {res.n} particles ({res.box}x{res.box}, {res.apix:g} Å/px): {res.star}, {res.stack}, "
-          f"{res.reference} in {time.perf_counter() - t0:.1f} s")
+          f"{res.reference} in {time.perf_counter() - t0:.1f} s; ground truth (angles, origins) "
+          f"for --true-poses: {res.true_poses}")
     return 0

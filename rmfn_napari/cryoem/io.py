@@ -270,18 +270,18 @@ class ParticleDataset:
         The tables as read (``optics`` None for RELION 3.0 files).
     """
 
-    def __init__(self, star_path, particles, optics, stacks, stack_of, index_in_stack,
+    def __init__(self, star_path, particles, optics, stacks, layouts, stack_of, index_in_stack,
                  box, apix):
         self.star_path = Path(star_path)
         self.particles = particles
         self.optics = optics
         self._stack_paths = stacks
+        self._layouts = layouts
         self._stack_of = stack_of
         self._index = index_in_stack
         self.box, self.apix = int(box), float(apix)
         self.n = len(particles)
         self.image_names = [str(s) for s in particles["rlnImageName"]]
-        self._mmaps: dict[int, object] = {}
         cols = particles.columns
         self.has_poses = all(c in cols for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
         if self.has_poses:
@@ -329,15 +329,31 @@ class ParticleDataset:
         return ctf
 
     # -- lazy image access
-    def _mmap(self, s: int):
-        m = self._mmaps.get(s)
-        if m is None:
-            m = _open_mrc(self._stack_paths[s], mmap=True)
-            self._mmaps[s] = m
-        return m
+    def _read_rows(self, s: int, rows: np.ndarray) -> np.ndarray:
+        """Images ``rows`` (sorted, unique, 0-based) of stack ``s`` as float32 ``(k, D, D)``.
+
+        One positioned read per contiguous run of rows, straight into the result when the
+        stack holds native float32 (else through a buffer of the run, then converted). No
+        memory map: pages of a mapped stack would stay in the resident set after the read.
+        """
+        offset, dtype = self._layouts[s]
+        nbytes = self.box * self.box * dtype.itemsize
+        out = np.empty((len(rows), self.box, self.box), dtype=np.float32)
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+        direct = dtype == out.dtype
+        with open(self._stack_paths[s], "rb") as f:
+            for a, b in zip(starts, [*starts[1:], len(rows)]):
+                buf = out[a:b] if direct else np.empty((b - a, self.box, self.box), dtype)
+                f.seek(offset + int(rows[a]) * nbytes)
+                if f.readinto(buf) != buf.nbytes:
+                    raise InputError(f"stack is truncated (reading image {int(rows[b - 1]) + 1})",
+                                     self._stack_paths[s])
+                if not direct:
+                    out[a:b] = buf
+        return out
 
     def images(self, indices=None) -> np.ndarray:
-        """Read images (memory-mapped) as float32 ``(k, D, D)``.
+        """Read images as float32 ``(k, D, D)``, with memory use of the order of the batch.
 
         Parameters
         ----------
@@ -362,10 +378,8 @@ class ParticleDataset:
         stacks = self._stack_of[idx]
         for s in np.unique(stacks):
             sel = np.nonzero(stacks == s)[0]
-            data = self._mmap(int(s)).data
-            rows = self._index[idx[sel]]
-            block = data[rows] if data.ndim == 3 else np.asarray(data)[None].repeat(len(rows), 0)
-            out[sel] = block
+            rows, inverse = np.unique(self._index[idx[sel]], return_inverse=True)
+            out[sel] = self._read_rows(int(s), rows)[inverse]
             bad = ~np.isfinite(out[sel]).all(axis=(1, 2))
             if bad.any():
                 first = int(idx[sel][bad][0])
@@ -380,10 +394,7 @@ class ParticleDataset:
             self.images(np.arange(i, min(i + chunk, self.n)))
 
     def close(self) -> None:
-        """Close the memory-mapped stacks."""
-        for m in self._mmaps.values():
-            m.close()
-        self._mmaps.clear()
+        """Nothing to release: each read opens and closes the stack files it needs."""
 
     def __enter__(self):
         return self
@@ -500,10 +511,11 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
     stacks = [_resolve_stack(f, star_path.parent) for f in stack_ids]
 
     # open each stack once: existence, integrity, shape, index range, pixel size
-    box = None
+    box, layouts = None, []
     for s, sp in enumerate(stacks):
-        with _open_mrc(sp, mmap=True) as mrc:
+        with _open_mrc(sp, mmap=True) as mrc:  # validates size; maps without touching pages
             shape = mrc.data.shape
+            layouts.append((int(mrc.header.nbytes + mrc.extended_header.nbytes), mrc.data.dtype))
             n_img = shape[0] if len(shape) == 3 else 1
             ny, nx = shape[-2:]
             if ny != nx:
@@ -526,7 +538,7 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
         sizes = np.unique(particles["rlnImageSize"].to_numpy())
         if len(sizes) != 1 or int(sizes[0]) != box:
             raise InputError(f"rlnImageSize {sizes.tolist()} does not match the stacks' {box}", star_path)
-    ds = ParticleDataset(star_path, particles, optics, stacks, stack_of, index, box, apix)
+    ds = ParticleDataset(star_path, particles, optics, stacks, layouts, stack_of, index, box, apix)
     if check_pixels:
         ds.check_pixels()
     return ds
@@ -549,7 +561,10 @@ def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_
     ----------
     path : str or Path
         Output STAR file.
-    dataset : ParticleDataset
+    dataset : ParticleDataset or CroppedParticles
+        A wrapper with a ``source`` dataset (:class:`~rmfn_napari.cryoem.downsample.CroppedParticles`)
+        is written as its source: the STAR describes the original stacks, box and pixel size
+        (origins in Å do not depend on the box).
     rotations : array_like ``(n, 3, 3)``, optional
         RELION matrices ``A`` (e.g. estimated poses); converted to rlnAngleRot/Tilt/Psi (°).
     shifts_A : array_like ``(n, 2)``, optional
@@ -562,6 +577,7 @@ def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_
     import pandas as pd
 
     path = Path(path)
+    dataset = getattr(dataset, "source", dataset)
     p = dataset.particles.copy()
     names = []
     for i in range(dataset.n):

@@ -46,13 +46,18 @@ from ..errors import InputError
 from ..fitting.metrics import log_spectrum
 from ..model import ResidualMFN, growth_factor
 from ..model.networks import grid_axis
+from .contrast import contrast_check
+from .downsample import crop_dataset, fourier_crop_volume, validate_box
+from .ground_truth import TruePoses, read_true_poses
 from .io import ParticleDataset, read_map, read_particles, write_map, write_particles_star
 from .metrics import align_map, apply_alignment, fsc, pose_error_stats, pose_errors, resolution_at
+from .offsets import centre_spectra, centring_phase, shift_errors, shift_grid
+from .pose_search import crop_center, global_pose_search, residual_loss, score_rotations  # noqa: F401
 from .projector import fft2_centered, fourier_slices, volume_fourier
 from .rotations import axis_angle_to_matrix, perturb_rotations, random_rotations
 
 MODES = ("coarse-to-fine", "full-scale", "oracle-poses")
-POSE_INITS = ("star", "perturb", "random")
+POSE_INITS = ("auto", "star", "perturb", "random")
 # where the global pose search runs (the CLI's --pose-search, the widget's "pose search"):
 # the coarse stages only, every stage from ``search_from_stage`` on, or nowhere (paper)
 POSE_SEARCH_MODES: dict[str, dict] = {
@@ -85,11 +90,22 @@ class ReconstructConfig:
     batch_size : particles per batch.
     structure_steps, pose_steps : optimisation steps per batch (paper: 5, 20).
     lr_structure, lr_pose : Adam learning rates (paper: 1e-3, 1e-2); pose betas (0.9, 0.9).
-    pose_init : {"star", "perturb", "random"}
-        Initial poses: the STAR's, the STAR's perturbed by a random rotation of
-        ``perturb_deg`` (paper protocol, when the STAR holds the truth), or uniform.
+    box : Fourier-crop the particles to this even size (px) on read, batch by batch; the
+        pixel size grows by D/box, origins in Å are unchanged, the CTF is evaluated on the
+        cropped grid, maps are written at this box. None: the stack's own size.
+    pose_init : {"auto", "star", "perturb", "random"}
+        Initial rotations. ``auto``: the STAR's angles if it has them, else uniform random
+        (ab initio); ``star``: the STAR's (needs angles); ``perturb``: the true poses (or
+        the STAR's) turned by a random rotation of ``perturb_deg`` (the paper's protocol;
+        needs angles); ``random``: uniform.
     perturb_deg : (min, max) geodesic perturbation in degrees.
-    poses_are_truth : evaluate pose errors against the STAR's poses (simulated data).
+    shift_range_px : in-plane offsets are estimated within ±this many px of the working box:
+        the global search scores a grid of offsets with the rotations, and the pose steps
+        refine each particle's offset with its rotation. 0: offsets stay at the STAR's
+        origins (RELION convention, :mod:`rmfn_napari.cryoem.offsets`).
+    lr_shift : Adam learning rate of the offsets in the pose steps (px per step).
+    check_contrast : before training, test the particles' contrast with a matched filter
+        (:mod:`rmfn_napari.cryoem.contrast`) and stop if they are dark.
     mask_radius : soft spherical solvent mask applied to the rendered map, radius as a
         fraction of the box (0.45: 0.45 D, cosine edge of 0.05 D); None: no mask.
     new_head_scale : initial weight scale of heads 2..L relative to the paper's init, so
@@ -128,9 +144,12 @@ class ReconstructConfig:
     lr_structure: float = 1e-3
     lr_pose: float = 1e-2
     pose_betas: tuple[float, float] = (0.9, 0.9)
-    pose_init: str = "perturb"
+    box: int | None = None
+    pose_init: str = "auto"
     perturb_deg: tuple[float, float] = (45.0, 90.0)
-    poses_are_truth: bool = True
+    shift_range_px: float = 0.0
+    lr_shift: float = 0.05
+    check_contrast: bool = True
     invert_contrast: bool = False
     max_particles: int | None = None
     mask_radius: float | None = 0.45
@@ -172,6 +191,13 @@ class ReconstructConfig:
             raise InputError("structure_steps must be >= 1 and pose_steps >= 0")
         if self.pose_from_stage < 0 or self.search_from_stage < 0:
             raise InputError("pose_from_stage and search_from_stage are stage indices (>= 0)")
+        if self.box is not None and (int(self.box) != self.box or self.box % 2 or self.box < 8):
+            why = "is odd" if int(self.box) == self.box and self.box % 2 else "is not a box size"
+            raise InputError(f"--box {self.box} {why}; an even number of pixels >= 8 is required")
+        if not (math.isfinite(self.shift_range_px) and self.shift_range_px >= 0):
+            raise InputError(f"shift_range_px must be >= 0 px, got {self.shift_range_px}")
+        if not (math.isfinite(self.lr_shift) and self.lr_shift >= 0):
+            raise InputError(f"lr_shift must be >= 0, got {self.lr_shift}")
 
     def stage_plan(self) -> list[tuple[int, int]]:
         """``[(scale, epochs), ...]``: which scale each stage trains and for how long."""
@@ -193,7 +219,7 @@ PRESETS: dict[str, dict] = {
     # locally at the finest: the paper's claim shows more clearly, results are a little worse.)
     "cpu-small": dict(n_layers=3, hidden=64, epochs_per_stage=(10, 15, 35), batch_size=200,
                       structure_steps=5, pose_steps=20, lr_structure=1e-3, lr_pose=1e-2,
-                      pose_search=True, pose_from_stage=1),
+                      pose_search=True, pose_from_stage=1, shift_range_px=3.0),
     # seconds: smoke tests and the napari demo
     "tiny": dict(n_layers=3, hidden=32, epochs_per_stage=(1, 1, 1), batch_size=64,
                  structure_steps=2, pose_steps=4, lr_structure=1e-3, lr_pose=1e-2,
@@ -229,21 +255,6 @@ def gaussian_weight(window: int, sigma: float, device) -> torch.Tensor:
     k = torch.arange(window, device=device, dtype=torch.float32) - window // 2
     k2 = k[:, None] ** 2 + k[None, :] ** 2
     return torch.exp(-k2 / (2 * sigma**2))
-
-
-def crop_center(ft: torch.Tensor, window: int) -> torch.Tensor:
-    """Central ``window x window`` of centred 2D spectra ``(..., D, D)``."""
-    D = ft.shape[-1]
-    lo = D // 2 - window // 2
-    return ft[..., lo:lo + window, lo:lo + window]
-
-
-def shift_phase(box: int, shifts_px: torch.Tensor, window: int) -> torch.Tensor:
-    """Phase ramps that undo image shifts (RELION origins, pixels) on the central window."""
-    k = (torch.arange(window, dtype=torch.float32, device=shifts_px.device) - window // 2) / box
-    ky, kx = torch.meshgrid(k, k, indexing="ij")
-    phase = 2 * math.pi * (kx[None] * shifts_px[:, 0, None, None] + ky[None] * shifts_px[:, 1, None, None])
-    return torch.polar(torch.ones_like(phase), phase)
 
 
 def spherical_mask(n: int, radius: float | None, device=None) -> torch.Tensor | None:
@@ -326,39 +337,73 @@ class ForwardModel:
 
 
 # ------------------------------------------------------------------------------- engine
-def _load_dataset(dataset) -> ParticleDataset:
-    if isinstance(dataset, ParticleDataset):
-        return dataset
-    return read_particles(dataset)
+def _load_dataset(dataset, box: int | None):
+    """The particles at the working box: read a STAR path, then Fourier-crop if asked."""
+    ds = read_particles(dataset) if isinstance(dataset, (str, Path)) else dataset
+    if box is not None:
+        validate_box(int(box), getattr(ds, "source_box", ds.box), ds.star_path)
+    return crop_dataset(ds, box)
 
 
-def _load_reference(reference, box: int, apix: float):
+def _load_reference(reference, ds) -> np.ndarray | None:
+    """The reference map at the working box: a map at the particles' original box and pixel
+    size is Fourier-cropped like the particles; one already at the working box is kept."""
     if reference is None:
         return None
-    if isinstance(reference, (str, Path)):
-        vol, ref_apix = read_map(reference)
-        if vol.shape != (box,) * 3:
-            raise InputError(f"reference map is {vol.shape[0]}^3 but the particles are {box}x{box}", reference)
-        if abs(ref_apix - apix) > 1e-3 * apix:
-            raise InputError(f"reference voxel size {ref_apix:.4g} Å differs from the particles' "
-                             f"pixel size {apix:.4g} Å", reference)
+    box, apix = ds.box, ds.apix
+    src_box, src_apix = getattr(ds, "source_box", box), getattr(ds, "source_apix", apix)
+    path = Path(reference) if isinstance(reference, (str, Path)) else None
+    if path is not None:
+        vol, ref_apix = read_map(path)
+    else:
+        vol, ref_apix = np.asarray(reference, dtype=np.float32), None
+        if vol.ndim != 3 or not np.all(np.isfinite(vol)):
+            raise InputError(f"reference map must be a finite 3D array, got shape {vol.shape}")
+
+    def same(a, b):
+        return a is None or abs(a - b) <= 1e-3 * b
+
+    if vol.shape == (src_box,) * 3 and same(ref_apix, src_apix):
+        return fourier_crop_volume(vol, box) if src_box != box else vol
+    if vol.shape == (box,) * 3 and same(ref_apix, apix):
         return vol
-    vol = np.asarray(reference, dtype=np.float32)
-    if vol.shape != (box,) * 3:
-        raise InputError(f"reference map has shape {vol.shape}, expected {(box,) * 3}")
-    if not np.all(np.isfinite(vol)):
-        raise InputError("reference map contains NaN or Inf")
-    return vol
+    got = f"{vol.shape[0]}^3" + ("" if ref_apix is None else f" at {ref_apix:.4g} Å")
+    raise InputError(f"reference map is {got} but the particles are {src_box} px at {src_apix:.4g} Å"
+                     + (f" (cropped: {box} px at {apix:.4g} Å)" if src_box != box else ""), path)
 
 
-def _initial_rotations(ds: ParticleDataset, n: int, cfg: ReconstructConfig) -> torch.Tensor:
-    star = torch.as_tensor(ds.rotations[:n], dtype=torch.float64)
+def _initial_rotations(ds, n: int, cfg: ReconstructConfig, truth: TruePoses | None = None):
+    """Starting rotations ``(n, 3, 3)`` float64 and a sentence saying where they come from."""
     gen = torch.Generator().manual_seed(cfg.seed + 7919)
-    if cfg.mode == "oracle-poses" or cfg.pose_init == "star":
-        return star.clone()
-    if cfg.pose_init == "perturb":
-        return perturb_rotations(star, cfg.perturb_deg[0], cfg.perturb_deg[1], generator=gen)
-    return random_rotations(n, generator=gen)
+    star = torch.as_tensor(ds.rotations[:n], dtype=torch.float64) if ds.has_poses else None
+    known = torch.as_tensor(truth.rotations, dtype=torch.float64) if truth is not None else star
+    if cfg.mode == "oracle-poses":
+        if known is None:
+            raise InputError("oracle-poses needs the true poses (--true-poses) or angles in the STAR",
+                             ds.star_path)
+        return known.clone(), "poses fixed at the " + ("true poses" if truth is not None else "STAR's angles")
+    init = cfg.pose_init
+    if init == "auto":
+        init = "star" if star is not None else "random"
+    if init == "star":
+        if star is None:
+            raise InputError("pose init 'star' needs rlnAngleRot/Tilt/Psi in the STAR", ds.star_path)
+        return star.clone(), "starting from the STAR's angles"
+    if init == "perturb":
+        if known is None:
+            raise InputError("pose init 'perturb' (the paper's protocol) turns known poses away: give "
+                             "--true-poses or a STAR with angles", ds.star_path)
+        lo, hi = cfg.perturb_deg
+        return (perturb_rotations(known, lo, hi, generator=gen),
+                f"starting {lo:g}-{hi:g}° from the " + ("true poses" if truth is not None else "STAR's angles"))
+    note = "" if star is not None else " (the STAR has no angles)"
+    return random_rotations(n, generator=gen), f"starting from uniformly random poses{note}"
+
+
+def _initial_shifts(ds, n: int, cfg: ReconstructConfig, truth: TruePoses | None) -> torch.Tensor:
+    """Starting origins ``(n, 2)`` float64 in px of the working box (RELION convention)."""
+    shifts_A = truth.shifts_A if (cfg.mode == "oracle-poses" and truth is not None) else ds.shifts_A[:n]
+    return torch.as_tensor(np.asarray(shifts_A) / ds.apix, dtype=torch.float64).clone()
 
 
 def _orthonormalize(R: torch.Tensor) -> torch.Tensor:
@@ -380,11 +425,14 @@ class _State:
     history: dict = field(default_factory=dict)
 
 
-def _save_checkpoint(path: Path, net, opt, rotations, state: _State, cfg: ReconstructConfig) -> None:
+CHECKPOINT_FORMAT = "rmfn-napari/reconstruct/2"
+
+
+def _save_checkpoint(path: Path, net, opt, rotations, shifts_px, state: _State, cfg: ReconstructConfig) -> None:
     payload = {
         "config": asdict(cfg), "net_config": net.config(), "net": net.state_dict(),
-        "opt": opt.state_dict(), "rotations": rotations.cpu(), "state": asdict(state),
-        "format": "rmfn-napari/reconstruct/1",
+        "opt": opt.state_dict(), "rotations": rotations.cpu(), "shifts_px": shifts_px.cpu(),
+        "state": asdict(state), "format": CHECKPOINT_FORMAT,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".pt")
     os.close(fd)
@@ -406,13 +454,17 @@ def load_checkpoint(path: str | Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise InputError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path) from None
-    if not isinstance(payload, dict) or payload.get("format") != "rmfn-napari/reconstruct/1":
+    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("rmfn-napari/reconstruct/"):
         raise InputError("not an rmfn-napari reconstruction checkpoint", path)
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise InputError(f"checkpoint format {payload['format']} is from another version "
+                         f"(this one reads {CHECKPOINT_FORMAT}); start a new run", path)
     return payload
 
 
-def _evaluate(net, box, apix, scale, reference, rotations, true_rot, cfg, stage) -> list[Event]:
-    """FSC of every scale up to ``scale`` against the reference, and pose errors.
+def _evaluate(net, box, apix, scale, reference, rotations, shifts_px, truth, cfg, stage) -> list[Event]:
+    """FSC of every scale up to ``scale`` against the reference, and pose and offset errors
+    against the true poses (only when given).
 
     The finest map is aligned to the reference (rotation, shift, hand); every scale shares
     the network's frame, so the same transform is applied to the coarser ones.
@@ -432,11 +484,17 @@ def _evaluate(net, box, apix, scale, reference, rotations, true_rot, cfg, stage)
                 "freq_cycles": np.asarray(freqs).tolist(), "fsc": np.asarray(curve).tolist(),
                 "threshold": 0.5, "alignment": None if alignment is None else alignment.to_dict(),
             }))
-    if true_rot is not None:
-        err, g, flipped = pose_errors(rotations.numpy(), true_rot, allow_flip=True, return_transform=True)
+    if truth is not None:
+        est = rotations.numpy()
+        err, g, flipped = pose_errors(est, truth.rotations, allow_flip=True, return_transform=True)
         stats = pose_error_stats(err)
         stats.update(global_rotation=np.asarray(g).tolist(), hand_flipped=bool(flipped))
-        events.append(Metrics("pose_errors", stage, stats, {"errors_deg": np.asarray(err, np.float32)}))
+        shift_err, t = shift_errors(shifts_px.numpy(), truth.shifts_A / apix, est, inliers=err < 10.0)
+        stats.update(shift_median_px=float(np.median(shift_err)), shift_median_A=float(np.median(shift_err) * apix),
+                     shift_frac_under_1px=float(np.mean(shift_err < 1.0)), shift_map_translation_px=t.tolist(),
+                     shift_px_of_box=box)
+        events.append(Metrics("pose_errors", stage, stats, {"errors_deg": np.asarray(err, np.float32),
+                                                            "shift_errors_px": shift_err.astype(np.float32)}))
     return events
 
 
@@ -447,6 +505,7 @@ def reconstruct(
     reference=None,
     out_dir: str | Path | None = None,
     resume: bool = False,
+    true_poses=None,
 ) -> Iterator[Event]:
     """Reconstruct a map and the poses from a particle stack, coarse to fine.
 
@@ -454,16 +513,22 @@ def reconstruct(
     ----------
     dataset : str, Path or ParticleDataset
         A RELION particle STAR file (images read lazily, batch by batch) or an open dataset.
+        With ``config.box`` the images are Fourier-cropped to that box on read.
     config : ReconstructConfig
     control : RunControl, optional
         Pause / next stage / stop; honoured between optimisation steps.
-    reference : array (D, D, D), path to an MRC, or None
-        Ground-truth/reference map for FSC (aligned first unless ``align_for_fsc=False``).
+    reference : array, path to an MRC, or None
+        Reference map for FSC (aligned first unless ``align_for_fsc=False``), at the
+        particles' box and pixel size (cropped like them) or at the working box.
     out_dir : path, optional
-        Per-scale maps ``scale_k.mrc``, ``poses.star``, ``metrics.json``, ``checkpoint.pt``
+        Per-scale maps ``scale_k.mrc`` (working box and pixel size), ``poses.star`` (angles
+        and origins in Å for the original images), ``metrics.json``, ``checkpoint.pt``
         (every epoch) and ``run.log`` are written there.
     resume : bool
         Continue from ``out_dir/checkpoint.pt`` (same data and settings).
+    true_poses : path to a STAR, or None
+        The true angles and origins of these particles (e.g. ``true_poses.star`` from
+        ``rmfn simulate``). Pose and offset errors are reported only when it is given.
 
     Yields
     ------
@@ -475,12 +540,11 @@ def reconstruct(
     cfg = config or ReconstructConfig()
     cfg.validate()
     control = control or RunControl()
-    ds = _load_dataset(dataset)
+    ds = _load_dataset(dataset, cfg.box)
     box, apix = ds.box, ds.apix
-    if box % 2:
-        raise InputError(f"odd image size {box} is not supported", ds.star_path)
     n = ds.n if cfg.max_particles is None else min(ds.n, int(cfg.max_particles))
-    ref = _load_reference(reference, box, apix)
+    ref = _load_reference(reference, ds)
+    truth = read_true_poses(true_poses, ds, n) if true_poses is not None else None
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -488,13 +552,17 @@ def reconstruct(
     device = resolve_device(cfg.device)
     log_lines: list[str] = []
 
+    def log(msg: str) -> Log:
+        log_lines.append(msg)
+        return Log(msg)
+
     torch.manual_seed(cfg.seed)
     net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
                       lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed,
                       new_head_scale=cfg.new_head_scale).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_structure)
-    rotations = _initial_rotations(ds, n, cfg)
-    true_rot = ds.rotations[:n] if (cfg.poses_are_truth and ds.has_poses) else None
+    rotations, pose_origin = _initial_rotations(ds, n, cfg, truth)
+    shifts_px = _initial_shifts(ds, n, cfg, truth)
     state = _State()
     if resume:
         if ckpt_path is None:
@@ -505,29 +573,34 @@ def reconstruct(
         net.load_state_dict(payload["net"])
         opt.load_state_dict(payload["opt"])
         rotations = payload["rotations"].to(torch.float64)
+        shifts_px = payload["shifts_px"].to(torch.float64)
         state = _State(**payload["state"])
 
     ctf = ds.ctf
-    shifts_px = torch.as_tensor(ds.shifts_A[:n] / apix, dtype=torch.float32)
     scale_img = _image_scale(ds, n, cfg)
     plan = cfg.stage_plan()
+    first_search = next((i for i, (sc, _) in enumerate(plan) if _searches_poses(cfg, i, sc)), None)
     batches_per_epoch = int(math.ceil(n / cfg.batch_size))
     total_batches = batches_per_epoch * sum(e for _, e in plan)
     yield RunStarted("reconstruct", len(plan), total_batches, str(device), config=asdict(cfg))
-    yield Log(f"{n} particles of {box}x{box} at {apix:.3g} Å/px; mode {cfg.mode}; "
+    crop_note = ""
+    if getattr(ds, "source_box", box) != box:
+        crop_note = f" (Fourier-cropped from {ds.source_box} px at {ds.source_apix:.3g} Å/px)"
+    yield log(f"{n} particles of {box}x{box} at {apix:.3g} Å/px{crop_note}; mode {cfg.mode}; "
               f"{len(plan)} stage(s) {[e for _, e in plan]} epochs; batch {cfg.batch_size}")
+    yield log(f"poses: {pose_origin}; offsets "
+              + (f"estimated within ±{cfg.shift_range_px:g} px" if _estimates_shifts(cfg) else "fixed at the STAR's origins")
+              + ("; pose errors against " + str(truth.path) if truth is not None else "; no true poses given: no pose errors"))
     if resume:
-        yield Log(f"resumed at stage {state.stage + 1}, epoch {state.epoch_in_stage}, batch {state.step}")
+        yield log(f"resumed at stage {state.stage + 1}, epoch {state.epoch_in_stage}, batch {state.step}")
+    elif cfg.check_contrast:
+        yield log(_check_contrast(ds, n, ctf, shifts_px, scale_img, cfg, device))
 
     t_start = time.perf_counter() - state.elapsed_s
     stopped = False
     metrics_out: dict = {"stages": state.history.get("stages", [])}
     last_eval: list[Event] = []
     last_scale = plan[min(state.stage, len(plan) - 1)][0]
-
-    def log(msg: str) -> Log:
-        log_lines.append(msg)
-        return Log(msg)
 
     for stage_idx in range(state.stage, len(plan)):
         scale, epochs = plan[stage_idx]
@@ -547,29 +620,31 @@ def reconstruct(
         stage_batches = 0
         for epoch in range(start_epoch, epochs):
             order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
-            epoch_loss = 0.0
             search_now = _searches_poses(cfg, stage_idx, scale) and epoch > 0
             if search_now and not control.stop_requested:
                 t_search = time.perf_counter()
                 gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch)
-                batches = ((idx, *_batch_data(ds, idx, ctf, shifts_px, fwd, scale_img, cfg, device))
+                offsets, relative = _search_offsets(cfg, fwd, global_shifts=stage_idx == first_search)
+                batches = ((idx, *_batch_data(ds, idx, ctf, fwd.window, scale_img, cfg, device))
                            for idx in np.array_split(np.arange(n), max(1, n // 1000)))
-                moved, total = global_pose_search(net, fwd, weight, batches, rotations,
-                                                  cfg.search_rotations, cfg.search_window, gen, device)
+                with torch.no_grad():
+                    vol_ft = fwd.volume_ft(net)
+                moved, total = global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px,
+                                                  cfg.search_rotations, cfg.search_window, offsets,
+                                                  relative, gen, device)
                 yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
-                          f"({time.perf_counter() - t_search:.1f} s)")
+                          f"({len(offsets)} offsets, {time.perf_counter() - t_search:.1f} s)")
             for b in range(batches_per_epoch):
                 command = yield from honour_requests(control, state.step)
                 if command is not None:
                     stopped, skipped = command == "stop", command == "next"
                     break
                 idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-                obs, ctf_b = _batch_data(ds, idx, ctf, shifts_px, fwd, scale_img, cfg, device)
-                loss_s, loss_p = _train_batch(net, opt, fwd, weight, obs, ctf_b, rotations, idx, cfg,
-                                              control, device, _moves_poses(cfg, stage_idx))
+                obs, ctf_b = _batch_data(ds, idx, ctf, fwd.window, scale_img, cfg, device)
+                loss_s, loss_p = _train_batch(net, opt, fwd, weight, obs, ctf_b, rotations, shifts_px, idx,
+                                              cfg, control, device, _moves_poses(cfg, stage_idx))
                 state.step += 1
                 stage_batches += 1
-                epoch_loss += loss_s
                 elapsed = time.perf_counter() - t_start
                 done_frac = state.step / total_batches
                 eta = elapsed / max(done_frac, 1e-9) * (1 - done_frac) if state.step > 0 else float("nan")
@@ -587,11 +662,11 @@ def reconstruct(
             if ckpt_path is not None:
                 state.stage = stage_idx
                 state.history = {"stages": metrics_out["stages"]}
-                _save_checkpoint(ckpt_path, net, opt, rotations, state, cfg)
+                _save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg)
         # end of stage: snapshots of every scale so far, FSC, pose errors
         for k in range(scale + 1):
             yield _snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
-        last_eval = _evaluate(net, box, apix, scale, ref, rotations, true_rot, cfg, stage_idx)
+        last_eval = _evaluate(net, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
         summary = _summarise(last_eval)
         summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
                        seconds=time.perf_counter() - stage_t0, band_cycles=band,
@@ -609,24 +684,26 @@ def reconstruct(
         if ckpt_path is not None:
             state.elapsed_s = time.perf_counter() - t_start
             state.history = {"stages": metrics_out["stages"]}
-            _save_checkpoint(ckpt_path, net, opt, rotations, state, cfg)
+            _save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg)
         if control.pause_at_stage_end and stage_idx < len(plan) - 1:
             control.pause()
 
     seconds = time.perf_counter() - t_start
     metrics_out.update(_final_metrics(last_eval), mode=cfg.mode, preset=cfg.preset, n_particles=n,
-                       box=box, apix=apix, seconds=seconds, stopped=stopped, batches=state.step,
-                       band_limits_cycles=net.band_limits)
+                       box=box, apix=apix, source_box=getattr(ds, "source_box", box),
+                       source_apix=getattr(ds, "source_apix", apix), seconds=seconds, stopped=stopped,
+                       batches=state.step, band_limits_cycles=net.band_limits,
+                       true_poses=None if truth is None else str(truth.path))
     outputs: dict[str, str] = {}
     if out is not None:
-        outputs = _write_outputs(out, net, box, apix, last_scale, ds, n, rotations, metrics_out,
+        outputs = _write_outputs(out, net, box, apix, last_scale, ds, n, rotations, shifts_px, metrics_out,
                                  log_lines, scale_img, cfg.mask_radius)
         if ckpt_path is not None and ckpt_path.exists():
             outputs["checkpoint"] = str(ckpt_path)
     yield RunFinished(stopped, state.step, seconds, outputs, metrics_out)
 
 
-def _image_scale(ds: ParticleDataset, n: int, cfg: ReconstructConfig) -> float:
+def _image_scale(ds, n: int, cfg: ReconstructConfig) -> float:
     """Global intensity scale of the images (std over up to 512 particles)."""
     idx = np.linspace(0, n - 1, num=min(n, 512)).astype(int)
     imgs = ds.images(np.unique(idx))
@@ -636,41 +713,51 @@ def _image_scale(ds: ParticleDataset, n: int, cfg: ReconstructConfig) -> float:
     return s
 
 
-def _batch_data(ds, idx, ctf, shifts_px, fwd: ForwardModel, scale_img, cfg, device):
+def _batch_data(ds, idx, ctf, window: int, scale_img: float, cfg, device):
+    """Observed spectra (uncentred: offsets not applied) and CTFs of particles ``idx`` on the
+    central ``window``² of the working box, ``(B, w, w)`` each, on ``device``."""
     imgs = torch.as_tensor(ds.images(idx), dtype=torch.float32)
     if not torch.all(torch.isfinite(imgs)):
         raise InputError(f"NaN/Inf pixels in particles {idx[:5].tolist()}...", ds.star_path)
     if cfg.invert_contrast:
         imgs = -imgs
-    ft = crop_center(fft2_centered(imgs / scale_img), fwd.window)
-    sh = shifts_px[idx]
-    if torch.any(sh != 0):
-        ft = ft * shift_phase(fwd.box, sh, fwd.window)
+    box = ds.box
+    ft = crop_center(fft2_centered(imgs / scale_img), window)
     if ctf is not None:
-        c = crop_center(ctf.evaluate(fwd.box, fwd.apix, idx, dtype=torch.float32), fwd.window)
+        c = crop_center(ctf.evaluate(box, ds.apix, idx, dtype=torch.float32), window)
     else:
         c = torch.ones_like(ft.real)
     # the centred 2D FFT of an image sums D^2 pixels: divide so both sides match Parseval
-    return (ft / fwd.box).to(device), c.to(device)
+    return (ft / box).to(device), c.to(device)
 
 
-def _residual_loss(pred: torch.Tensor, obs: torch.Tensor, ctf: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-image weighted squared error on the stage window, ``(B,)``."""
-    diff = (pred * ctf - obs) * weight
-    return (diff.real**2 + diff.imag**2).sum((-1, -2))
+def _check_contrast(ds, n, ctf, shifts_px, scale_img, cfg, device) -> str:
+    """Stop (InputError naming --invert-contrast) if the particles are dark; else a log line."""
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, 1000)).astype(int))
+    window = min(ds.box, 16)
+    obs, c = _batch_data(ds, idx, ctf, window, scale_img, cfg, device)
+    obs = centre_spectra(obs, ds.box, shifts_px[idx].to(device))
+    result = contrast_check(obs, c, ds.box, blob_sigma_px=0.1 * ds.box)
+    what = f"contrast check: matched-filter z = {result.z:+.1f} over {result.n} particles"
+    if result.verdict == "dark":
+        flip = "without" if cfg.invert_contrast else "with"
+        raise InputError(f"the particles are dark against the CTF convention ({what}); "
+                         f"rerun {flip} --invert-contrast", ds.star_path)
+    return what + (" (bright, as expected)" if result.verdict == "bright" else " (inconclusive)")
 
 
 def structure_steps(net, opt, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, control=None) -> float:
     """``steps`` Adam steps on the network for one batch at fixed poses ``R`` (B, 3, 3).
 
-    Returns the last mean per-image loss (weighted squared error on the stage window).
+    ``obs`` are centred spectra (offsets applied). Returns the last mean per-image loss
+    (weighted squared error on the stage window).
     """
     loss_value = float("nan")
     for _ in range(steps):
         if control is not None and control.wait_or_stop():
             break
         vol_ft = fwd.volume_ft(net)
-        loss = _residual_loss(fwd.slices(vol_ft, R), obs, ctf_b, weight).mean()
+        loss = residual_loss(fwd.slices(vol_ft, R), obs, ctf_b, weight).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -679,74 +766,40 @@ def structure_steps(net, opt, fwd: ForwardModel, weight, obs, ctf_b, R, steps: i
 
 
 def pose_steps(vol_ft, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, lr: float,
-               betas=(0.9, 0.9), control=None) -> tuple[torch.Tensor, float]:
+               betas=(0.9, 0.9), control=None, shifts_px=None, lr_shift: float = 0.0):
     """Refine poses of one batch against a fixed (rendered) volume; no network pass.
 
     Each image gets an axis-angle correction ``w_i`` (radians), ``R_i <- exp([w_i]x) R_i``,
-    optimised by Adam for ``steps`` steps on its own loss. Returns the corrected
-    rotations (B, 3, 3), orthonormalised, and the last mean per-image loss.
+    optimised by Adam for ``steps`` steps on its own loss. With ``shifts_px`` (B, 2) the
+    ``obs`` are the uncentred spectra and are centred with those origins (px, RELION
+    convention); ``lr_shift`` > 0 also refines each origin by Adam (px per step).
+
+    Returns
+    -------
+    (rotations (B, 3, 3) float64 orthonormalised, origins (B, 2) px or None, last mean loss)
     """
     omega = torch.zeros(R.shape[0], 3, device=R.device, dtype=R.dtype, requires_grad=True)
-    popt = torch.optim.Adam([omega], lr=lr, betas=tuple(betas))
+    groups = [{"params": [omega], "lr": lr}]
+    delta = None
+    if shifts_px is not None:
+        delta = torch.zeros(R.shape[0], 2, device=R.device, dtype=torch.float32, requires_grad=lr_shift > 0)
+        if lr_shift > 0:
+            groups.append({"params": [delta], "lr": lr_shift})
+    popt = torch.optim.Adam(groups, betas=tuple(betas))
     loss_value = float("nan")
     for _ in range(steps):
         if control is not None and control.wait_or_stop():
             break
-        per_image = _residual_loss(fwd.slices(vol_ft, axis_angle_to_matrix(omega) @ R), obs, ctf_b, weight)
+        target = obs if delta is None else centre_spectra(obs, fwd.box, shifts_px + delta)
+        per_image = residual_loss(fwd.slices(vol_ft, axis_angle_to_matrix(omega) @ R), target, ctf_b, weight)
         popt.zero_grad(set_to_none=True)
         per_image.sum().backward()
         popt.step()
         loss_value = float(per_image.detach().mean())
     with torch.no_grad():
         new = axis_angle_to_matrix(omega.detach().double()) @ R.double()
-    return _orthonormalize(new.cpu()), loss_value
-
-
-def score_rotations(slices: torch.Tensor, obs: torch.Tensor, ctf_b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weighted squared error of every image against every candidate slice, ``(B, G)``.
-
-    ``slices`` (G, w, w) are model spectra (no CTF); ``obs`` and ``ctf_b`` (B, w, w).
-    Expands ``sum_k w^2 |c S - o|^2 = sum w^2 c^2 |S|^2 - 2 Re sum w^2 c conj(o) S + const``
-    into two matrix products, so all B x G pairs cost one pass; the constant
-    ``sum w^2 |o|^2`` is added so values equal :func:`_residual_loss`.
-    """
-    w2 = (weight**2).reshape(1, -1)
-    S = slices.reshape(slices.shape[0], -1)
-    o = obs.reshape(obs.shape[0], -1)
-    c = ctf_b.reshape(ctf_b.shape[0], -1)
-    a = w2 * c * o.conj()
-    cross = a.real @ S.real.T - a.imag @ S.imag.T
-    quad = (w2 * c * c) @ (S.real**2 + S.imag**2).T
-    const = (w2 * (o.real**2 + o.imag**2)).sum(-1, keepdim=True)
-    return quad - 2 * cross + const
-
-
-def global_pose_search(net, fwd: ForwardModel, weight, batches, rotations, n_candidates: int,
-                       window: int, generator: torch.Generator, device) -> tuple[int, int]:
-    """Replace poses by the best of ``n_candidates`` random rotations where that fits better.
-
-    ``batches`` yields ``(idx, obs, ctf)`` on the stage window. The score uses the central
-    ``window`` x ``window`` frequencies. Returns (particles improved, particles scored).
-    """
-    cand = random_rotations(n_candidates, generator=generator, dtype=torch.float64)
-    win = int(min(window, fwd.window))
-    w = crop_center(weight, win)
-    with torch.no_grad():
-        vol_ft = fwd.volume_ft(net)
-        S = crop_center(fwd.slices(vol_ft, cand.to(device=device, dtype=torch.float32)), win)
-        improved = scored = 0
-        for idx, obs, ctf_b in batches:
-            obs_c, ctf_c = crop_center(obs, win), crop_center(ctf_b, win)
-            scores = score_rotations(S, obs_c, ctf_c, w)
-            best, arg = scores.min(dim=1)
-            R_now = rotations[idx].to(device=device, dtype=torch.float32)
-            now = _residual_loss(crop_center(fwd.slices(vol_ft, R_now), win), obs_c, ctf_c, w)
-            better = (best < now).cpu()
-            sel = torch.as_tensor(idx)[better]
-            rotations[sel] = cand[arg.cpu()[better]]
-            improved += int(better.sum())
-            scored += len(idx)
-    return improved, scored
+    new_shifts = None if delta is None else (shifts_px + delta).detach().cpu().double()
+    return _orthonormalize(new.cpu()), new_shifts, loss_value
 
 
 def _poses_free(cfg: ReconstructConfig, stage_idx: int, first_stage: int) -> bool:
@@ -769,19 +822,46 @@ def _searches_poses(cfg: ReconstructConfig, stage_idx: int, scale: int) -> bool:
     return cfg.search_in_finest or scale < cfg.n_layers - 1
 
 
-def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, idx, cfg, control, device,
-                 move_poses: bool):
+def _estimates_shifts(cfg: ReconstructConfig) -> bool:
+    return cfg.shift_range_px > 0 and cfg.mode != "oracle-poses"
+
+
+def _search_offsets(cfg: ReconstructConfig, fwd: ForwardModel, global_shifts: bool) -> tuple[torch.Tensor, bool]:
+    """Candidate offsets of a global search and whether they are relative to the current ones.
+
+    The grid spacing follows the scored band: ``D / (4 k_max)`` px (a quarter period of the
+    highest frequency scored), at least 0.25 px. The first stage that searches scores the
+    absolute grid over ±``shift_range_px``; later stages refine locally, one grid step
+    around each particle's current offset. Without shift estimation: (0, 0) relative.
+    """
+    if not _estimates_shifts(cfg):
+        return shift_grid(0.0, 1.0), True
+    k_max = min(cfg.search_window, fwd.window) / 2
+    step = max(0.25, fwd.box / (4 * k_max))
+    if global_shifts:
+        return shift_grid(cfg.shift_range_px, step), False
+    return shift_grid(min(step, cfg.shift_range_px), step), True
+
+
+def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, shifts_px, idx, cfg, control,
+                 device, move_poses: bool):
     R = rotations[idx].to(device=device, dtype=torch.float32)
-    loss_s = structure_steps(net, opt, fwd, weight, obs, ctf_b, R, cfg.structure_steps, control)
+    sh = shifts_px[idx].to(device=device, dtype=torch.float32)
+    loss_s = structure_steps(net, opt, fwd, weight, centre_spectra(obs, fwd.box, sh), ctf_b, R,
+                             cfg.structure_steps, control)
     loss_p = float("nan")
     if move_poses and not control.stop_requested:
         with torch.no_grad():
             vol_ft = fwd.volume_ft(net)
-        new, loss_p = pose_steps(vol_ft, fwd, weight, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
-                                 cfg.pose_betas, control)
+        lr_shift = cfg.lr_shift if _estimates_shifts(cfg) else 0.0
+        new, new_sh, loss_p = pose_steps(vol_ft, fwd, weight, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
+                                         cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)
         # fold the float32 correction into the float64 stored pose
         delta = new @ R.double().cpu().transpose(-1, -2)
         rotations[idx] = _orthonormalize(delta @ rotations[idx])
+        if lr_shift > 0:
+            r = cfg.shift_range_px
+            shifts_px[idx] = new_sh.clamp(-r, r)
     return loss_s, loss_p
 
 
@@ -797,7 +877,9 @@ def _summarise(events: list[Event]) -> dict:
         if isinstance(ev, Metrics) and ev.name == "fsc":
             out[f"fsc_resolution_A_scale{ev.values['scale'] + 1}"] = ev.values["resolution_A"]
         if isinstance(ev, Metrics) and ev.name == "pose_errors":
-            out.update(pose_median_deg=ev.values["median_deg"], pose_frac_under_5deg=ev.values["frac_under_5deg"])
+            v = ev.values
+            out.update(pose_median_deg=v["median_deg"], pose_frac_under_5deg=v["frac_under_5deg"],
+                       pose_frac_under_10deg=v["frac_under_10deg"], shift_median_px=v["shift_median_px"])
     return out
 
 
@@ -816,19 +898,21 @@ def _final_metrics(events: list[Event]) -> dict:
     return res
 
 
-def _write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, metrics, log_lines, scale_img,
-                   mask_radius=None):
+def _write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, shifts_px, metrics, log_lines,
+                   scale_img, mask_radius=None):
     written: dict[str, str] = {}
     maps = render_all_scales(net, box, last_scale, mask_radius)
     for k, vol in enumerate(maps):
         # back to the images' units: image = sum_z V / D in units of the image std
         path = write_map(out / f"scale_{k + 1}.mrc", vol * scale_img, apix)
         written[f"scale_{k + 1}"] = str(path)
+    shifts_A = shifts_px.numpy() * apix  # origins in Å do not depend on the box
     if n == ds.n:
-        written["poses"] = str(write_particles_star(out / "poses.star", ds, rotations=rotations.numpy()))
+        written["poses"] = str(write_particles_star(out / "poses.star", ds, rotations=rotations.numpy(),
+                                                    shifts_A=shifts_A))
     else:
-        np.save(out / "poses_subset.npy", rotations.numpy())
-        written["poses"] = str(out / "poses_subset.npy")
+        np.savez(out / "poses_subset.npz", rotations=rotations.numpy(), origins_A=shifts_A)
+        written["poses"] = str(out / "poses_subset.npz")
     mpath = out / "metrics.json"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.", suffix=".json")
     with os.fdopen(fd, "w") as fh:

@@ -1,28 +1,39 @@
-"""Simulated particle stacks: uniform poses, Fourier-slice projection, CTF, noise at a target SNR.
+"""Simulated particle stacks: uniform poses, off-centre placement, Fourier-slice projection,
+CTF, noise at a target SNR.
 
 Output (in ``out_dir``):
 
 * ``particles.mrcs`` — float32 image stack ``(N, D, D)`` with the pixel size in the header;
-* ``particles.star`` — RELION 3.1+ STAR (``data_optics`` + ``data_particles``), image names
-  ``000001@particles.mrcs``, Euler angles in RELION's convention (so RELION, cryoDRGN or any
-  reader projecting the reference through ``rlnAngleRot/Tilt/Psi`` gets the same images),
-  zero origins, defocus U/V/angle, phase shift and B-factor (0), ``rlnRandomSubset`` 1/2
-  alternating; with ``apply_ctf=False`` the CTF columns are left out;
+* ``particles.star`` — what a particle picker and extraction give: a RELION 3.1+ STAR
+  (``data_optics`` + ``data_particles``) with image names ``000001@particles.mrcs``, defocus
+  U/V/angle (Å, °), phase shift and B-factor (0) — and *no* angles, origins or half-set
+  column; with ``apply_ctf=False`` the CTF columns are left out too;
+* ``true_poses.star`` — the ground truth: the same rows (same image names, same CTF) plus
+  ``rlnAngleRot/Tilt/Psi`` (°, RELION's convention, so RELION, cryoDRGN or any reader
+  projecting the reference through them gets the same images), ``rlnOriginXAngst/YAngst``
+  (Å) and ``rlnRandomSubset`` 1/2 alternating;
 * ``reference.mrc`` — the map the particles were projected from;
-* ``simulation.json`` — the parameters of the run.
+* ``simulation.json`` — the parameters of the run (``max_shift_px`` among them).
 
-Image model (per particle ``i``, Fourier space on the centred grid)::
+Image model (per particle ``i``, Fourier space on the centred grid, ``k`` in cycles/box,
+origin ``o_i`` in px)::
 
-    F_clean_i(k) = CTF_i(k) · F_V(R_iᵀ (kx, ky, 0))
+    F_clean_i(k) = CTF_i(k) · F_V(R_iᵀ (kx, ky, 0)) · exp(+2πi k·o_i / D)
     image_i      = clean_i + n_i,    n_i ~ N(0, var(clean_i) / SNR)  (white, per image)
 
-All values written to the STAR (angles, defoci) are rounded to the STAR's precision
-(6 decimals) *before* they are used, so re-projecting through the STAR reproduces the
-stored noise-free images to float precision.
+The phase factor places the particle at ``−o_i``: ``I(x) = P(x + o_i)`` (RELION's origin
+convention, DESIGN.md §2), so a particle with origin (6, 10) px sits 6 px left of and 10 px
+above the box centre, at column ``D/2 − 6``, row ``D/2 − 10``. Origins are drawn uniformly in
+the disc ``|o| ≤ max_shift`` px.
 
-Randomness: ``numpy.random.SeedSequence(seed)`` spawns three streams — poses, CTF
-parameters, noise; the noise is drawn chunk after chunk in particle order, so the output does
-not depend on the chunk size.
+All values written to the STARs (angles, origins in Å, defoci) are rounded to the STAR's
+precision (6 decimals) *before* they are used, so re-projecting through ``true_poses.star``
+reproduces the stored noise-free images to float precision.
+
+Randomness: ``numpy.random.SeedSequence(seed)`` spawns four streams — poses, CTF
+parameters, noise, origins (the last only drawn from when ``max_shift > 0``, so the other
+outputs do not depend on it); the noise is drawn chunk after chunk in particle order, so the
+output does not depend on the chunk size.
 """
 
 from __future__ import annotations
@@ -39,10 +50,12 @@ import torch
 from ..errors import InputError
 from .ctf import CTFParams
 from .io import StackWriter, _tmp_name, read_map, star_round, write_map, write_star
+from .offsets import centring_phase
 from .projector import fourier_slices, slices_to_images, volume_fourier
 from .rotations import euler_to_matrix, matrix_to_euler, random_rotations
 
-__all__ = ["SimulationConfig", "SimulationResult", "simulate_particles", "draw_ctf_params"]
+__all__ = ["SimulationConfig", "SimulationResult", "simulate_particles", "draw_ctf_params",
+           "draw_origins"]
 
 
 @dataclass
@@ -74,6 +87,8 @@ class SimulationConfig:
         Amplitude contrast fraction.
     pad : int
         Zero-padding factor of the projector.
+    max_shift : float
+        Largest particle origin ``|o|`` (px); origins are uniform in that disc (0: centred).
     """
 
     n: int = 1000
@@ -90,9 +105,11 @@ class SimulationConfig:
     cs: float = 2.7
     amp_contrast: float = 0.1
     pad: int = 2
+    max_shift: float = 0.0
 
-    def validate(self) -> None:
-        """Raise :class:`InputError` for an invalid parameter."""
+    def validate(self, box: int | None = None) -> None:
+        """Raise :class:`InputError` for an invalid parameter (``box``: the map's size in px,
+        which bounds ``max_shift`` to less than ``box/4``)."""
         if int(self.n) != self.n or self.n < 1:
             raise InputError(f"--n must be a positive integer, got {self.n}")
         if not self.noise_free and not (np.isfinite(self.snr) and self.snr > 0):
@@ -109,13 +126,23 @@ class SimulationConfig:
             raise InputError(f"--cs must be >= 0 mm, got {self.cs}")
         if not 0 <= self.amp_contrast < 1:
             raise InputError(f"--amp-contrast must be in [0, 1), got {self.amp_contrast}")
+        if not (np.isfinite(self.max_shift) and self.max_shift >= 0):
+            raise InputError(f"--max-shift must be a finite number of px >= 0, got {self.max_shift}")
+        if box is not None and not self.max_shift < box / 4:
+            raise InputError(f"--max-shift must be < box/4 = {box / 4:g} px for a {box}-px box, "
+                             f"got {self.max_shift:g}")
 
 
 @dataclass
 class SimulationResult:
-    """Paths written by :func:`simulate_particles` and the dataset's shape."""
+    """Paths written by :func:`simulate_particles` and the dataset's shape.
+
+    ``star`` is the picked-particle STAR (no angles, no origins); ``true_poses`` the same
+    particles with their true angles, origins and half-sets (the ground truth).
+    """
 
     star: Path
+    true_poses: Path
     stack: Path
     reference: Path
     metadata: Path
@@ -143,8 +170,21 @@ def draw_ctf_params(n: int, cfg: SimulationConfig, rng: np.random.Generator) -> 
     )
 
 
-def _star_tables(cfg: SimulationConfig, euler: np.ndarray, ctf: CTFParams, box: int, apix: float,
-                 stack_name: str):
+def draw_origins(n: int, max_shift: float, apix: float, rng: np.random.Generator) -> np.ndarray:
+    """Particle origins ``(n, 2)`` = ``(rlnOriginXAngst, rlnOriginYAngst)`` in Å, uniform in the
+    disc of radius ``max_shift`` px, rounded to the STAR's precision (zeros, without drawing,
+    when ``max_shift`` is 0)."""
+    if max_shift <= 0:
+        return np.zeros((n, 2))
+    r = max_shift * np.sqrt(rng.uniform(0.0, 1.0, n))
+    theta = rng.uniform(0.0, 2 * np.pi, n)
+    return star_round(np.stack([r * np.cos(theta), r * np.sin(theta)], 1) * apix)
+
+
+def _star_tables(cfg: SimulationConfig, euler: np.ndarray, origins_A: np.ndarray, ctf: CTFParams,
+                 box: int, apix: float, stack_name: str):
+    """``(optics, picked, truth)``: the optics table, the picked-particle table (image names,
+    CTF) and the same rows with the true angles (°), origins (Å) and half-sets."""
     import pandas as pd
 
     n = len(euler)
@@ -159,30 +199,40 @@ def _star_tables(cfg: SimulationConfig, euler: np.ndarray, ctf: CTFParams, box: 
         "rlnImageSize": int(box),
         "rlnImageDimensionality": 2,
     }])
-    cols = {
-        "rlnImageName": [f"{i + 1:0{width}d}@{stack_name}" for i in range(n)],
+    names = [f"{i + 1:0{width}d}@{stack_name}" for i in range(n)]
+    ctf_cols = {}
+    if cfg.apply_ctf:
+        ctf_cols = dict(rlnDefocusU=ctf.defocus_u, rlnDefocusV=ctf.defocus_v,
+                        rlnDefocusAngle=ctf.defocus_angle, rlnPhaseShift=ctf.phase_shift,
+                        rlnCtfBfactor=ctf.bfactor)
+    group = np.ones(n, dtype=np.int64)
+    picked = pd.DataFrame({"rlnImageName": names, **ctf_cols, "rlnOpticsGroup": group})
+    truth = pd.DataFrame({
+        "rlnImageName": names,
         "rlnAngleRot": euler[:, 0],
         "rlnAngleTilt": euler[:, 1],
         "rlnAnglePsi": euler[:, 2],
-        "rlnOriginXAngst": np.zeros(n),
-        "rlnOriginYAngst": np.zeros(n),
-    }
-    if cfg.apply_ctf:
-        cols.update(rlnDefocusU=ctf.defocus_u, rlnDefocusV=ctf.defocus_v,
-                    rlnDefocusAngle=ctf.defocus_angle, rlnPhaseShift=ctf.phase_shift,
-                    rlnCtfBfactor=ctf.bfactor)
-    cols["rlnOpticsGroup"] = np.ones(n, dtype=np.int64)
-    cols["rlnRandomSubset"] = (np.arange(n) % 2 + 1).astype(np.int64)
-    return optics, pd.DataFrame(cols)
+        "rlnOriginXAngst": origins_A[:, 0],
+        "rlnOriginYAngst": origins_A[:, 1],
+        **ctf_cols,
+        "rlnOpticsGroup": group,
+        "rlnRandomSubset": (np.arange(n) % 2 + 1).astype(np.int64),
+    })
+    return optics, picked, truth
 
 
 _COMPUTE_BATCH = 256
 
 
-def _simulate_batch(vol_ft, R, ctf, idx, box, apix, apply_ctf, noise_free, snr, rng_noise, map_path):
-    """Images of particles ``idx``: slice, CTF, inverse FFT, noise (drawn in particle order)."""
+def _simulate_batch(vol_ft, R, origins_px, ctf, idx, box, apix, apply_ctf, noise_free, snr, rng_noise,
+                    map_path):
+    """Images of particles ``idx``: slice, origin shift (px), CTF, inverse FFT, noise (drawn in
+    particle order)."""
     with torch.no_grad():
         ft = fourier_slices(vol_ft, R, box)
+        if np.any(origins_px):
+            # place the particle at −o: exp(+2πi k·o/D), the inverse of centring an origin o
+            ft = ft * centring_phase(box, -torch.as_tensor(origins_px), box).to(ft.dtype)
         if apply_ctf:
             ft = ft * ctf.evaluate(box, apix, idx, dtype=torch.float32)
         clean = slices_to_images(ft).numpy()
@@ -202,7 +252,7 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
                        noise_free: bool = False, apply_ctf: bool = True, chunk: int = 1000,
                        defocus_range=(15000.0, 20000.0), astig_range=(100.0, 500.0),
                        voltage: float = 300.0, cs: float = 2.7, amp_contrast: float = 0.1,
-                       overwrite: bool = False,
+                       max_shift: float = 0.0, overwrite: bool = False,
                        progress: Optional[Callable[[int, int], None]] = None) -> SimulationResult:
     """Simulate a particle stack from a map and write it with a RELION STAR file.
 
@@ -230,31 +280,36 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
         ``dfU − dfV`` range in Å.
     voltage, cs, amp_contrast : float
         kV, mm, fraction.
+    max_shift : float
+        Place each particle off-centre by an origin drawn uniformly in the disc of this radius
+        (px, < D/4); the origins go to ``true_poses.star`` (Å). 0: every particle centred.
     overwrite : bool
-        Replace existing outputs (otherwise an existing ``particles.star``/``.mrcs`` is an error).
+        Replace existing outputs (otherwise any existing output file is an error).
     progress : callable(done, total), optional
         Called after each chunk with the number of particles written.
 
     Returns
     -------
     SimulationResult
-        Paths of ``particles.star``, ``particles.mrcs``, ``reference.mrc``, ``simulation.json``.
-        All files are written under temporary names and renamed at the very end, so an
-        interrupted run leaves none of them half-written.
+        Paths of ``particles.star``, ``true_poses.star``, ``particles.mrcs``, ``reference.mrc``,
+        ``simulation.json``. All files are written under temporary names and renamed at the
+        very end (the STARs last), so an interrupted run leaves none of them half-written.
     """
     cfg = SimulationConfig(n=n, snr=snr, seed=seed, noise_free=noise_free, apply_ctf=apply_ctf,
                            chunk=chunk, defocus_min=defocus_range[0], defocus_max=defocus_range[1],
                            astig_min=astig_range[0], astig_max=astig_range[1], voltage=voltage,
-                           cs=cs, amp_contrast=amp_contrast)
+                           cs=cs, amp_contrast=amp_contrast, max_shift=max_shift)
     cfg.validate()
     volume, apix = read_map(map_path)
     box = volume.shape[0]
+    cfg.validate(box)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create output directory ({exc})", out_dir) from exc
     finals = {k: out_dir / name for k, name in (("stack", "particles.mrcs"), ("star", "particles.star"),
+                                                  ("true_poses", "true_poses.star"),
                                                   ("reference", "reference.mrc"),
                                                   ("metadata", "simulation.json"))}
     if not overwrite:
@@ -263,13 +318,15 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
             raise InputError(f"output exists: {', '.join(existing)} (use overwrite)", out_dir)
 
     ss = np.random.SeedSequence(int(seed))
-    rng_pose, rng_ctf, rng_noise = (np.random.default_rng(s) for s in ss.spawn(3))
+    rng_pose, rng_ctf, rng_noise, rng_shift = (np.random.default_rng(s) for s in ss.spawn(4))
     n = int(n)
     R0 = random_rotations(n, generator=rng_pose)
     rot, tilt, psi = matrix_to_euler(R0.numpy())
     euler = np.stack([star_round(rot), star_round(tilt), star_round(psi)], 1)
     R = torch.as_tensor(euler_to_matrix(euler[:, 0], euler[:, 1], euler[:, 2]))
     ctf = draw_ctf_params(n, cfg, rng_ctf)
+    origins_A = draw_origins(n, float(cfg.max_shift), apix, rng_shift)
+    origins_px = origins_A / apix
 
     vol_ft = volume_fourier(torch.from_numpy(volume), pad=cfg.pad)
     tmps = {k: _tmp_name(p) for k, p in finals.items()}
@@ -281,8 +338,9 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
                 buf = np.empty((j - i, box, box), dtype=np.float32)
                 for a in range(i, j, _COMPUTE_BATCH):  # bounded temporaries, whatever the chunk
                     b = min(a + _COMPUTE_BATCH, j)
-                    buf[a - i:b - i] = _simulate_batch(vol_ft, R[a:b], ctf, np.arange(a, b), box, apix,
-                                                       apply_ctf, noise_free, snr, rng_noise, map_path)
+                    buf[a - i:b - i] = _simulate_batch(vol_ft, R[a:b], origins_px[a:b], ctf,
+                                                       np.arange(a, b), box, apix, apply_ctf,
+                                                       noise_free, snr, rng_noise, map_path)
                 writer.write(buf)
                 del buf
                 if progress is not None:
@@ -290,15 +348,20 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
         finally:
             writer._f.close()
         writer.close()
-        optics, particles = _star_tables(cfg, euler, ctf, box, apix, finals["stack"].name)
-        write_star(tmps["star"], {"optics": optics, "particles": particles})
+        optics, picked, truth = _star_tables(cfg, euler, origins_A, ctf, box, apix, finals["stack"].name)
+        write_star(tmps["star"], {"optics": optics, "particles": picked})
+        write_star(tmps["true_poses"], {"optics": optics, "particles": truth})
         write_map(tmps["reference"], volume, apix)
         meta = asdict(cfg)
+        meta["max_shift_px"] = meta.pop("max_shift")
         meta.update(map=str(Path(map_path).resolve()), box=box, apix=apix,
+                    true_poses=finals["true_poses"].name,
                     noise_model="white Gaussian, variance = var(clean image)/snr per image",
-                    ctf_convention="RELION (CTF(0)=+amplitude contrast)")
+                    ctf_convention="RELION (CTF(0)=+amplitude contrast)",
+                    origin_convention="RELION: the particle's centre sits at -origin, I(x) = P(x + o)")
         tmps["metadata"].write_text(json.dumps(meta, indent=2))
-        for k in ("stack", "reference", "metadata", "star"):  # the STAR last: it names the rest
+        # the STARs last: they name the rest
+        for k in ("stack", "reference", "metadata", "true_poses", "star"):
             os.replace(tmps[k], finals[k])
     except BaseException:
         for p in tmps.values():
@@ -307,5 +370,6 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
             except FileNotFoundError:
                 pass
         raise
-    return SimulationResult(star=finals["star"], stack=finals["stack"], reference=finals["reference"],
-                            metadata=finals["metadata"], n=n, box=box, apix=apix)
+    return SimulationResult(star=finals["star"], true_poses=finals["true_poses"], stack=finals["stack"],
+                            reference=finals["reference"], metadata=finals["metadata"], n=n, box=box,
+                            apix=apix)

@@ -1,0 +1,118 @@
+"""Global search over rotations and in-plane offsets, scored in two matrix products.
+
+Every particle is scored against ``G`` candidate rotations (a fresh uniform set each call)
+and ``T`` candidate offsets on the stage's central Fourier window. The weighted squared
+error ``Σ_k w² |c·S − o_t|²`` (``S`` the model's central slice, ``c`` the CTF, ``o_t`` the
+observed spectrum centred with offset ``t``) expands into a term that does not depend on the
+offset (``Σ w² c² |S|²``), a cross term ``−2 Re Σ w² c conj(o_t) S`` and a constant; so each
+offset costs one ``(B, K) @ (K, G)`` product, and no ``B × T × G`` array is ever held.
+Offsets follow RELION's convention (:mod:`rmfn_napari.cryoem.offsets`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .offsets import centring_phase
+from .rotations import random_rotations
+
+__all__ = ["score_rotations", "global_pose_search", "residual_loss", "crop_center"]
+
+
+def crop_center(ft: torch.Tensor, window: int) -> torch.Tensor:
+    """Central ``window x window`` of centred 2D spectra ``(..., D, D)``."""
+    D = ft.shape[-1]
+    lo = D // 2 - window // 2
+    return ft[..., lo:lo + window, lo:lo + window]
+
+
+def residual_loss(pred: torch.Tensor, obs: torch.Tensor, ctf: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-image weighted squared error on a window, ``(B,)``: ``Σ_k w² |c·pred − obs|²``."""
+    diff = (pred * ctf - obs) * weight
+    return (diff.real**2 + diff.imag**2).sum((-1, -2))
+
+
+def score_rotations(slices: torch.Tensor, obs: torch.Tensor, ctf_b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted squared error of every image against every candidate slice, ``(B, G)``.
+
+    ``slices`` (G, w, w) are model spectra (no CTF); ``obs`` (centred) and ``ctf_b`` (B, w, w).
+    Values equal :func:`residual_loss` for each pair.
+    """
+    w2 = (weight**2).reshape(1, -1)
+    S = slices.reshape(slices.shape[0], -1)
+    c = ctf_b.reshape(ctf_b.shape[0], -1)
+    quad = (w2 * c * c) @ (S.real**2 + S.imag**2).T
+    return quad + _cross_and_const(S, obs, c, w2)
+
+
+def _cross_and_const(S: torch.Tensor, obs: torch.Tensor, c: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """``−2 Re Σ w² c conj(o) S + Σ w² |o|²`` for all (image, slice) pairs, ``(B, G)``."""
+    o = obs.reshape(obs.shape[0], -1)
+    a = w2 * c * o.conj()
+    cross = a.real @ S.real.T - a.imag @ S.imag.T
+    const = (w2 * (o.real**2 + o.imag**2)).sum(-1, keepdim=True)
+    return const - 2 * cross
+
+
+@torch.no_grad()
+def global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px, n_candidates: int,
+                       window: int, offsets_px: torch.Tensor, relative: bool,
+                       generator: torch.Generator, device) -> tuple[int, int]:
+    """Replace each particle's pose by the best (rotation, offset) candidate where it fits better.
+
+    Parameters
+    ----------
+    fwd : ForwardModel of the stage; ``vol_ft`` its rendered, padded volume spectrum.
+    weight : tensor ``(w, w)``, the stage's Fourier weight.
+    batches : iterable of ``(idx, obs, ctf)``; ``obs`` uncentred spectra on the stage window.
+    rotations : tensor ``(n, 3, 3)`` float64, updated in place.
+    shifts_px : tensor ``(n, 2)`` float64, origins in px of the working box, updated in place.
+    n_candidates : number of random rotations ``G``.
+    window : the score uses the central ``window``² frequencies (at most the stage window).
+    offsets_px : tensor ``(T, 2)``, candidate offsets (px); see ``relative``.
+    relative : offsets are added to each particle's current origin (a local search) instead
+        of being absolute origins (a global search).
+    generator : seeds the candidate rotations.
+
+    Returns
+    -------
+    (particles improved, particles scored)
+    """
+    cand = random_rotations(n_candidates, generator=generator, dtype=torch.float64)
+    win = int(min(window, fwd.window))
+    w = crop_center(weight, win)
+    w2 = (w**2).reshape(1, -1)
+    S = crop_center(fwd.slices(vol_ft, cand.to(device=device, dtype=torch.float32)), win)
+    S = S.reshape(S.shape[0], -1)
+    S_power = (S.real**2 + S.imag**2).T
+    offsets = offsets_px.to(device=device, dtype=torch.float32)
+    improved = scored = 0
+    for idx, obs, ctf_b in batches:
+        obs_w, c = crop_center(obs, win), crop_center(ctf_b, win).reshape(len(idx), -1)
+        base = shifts_px[idx].to(device=device, dtype=torch.float32)
+        if not relative:
+            base = torch.zeros_like(base)
+        quad = (w2 * c * c) @ S_power
+        best = torch.full((len(idx),), float("inf"), device=device)
+        best_rot = torch.zeros(len(idx), dtype=torch.long, device=device)
+        best_off = torch.zeros(len(idx), dtype=torch.long, device=device)
+        for t in range(offsets.shape[0]):
+            centred = obs_w * centring_phase(fwd.box, base + offsets[t], win)
+            scores = quad + _cross_and_const(S, centred, c, w2)
+            value, arg = scores.min(dim=1)
+            take = value < best
+            best = torch.where(take, value, best)
+            best_rot = torch.where(take, arg, best_rot)
+            best_off = torch.where(take, torch.full_like(arg, t), best_off)
+        R_now = rotations[idx].to(device=device, dtype=torch.float32)
+        now_obs = obs_w * centring_phase(fwd.box, shifts_px[idx].to(device=device, dtype=torch.float32), win)
+        now = residual_loss(crop_center(fwd.slices(vol_ft, R_now), win), now_obs,
+                            c.reshape(obs_w.shape), w)
+        better = (best < now).cpu()
+        sel = torch.as_tensor(idx)[better]
+        rotations[sel] = cand[best_rot.cpu()[better]]
+        new_shift = base + offsets[best_off]
+        shifts_px[sel] = new_shift.cpu().to(shifts_px.dtype)[better]
+        improved += int(better.sum())
+        scored += len(idx)
+    return improved, scored
