@@ -121,8 +121,10 @@ def table(rows: list[dict], n: int) -> str:
         if "error" in r:
             lines.append(f"| {r['label']} | failed: {r['error'].strip().splitlines()[-1]} |||||||| {r['wall_s']:.0f} |")
             continue
-        ratio = f"{r['resolution_A'] / oracle['resolution_A']:.2f}" if oracle else "–"
-        lines.append(f"| {r['label']} | {r['resolution_A']:.1f} | {ratio} | {r['pose_median_deg']:.1f} | "
+        res, ores = r["resolution_A"], oracle["resolution_A"] if oracle else None
+        ratio = f"{res / ores:.2f}" if res is not None and ores is not None else "–"
+        res_txt = f"{res:.1f}" if res is not None else "not resolved"  # resolution_at: None = not resolved
+        lines.append(f"| {r['label']} | {res_txt} | {ratio} | {r['pose_median_deg']:.1f} | "
                      f"{100 * r['pose_frac_under_10deg']:.0f}% | {100 * r['pose_frac_under_5deg']:.0f}% | "
                      f"{r['shift_median_px']:.2f} | {100 * r['shift_frac_under_1px']:.0f}% | {r['wall_s']:.0f} |")
     return "\n".join(lines)

@@ -122,7 +122,8 @@ def test_global_search_finds_rotations_and_offsets():
     shifts = torch.zeros(40, 2, dtype=torch.float64)
     grid = shift_grid(2.0, 0.5)
     moved, _ = global_pose_search(fwd, vol_ft, w, [(np.arange(40), obs, torch.ones(obs.shape))], rotations,
-                                  shifts, 4000, 16, grid, False, torch.Generator().manual_seed(2), "cpu")
+                                  shifts, 4000, 16, grid, torch.Generator().manual_seed(2), "cpu",
+                                  centres=torch.zeros(40, 2, dtype=torch.float64))
     from rmfn_napari.cryoem.rotations import geodesic_distance
 
     assert moved > 30
@@ -133,7 +134,7 @@ def test_global_search_finds_rotations_and_offsets():
     # without offsets in the candidates, the same search cannot place them
     rot0, sh0 = random_rotations(40, generator=torch.Generator().manual_seed(5)), torch.zeros(40, 2, dtype=torch.float64)
     global_pose_search(fwd, vol_ft, w, [(np.arange(40), obs, torch.ones(obs.shape))], rot0, sh0, 4000, 16,
-                       torch.zeros(1, 2), False, torch.Generator().manual_seed(2), "cpu")
+                       torch.zeros(1, 2), torch.Generator().manual_seed(2), "cpu")
     assert float((sh0 - origins).norm(dim=1).median()) > 1.0
 
 
@@ -235,6 +236,30 @@ def test_cli_box_crops_particles_and_reference(tmp_path, capsys):
     assert poses.box == 64 and poses.apix == pytest.approx(1.0)  # describes the original images
     m = json.loads((out / "metrics.json").read_text())
     assert m["box"] == 32 and m["source_box"] == 64 and m["apix"] == pytest.approx(2.0)
-    for bad, msg in (("33", "odd"), ("128", "larger")):
-        code = cli_main(["reconstruct", str(res.star), "--box", bad, "--out", str(tmp_path / bad), "--quiet"])
+    for flags, msg in ((["--box", "33"], "odd"), (["--box", "128"], "larger"),
+                       (["--box", "32", "--shift-range", "8"], "quarter")):
+        code = cli_main(["reconstruct", str(res.star), *flags, "--out", str(tmp_path / "bad"), "--quiet"])
         assert code == 2 and msg in capsys.readouterr().err
+    # oracle poses on the cropped data: the true origins (Å) come back in poses.star, unchanged
+    code = cli_main(["reconstruct", str(res.star), "--box", "32", "--mode", "oracle-poses", "--true-poses",
+                     str(res.true_poses), "--out", str(tmp_path / "oracle"), "--preset", "tiny", "--device", "cpu",
+                     "--quiet"])
+    assert code == 0
+    written = read_particles(tmp_path / "oracle" / "poses.star").shifts_A
+    true = read_particles(res.true_poses).shifts_A
+    assert np.abs(true).max() > 1.5 and np.allclose(written, true, atol=1e-5)
+
+
+def test_offsets_stay_within_the_range_around_the_stars_origins(tmp_path):
+    """A STAR's own origins (here up to 6 px) are the centre of the offset range, not 0."""
+    res = simulate_particles(SAMPLE_32, tmp_path / "sim", n=80, snr=1.0, seed=4, max_shift=6.0)
+    cfg = ReconstructConfig.from_preset("tiny", epochs_per_stage=(1, 2, 1), device="cpu", snapshot_interval_s=1e9,
+                                        align_for_fsc=False, shift_range_px=1.0, pose_search=True,
+                                        search_rotations=100)
+    end = list(reconstruct(res.true_poses, cfg, out_dir=tmp_path / "run"))[-1]
+    assert isinstance(end, RunFinished)
+    start = read_particles(res.true_poses).shifts_A / 2.0  # px at 2 Å
+    final = read_particles(tmp_path / "run" / "poses.star").shifts_A / 2.0
+    assert np.abs(start).max() > 4.0
+    assert np.abs(final - start).max() <= 1.0 + 1e-6
+    assert np.abs(final - start).max() > 0.05  # they did move

@@ -319,7 +319,7 @@ def test_global_search_finds_poses_from_random_starts():
     with torch.no_grad():
         vol_ft = fwd.volume_ft(blobs)
     moved, total = global_pose_search(fwd, vol_ft, w, [(np.arange(40), obs, ctf)], rotations, shifts,
-                                      4000, 16, torch.zeros(1, 2), True, torch.Generator().manual_seed(2), "cpu")
+                                      4000, 16, torch.zeros(1, 2), torch.Generator().manual_seed(2), "cpu")
     after = geodesic_distance(rotations, R_true)
     assert total == 40 and moved > 30
     assert float(start.median()) > 60 and float(after.median()) < 20

@@ -594,6 +594,7 @@ def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_
     if shifts_A is not None:
         sh = np.asarray(shifts_A, dtype=np.float64).reshape(dataset.n, 2)
         p["rlnOriginXAngst"], p["rlnOriginYAngst"] = sh[:, 0], sh[:, 1]
+        p = p.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in p.columns])  # RELION 3.0 px
     if dataset.optics is not None:
         optics = dataset.optics.copy()
         p = p[[c for c in p.columns if c not in optics.columns or c == "rlnOpticsGroup"]]

@@ -56,8 +56,8 @@ def _cross_and_const(S: torch.Tensor, obs: torch.Tensor, c: torch.Tensor, w2: to
 
 @torch.no_grad()
 def global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px, n_candidates: int,
-                       window: int, offsets_px: torch.Tensor, relative: bool,
-                       generator: torch.Generator, device) -> tuple[int, int]:
+                       window: int, offsets_px: torch.Tensor, generator: torch.Generator, device,
+                       centres: torch.Tensor | None = None) -> tuple[int, int]:
     """Replace each particle's pose by the best (rotation, offset) candidate where it fits better.
 
     Parameters
@@ -69,10 +69,11 @@ def global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px, n_can
     shifts_px : tensor ``(n, 2)`` float64, origins in px of the working box, updated in place.
     n_candidates : number of random rotations ``G``.
     window : the score uses the central ``window``² frequencies (at most the stage window).
-    offsets_px : tensor ``(T, 2)``, candidate offsets (px); see ``relative``.
-    relative : offsets are added to each particle's current origin (a local search) instead
-        of being absolute origins (a global search).
+    offsets_px : tensor ``(T, 2)``, candidate offsets (px), added to each particle's centre.
     generator : seeds the candidate rotations.
+    centres : tensor ``(n, 2)``, the origins (px) the offset grid is centred on, e.g. the
+        starting origins for a search over the whole range; None: each particle's current
+        origin (a local search).
 
     Returns
     -------
@@ -89,9 +90,7 @@ def global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px, n_can
     improved = scored = 0
     for idx, obs, ctf_b in batches:
         obs_w, c = crop_center(obs, win), crop_center(ctf_b, win).reshape(len(idx), -1)
-        base = shifts_px[idx].to(device=device, dtype=torch.float32)
-        if not relative:
-            base = torch.zeros_like(base)
+        base = (shifts_px if centres is None else centres)[idx].to(device=device, dtype=torch.float32)
         quad = (w2 * c * c) @ S_power
         best = torch.full((len(idx),), float("inf"), device=device)
         best_rot = torch.zeros(len(idx), dtype=torch.long, device=device)

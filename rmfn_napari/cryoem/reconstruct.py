@@ -340,8 +340,9 @@ class ForwardModel:
 def _load_dataset(dataset, box: int | None):
     """The particles at the working box: read a STAR path, then Fourier-crop if asked."""
     ds = read_particles(dataset) if isinstance(dataset, (str, Path)) else dataset
+    ds = getattr(ds, "source", ds)  # crop from the original images, never twice
     if box is not None:
-        validate_box(int(box), getattr(ds, "source_box", ds.box), ds.star_path)
+        validate_box(int(box), ds.box, ds.star_path)
     return crop_dataset(ds, box)
 
 
@@ -401,8 +402,11 @@ def _initial_rotations(ds, n: int, cfg: ReconstructConfig, truth: TruePoses | No
 
 
 def _initial_shifts(ds, n: int, cfg: ReconstructConfig, truth: TruePoses | None) -> torch.Tensor:
-    """Starting origins ``(n, 2)`` float64 in px of the working box (RELION convention)."""
-    shifts_A = truth.shifts_A if (cfg.mode == "oracle-poses" and truth is not None) else ds.shifts_A[:n]
+    """Starting origins ``(n, 2)`` float64 in px of the working box (RELION convention): the
+    truth's where the rotations come from it (oracle poses, or perturbed true poses), else
+    the STAR's (zero where it has none)."""
+    from_truth = truth is not None and (cfg.mode == "oracle-poses" or cfg.pose_init == "perturb")
+    shifts_A = truth.shifts_A if from_truth else ds.shifts_A[:n]
     return torch.as_tensor(np.asarray(shifts_A) / ds.apix, dtype=torch.float64).clone()
 
 
@@ -422,6 +426,7 @@ class _State:
     epoch_in_stage: int = 0  # epochs completed in the current stage
     step: int = 0  # batches done over the run
     elapsed_s: float = 0.0
+    offsets_searched: bool = False  # the search over the whole offset range has run
     history: dict = field(default_factory=dict)
 
 
@@ -561,8 +566,12 @@ def reconstruct(
                       lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed,
                       new_head_scale=cfg.new_head_scale).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_structure)
+    if _estimates_shifts(cfg) and cfg.shift_range_px >= box / 4:
+        raise InputError(f"--shift-range {cfg.shift_range_px:g} px must be less than a quarter of the "
+                         f"{box} px box", ds.star_path)
     rotations, pose_origin = _initial_rotations(ds, n, cfg, truth)
-    shifts_px = _initial_shifts(ds, n, cfg, truth)
+    start_shifts = _initial_shifts(ds, n, cfg, truth)  # offsets are searched within ±range of these
+    shifts_px = start_shifts.clone()
     state = _State()
     if resume:
         if ckpt_path is None:
@@ -579,7 +588,6 @@ def reconstruct(
     ctf = ds.ctf
     scale_img = _image_scale(ds, n, cfg)
     plan = cfg.stage_plan()
-    first_search = next((i for i, (sc, _) in enumerate(plan) if _searches_poses(cfg, i, sc)), None)
     batches_per_epoch = int(math.ceil(n / cfg.batch_size))
     total_batches = batches_per_epoch * sum(e for _, e in plan)
     yield RunStarted("reconstruct", len(plan), total_batches, str(device), config=asdict(cfg))
@@ -624,14 +632,17 @@ def reconstruct(
             if search_now and not control.stop_requested:
                 t_search = time.perf_counter()
                 gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch)
-                offsets, relative = _search_offsets(cfg, fwd, global_shifts=stage_idx == first_search)
+                offsets, whole_range = _search_offsets(cfg, fwd, whole_range=not state.offsets_searched)
                 batches = ((idx, *_batch_data(ds, idx, ctf, fwd.window, scale_img, cfg, device))
                            for idx in np.array_split(np.arange(n), max(1, n // 1000)))
                 with torch.no_grad():
                     vol_ft = fwd.volume_ft(net)
+                centres = start_shifts if whole_range else None
                 moved, total = global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px,
                                                   cfg.search_rotations, cfg.search_window, offsets,
-                                                  relative, gen, device)
+                                                  gen, device, centres=centres)
+                _clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px)
+                state.offsets_searched = state.offsets_searched or (whole_range and _estimates_shifts(cfg))
                 yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
                           f"({len(offsets)} offsets, {time.perf_counter() - t_search:.1f} s)")
             for b in range(batches_per_epoch):
@@ -641,8 +652,8 @@ def reconstruct(
                     break
                 idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
                 obs, ctf_b = _batch_data(ds, idx, ctf, fwd.window, scale_img, cfg, device)
-                loss_s, loss_p = _train_batch(net, opt, fwd, weight, obs, ctf_b, rotations, shifts_px, idx,
-                                              cfg, control, device, _moves_poses(cfg, stage_idx))
+                loss_s, loss_p = _train_batch(net, opt, fwd, weight, obs, ctf_b, rotations, shifts_px,
+                                              start_shifts, idx, cfg, control, device, _moves_poses(cfg, stage_idx))
                 state.step += 1
                 stage_batches += 1
                 elapsed = time.perf_counter() - t_start
@@ -826,25 +837,34 @@ def _estimates_shifts(cfg: ReconstructConfig) -> bool:
     return cfg.shift_range_px > 0 and cfg.mode != "oracle-poses"
 
 
-def _search_offsets(cfg: ReconstructConfig, fwd: ForwardModel, global_shifts: bool) -> tuple[torch.Tensor, bool]:
-    """Candidate offsets of a global search and whether they are relative to the current ones.
+def _search_offsets(cfg: ReconstructConfig, fwd: ForwardModel, whole_range: bool) -> tuple[torch.Tensor, bool]:
+    """Candidate offsets (px) of a global search, and whether they span the whole range.
 
     The grid spacing follows the scored band: ``D / (4 k_max)`` px (a quarter period of the
-    highest frequency scored), at least 0.25 px. The first stage that searches scores the
-    absolute grid over ±``shift_range_px``; later stages refine locally, one grid step
-    around each particle's current offset. Without shift estimation: (0, 0) relative.
+    highest frequency scored), at least 0.25 px. Until one search has covered it, the grid
+    spans ±``shift_range_px`` around each particle's starting origin; after that, searches
+    refine locally, one grid step around each particle's current offset. Without offset
+    estimation: (0, 0) around the current offset.
     """
     if not _estimates_shifts(cfg):
-        return shift_grid(0.0, 1.0), True
+        return shift_grid(0.0, 1.0), False
     k_max = min(cfg.search_window, fwd.window) / 2
     step = max(0.25, fwd.box / (4 * k_max))
-    if global_shifts:
-        return shift_grid(cfg.shift_range_px, step), False
-    return shift_grid(min(step, cfg.shift_range_px), step), True
+    if whole_range:
+        return shift_grid(cfg.shift_range_px, step), True
+    return shift_grid(min(step, cfg.shift_range_px), step), False
 
 
-def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, shifts_px, idx, cfg, control,
-                 device, move_poses: bool):
+def _clamp_offsets(shifts_px: torch.Tensor, start: torch.Tensor, range_px: float, idx=None) -> None:
+    """Keep offsets within ±``range_px`` (per axis) of their starting origins, in place."""
+    if idx is None:
+        idx = slice(None)
+    lo, hi = start[idx] - range_px, start[idx] + range_px
+    shifts_px[idx] = torch.maximum(torch.minimum(shifts_px[idx], hi), lo)
+
+
+def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, shifts_px, start_shifts, idx, cfg,
+                 control, device, move_poses: bool):
     R = rotations[idx].to(device=device, dtype=torch.float32)
     sh = shifts_px[idx].to(device=device, dtype=torch.float32)
     loss_s = structure_steps(net, opt, fwd, weight, centre_spectra(obs, fwd.box, sh), ctf_b, R,
@@ -860,8 +880,8 @@ def _train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, shi
         delta = new @ R.double().cpu().transpose(-1, -2)
         rotations[idx] = _orthonormalize(delta @ rotations[idx])
         if lr_shift > 0:
-            r = cfg.shift_range_px
-            shifts_px[idx] = new_sh.clamp(-r, r)
+            shifts_px[idx] = new_sh
+            _clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px, idx)
     return loss_s, loss_p
 
 
