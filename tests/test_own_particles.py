@@ -229,7 +229,8 @@ def test_cli_box_crops_particles_and_reference(tmp_path, capsys):
                      "--device", "cpu", "--no-align", "--quiet"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert "shift_median_px" in summary and summary["resolution_A"] > 0
+    assert "shift_median_px" in summary and "resolution_A" in summary
+    assert summary["resolution_A"] is None or 4.0 - 1e-9 <= summary["resolution_A"] <= 64.0
     vol, apix = read_map(out / "scale_3.mrc")
     assert vol.shape == (32, 32, 32) and apix == pytest.approx(2.0)
     poses = read_particles(out / "poses.star")
@@ -263,3 +264,36 @@ def test_offsets_stay_within_the_range_around_the_stars_origins(tmp_path):
     assert np.abs(start).max() > 4.0
     assert np.abs(final - start).max() <= 1.0 + 1e-6
     assert np.abs(final - start).max() > 0.05  # they did move
+
+
+def test_half_maps_and_gold_standard_without_a_reference(shifted_pair, tmp_path, capsys):
+    """Oracle poses on noise-free off-centre particles: the half-maps agree to near Nyquist
+    (8 Å); everything is reported without a reference, and the half-sets are written."""
+    _, shifted = shifted_pair
+    out = tmp_path / "gs"
+    code = cli_main(["reconstruct", str(shifted.star), "--mode", "oracle-poses", "--true-poses",
+                     str(shifted.true_poses), "--out", str(out), "--preset", "tiny", "--device", "cpu", "--quiet"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    m = json.loads((out / "metrics.json").read_text())
+    gold = m["gold_standard"]
+    assert summary["gold_standard_resolution_A"] == m["gold_standard_resolution_A"] == gold["resolution_A"]["auto"]
+    assert set(gold["curves"]) == {"unmasked", "sphere", "auto"} and gold["threshold"] == 0.143
+    assert gold["resolution_A"]["unmasked"] < 10.0, gold["resolution_A"]
+    assert "resolution_A" not in m and m["fsc"] == {}  # no reference, no FSC against one
+    for name in ("half_map_1", "half_map_2", "map", "mask_auto"):
+        vol, apix = read_map(out / f"{name}.mrc")
+        assert vol.shape == (16, 16, 16) and apix == pytest.approx(4.0)
+    # the full map is the truth's backprojection: it correlates with the reference map
+    ref, _ = read_map(shifted.reference)
+    full, _ = read_map(out / "map.mrc")
+    assert np.corrcoef(full.ravel(), ref.ravel())[0, 1] > 0.95
+    halves = read_particles(out / "poses.star").particles["rlnRandomSubset"].to_numpy()
+    assert sorted(set(halves)) == [1, 2] and (halves == 1).sum() == 100  # a seeded split in two
+    assert not np.array_equal(halves, np.arange(200) % 2 + 1)
+    # a STAR that has half-sets keeps them (true_poses.star alternates 1, 2, 1, ...)
+    code = cli_main(["reconstruct", str(shifted.true_poses), "--mode", "oracle-poses", "--out", str(tmp_path / "gs2"),
+                     "--preset", "tiny", "--epochs", "1,1,1", "--device", "cpu", "--quiet"])
+    assert code == 0
+    kept = read_particles(tmp_path / "gs2" / "poses.star").particles["rlnRandomSubset"].to_numpy()
+    assert np.array_equal(kept, np.arange(200) % 2 + 1)

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
                                      out_dir=args.out, resume=args.resume, true_poses=args.true_poses),
                          quiet=args.quiet)
     m = result.metrics
-    summary = {"mode": m.get("mode"), "resolution_A": m.get("resolution_A"), "stopped": result.stopped,
+    summary = {"mode": m.get("mode"), "gold_standard_resolution_A": m.get("gold_standard_resolution_A"),
+               "resolution_A": m.get("resolution_A"), "stopped": result.stopped,
                "seconds": round(result.seconds, 1)}
     if m.get("pose_errors"):
         pe = m["pose_errors"]

@@ -30,13 +30,17 @@ true transform convolved with the tent, so the real-space map comes out multipli
 factor — the same factor :func:`projector.volume_fourier` divides by *before* its FFT. The map
 then has the units of the map the images were projected from (``project`` sums voxels).
 
-Accuracy (noise-free, 2000 uniform views, D = 32, pad 2): correlation with the projected map
-> 0.999, least-squares scale within 0.5 % (3 % with a CTF); Fourier shells from 1 cycle/box up
-agree within ~3 %. The one weak spot is the box mean (the k = 0 shell of the ``D³`` map,
-~25 % low): it is set by the half-integer frequencies next to the origin, which images of
-size ``D`` (samples at integer ``k`` only, as RELION inserts them) reach only through the
-tails of the trilinear kernel. Padding the images instead breaks down wherever the CTF is
-aliased on the ``D`` grid, which the pad-the-volume insertion handles exactly.
+Accuracy (noise-free, uniform views, D = 32, pad 2). Gaussian blobs, 2000 views: correlation
+with the projected map > 0.999, least-squares scale within 0.5 % (3 % with a CTF); Fourier
+shells from 1 cycle/box up agree within ~3 %. 1OL5 (2 Å), 3000 simulated CTF particles:
+correlation 0.997, scale 0.93 inside the Nyquist sphere. The weak spots are the lowest
+frequencies: the box mean (k = 0 shell of the ``D³`` map) comes out ~20–25 % low, because it
+is set by the half-integer frequencies next to the origin, which images of size ``D``
+(samples at integer ``k`` only, inserted as RELION inserts them) reach only through the tails
+of the trilinear kernel; and with a CTF, shells below ~2 cycles/box are 2–5 % low (CTF² rises
+steeply there and pulls each voxel's tent-weighted average towards higher ``|k|``). Padding
+the images to ``P`` instead fixes the mean but fails wherever the CTF is aliased on the ``D``
+grid (high defocus, small boxes), which this insertion handles exactly.
 
 Regularisation. ``τ`` is one constant, relative to the mean weight inside the Nyquist
 sphere. With uniform orientations the weight at radius ``k`` falls as ``1/k`` and the outer
@@ -44,8 +48,10 @@ shell holds ~2/3 of the mean, so the default ``tikhonov = 0.01`` damps the Nyqui
 ~1.5 % and low frequencies by far less — it only guards voxels that received almost nothing
 (CTF zeros, gaps in the orientation coverage). cryoDRGN's ``backproject_voxel`` uses
 ``1 × mean`` (a strong low-pass); RELION uses a per-shell ``1/τ²`` from the FSC, which needs
-a first map. Raise ``tikhonov`` (e.g. 0.1–1) for noisy data seen by eye; FSC between maps
-regularised alike is almost insensitive to it (within a shell the weight is nearly constant).
+a first map. FSC between maps regularised alike is almost insensitive to ``tikhonov`` (within
+a shell the weight is nearly constant); the look of a noisy map is not: for SNR 0.1 (1OL5,
+D = 32, 3000 particles) ``tikhonov = 1`` raised the full map's real-space correlation with
+the truth from 0.87 to 0.92, at the price of amplitudes ~40 % low on noise-free data.
 """
 
 from __future__ import annotations
@@ -205,6 +211,12 @@ class FourierBackprojector:
         return vol.to(torch.float32)
 
 
+def _cpu64(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64)
+    return torch.as_tensor(np.asarray(x), dtype=torch.float64)
+
+
 def _subset_indices(n: int, subset) -> np.ndarray:
     if subset is None:
         return np.arange(n)
@@ -226,9 +238,8 @@ def insert_dataset(bp: FourierBackprojector, dataset, rotations, shifts_px, subs
     if bp.box != D:
         raise ValueError(f"backprojector box {bp.box} != dataset box {D}")
     idx_all = _subset_indices(int(dataset.n), subset)
-    R_all = torch.as_tensor(np.asarray(rotations), dtype=torch.float64)
-    S_all = (torch.zeros(int(dataset.n), 2, dtype=torch.float64) if shifts_px is None
-             else torch.as_tensor(np.asarray(shifts_px), dtype=torch.float64))
+    R_all = _cpu64(rotations)
+    S_all = torch.zeros(int(dataset.n), 2, dtype=torch.float64) if shifts_px is None else _cpu64(shifts_px)
     if R_all.shape != (dataset.n, 3, 3) or S_all.shape != (dataset.n, 2):
         raise ValueError(f"need rotations ({dataset.n}, 3, 3) and shifts_px ({dataset.n}, 2), "
                          f"got {tuple(R_all.shape)} and {tuple(S_all.shape)}")

@@ -551,7 +551,8 @@ def _relative_name(target: Path, star_dir: Path) -> str:
         return str(target.resolve())
 
 
-def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_A=None) -> Path:
+def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_A=None,
+                         random_subset=None) -> Path:
     """Write a RELION 3.1 STAR for ``dataset`` with (optionally) new poses, atomically.
 
     All particle columns of the source STAR are kept; image names are rewritten relative to
@@ -569,6 +570,8 @@ def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_
         RELION matrices ``A`` (e.g. estimated poses); converted to rlnAngleRot/Tilt/Psi (°).
     shifts_A : array_like ``(n, 2)``, optional
         rlnOriginXAngst/YAngst in Å.
+    random_subset : array_like ``(n,)`` of 1/2, optional
+        rlnRandomSubset: the gold-standard half-set of each particle.
 
     Returns
     -------
@@ -595,6 +598,8 @@ def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_
         sh = np.asarray(shifts_A, dtype=np.float64).reshape(dataset.n, 2)
         p["rlnOriginXAngst"], p["rlnOriginYAngst"] = sh[:, 0], sh[:, 1]
         p = p.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in p.columns])  # RELION 3.0 px
+    if random_subset is not None:
+        p["rlnRandomSubset"] = np.asarray(random_subset, dtype=np.int64).reshape(dataset.n)
     if dataset.optics is not None:
         optics = dataset.optics.copy()
         p = p[[c for c in p.columns if c not in optics.columns or c == "rlnOpticsGroup"]]

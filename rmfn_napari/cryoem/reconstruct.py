@@ -40,7 +40,7 @@ from ..engine.control import RunControl, honour_requests
 from ..engine.devices import resolve_device
 from ..engine.events import (
     Event, Log, Metrics, Progress, RunFinished, RunStarted, ScaleSnapshot, StageFinished,
-    StageStarted,
+    StageStarted, VolumeSnapshot,
 )
 from ..errors import InputError
 from ..fitting.metrics import log_spectrum
@@ -55,6 +55,7 @@ from .offsets import centre_spectra, centring_phase, shift_errors, shift_grid
 from .pose_search import crop_center, global_pose_search, residual_loss, score_rotations  # noqa: F401
 from .projector import fft2_centered, fourier_slices, volume_fourier
 from .rotations import axis_angle_to_matrix, perturb_rotations, random_rotations
+from .validation import gold_standard_values, half_maps, half_sets
 
 MODES = ("coarse-to-fine", "full-scale", "oracle-poses")
 POSE_INITS = ("auto", "star", "perturb", "random")
@@ -250,11 +251,14 @@ def stage_window(band_cycles: float, sigma: float, box: int) -> int:
     return int(min(box, n + (n % 2)))
 
 
-def gaussian_weight(window: int, sigma: float, device) -> torch.Tensor:
-    """Centred 2D Gaussian ``exp(-k^2 / (2 sigma^2))`` on a window x window Fourier grid."""
+def gaussian_weight(window: int, sigma: float, device, nyquist: float | None = None) -> torch.Tensor:
+    """Centred 2D Gaussian ``exp(-k^2 / (2 sigma^2))`` on a window x window Fourier grid,
+    zero beyond the circle ``|k| <= nyquist`` (cycles/box) when given: the corners of the
+    square beyond Nyquist would enter the loss with a pose-dependent weight."""
     k = torch.arange(window, device=device, dtype=torch.float32) - window // 2
     k2 = k[:, None] ** 2 + k[None, :] ** 2
-    return torch.exp(-k2 / (2 * sigma**2))
+    w = torch.exp(-k2 / (2 * sigma**2))
+    return w if nyquist is None else w * (k2 <= nyquist**2)
 
 
 def spherical_mask(n: int, radius: float | None, device=None) -> torch.Tensor | None:
@@ -480,9 +484,12 @@ def _evaluate(net, box, apix, scale, reference, rotations, shifts_px, truth, cfg
         alignment = None
         if cfg.align_for_fsc:
             _, alignment = align_map(maps[-1], reference, apix)
+        # the same soft mask on both maps (the network's map is rendered under it)
+        mask = spherical_mask(box, cfg.mask_radius)
+        mask = 1.0 if mask is None else mask.numpy()
         for k, vol in enumerate(maps):
             aligned = apply_alignment(vol, alignment) if alignment is not None else vol
-            freqs, curve = fsc(aligned, reference)
+            freqs, curve = fsc(aligned * mask, reference * mask)
             res = resolution_at(freqs, curve, 0.5, box, apix)
             events.append(Metrics("fsc", stage, {
                 "scale": k, "resolution_A": res, "crossed": bool(np.any(curve < 0.5)),
@@ -572,6 +579,7 @@ def reconstruct(
     rotations, pose_origin = _initial_rotations(ds, n, cfg, truth)
     start_shifts = _initial_shifts(ds, n, cfg, truth)  # offsets are searched within ±range of these
     shifts_px = start_shifts.clone()
+    halves = half_sets(ds, n, cfg.seed)  # fixed for the whole run: gold-standard half-maps
     state = _State()
     if resume:
         if ckpt_path is None:
@@ -616,7 +624,7 @@ def reconstruct(
         band = net.band_limits[scale]
         sigma = stage_sigma(scale, cfg.n_layers, box, cfg.lambdas)
         fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad, cfg.mask_radius)
-        weight = gaussian_weight(fwd.window, sigma, device)
+        weight = gaussian_weight(fwd.window, sigma, device, nyquist=box / 2)
         yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band)
         yield log(f"stage {stage_idx + 1}: scale {scale + 1}, band {band:.2f} cycles/box "
                   f"({box * apix / max(band, 1e-9):.1f} Å), low-pass sigma {sigma:.2f} px, "
@@ -678,6 +686,14 @@ def reconstruct(
         for k in range(scale + 1):
             yield _snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
         last_eval = _evaluate(net, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
+        hm = half_maps(ds, n, rotations, shifts_px, halves, cfg.mask_radius, cfg.invert_contrast, device, cfg.seed)
+        for name, vol in (("half_map_1", hm.half1), ("half_map_2", hm.half2), ("map", hm.full)):
+            if out is not None:
+                write_map(out / f"{name}.mrc", vol, apix)  # unmodified: what EMDB deposition needs
+            yield VolumeSnapshot(name, vol, apix, stage_idx)
+        if out is not None:
+            write_map(out / "mask_auto.mrc", hm.masks["auto"], apix)
+        last_eval.append(Metrics("gold_standard", stage_idx, gold_standard_values(hm)))
         summary = _summarise(last_eval)
         summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
                        seconds=time.perf_counter() - stage_t0, band_cycles=band,
@@ -707,8 +723,8 @@ def reconstruct(
                        true_poses=None if truth is None else str(truth.path))
     outputs: dict[str, str] = {}
     if out is not None:
-        outputs = _write_outputs(out, net, box, apix, last_scale, ds, n, rotations, shifts_px, metrics_out,
-                                 log_lines, scale_img, cfg.mask_radius)
+        outputs = _write_outputs(out, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves,
+                                 metrics_out, log_lines, scale_img, cfg.mask_radius)
         if ckpt_path is not None and ckpt_path.exists():
             outputs["checkpoint"] = str(ckpt_path)
     yield RunFinished(stopped, state.step, seconds, outputs, metrics_out)
@@ -894,6 +910,10 @@ def _snapshot(net, box, apix, scale, stage, final, mask_radius=None) -> ScaleSna
 def _summarise(events: list[Event]) -> dict:
     out: dict = {}
     for ev in events:
+        if isinstance(ev, Metrics) and ev.name == "gold_standard":
+            res = ev.values["resolution_A"]
+            out.update(gold_standard_resolution_A=res[ev.values["headline"]],
+                       gold_standard_unmasked_A=res["unmasked"])
         if isinstance(ev, Metrics) and ev.name == "fsc":
             out[f"fsc_resolution_A_scale{ev.values['scale'] + 1}"] = ev.values["resolution_A"]
         if isinstance(ev, Metrics) and ev.name == "pose_errors":
@@ -912,26 +932,32 @@ def _final_metrics(events: list[Event]) -> dict:
             fsc[f"scale{v['scale'] + 1}"] = v
         if isinstance(ev, Metrics) and ev.name == "pose_errors":
             poses = ev.values
-    res = {"fsc": fsc, "pose_errors": poses}
+    gold = next((ev.values for ev in events if isinstance(ev, Metrics) and ev.name == "gold_standard"), None)
+    res = {"fsc": fsc, "pose_errors": poses, "gold_standard": gold}
     if fsc:
         res["resolution_A"] = fsc[max(fsc)]["resolution_A"]
+    if gold is not None:
+        res["gold_standard_resolution_A"] = gold["resolution_A"][gold["headline"]]
     return res
 
 
-def _write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, shifts_px, metrics, log_lines,
-                   scale_img, mask_radius=None):
+def _write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves, metrics,
+                   log_lines, scale_img, mask_radius=None):
     written: dict[str, str] = {}
     maps = render_all_scales(net, box, last_scale, mask_radius)
     for k, vol in enumerate(maps):
         # back to the images' units: image = sum_z V / D in units of the image std
         path = write_map(out / f"scale_{k + 1}.mrc", vol * scale_img, apix)
         written[f"scale_{k + 1}"] = str(path)
+    for name in ("half_map_1", "half_map_2", "map", "mask_auto"):
+        if (out / f"{name}.mrc").exists():
+            written[name] = str(out / f"{name}.mrc")
     shifts_A = shifts_px.numpy() * apix  # origins in Å do not depend on the box
     if n == ds.n:
         written["poses"] = str(write_particles_star(out / "poses.star", ds, rotations=rotations.numpy(),
-                                                    shifts_A=shifts_A))
+                                                    shifts_A=shifts_A, random_subset=halves))
     else:
-        np.savez(out / "poses_subset.npz", rotations=rotations.numpy(), origins_A=shifts_A)
+        np.savez(out / "poses_subset.npz", rotations=rotations.numpy(), origins_A=shifts_A, random_subset=halves)
         written["poses"] = str(out / "poses_subset.npz")
     mpath = out / "metrics.json"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.", suffix=".json")

@@ -13,10 +13,11 @@ from .events import (
     ScaleSnapshot,
     StageFinished,
     StageStarted,
+    VolumeSnapshot,
 )
 
 __all__ = [
     "Event", "Log", "Metrics", "Progress", "RunControl", "RunFinished", "RunPaused",
     "RunResumed", "RunStarted", "ScaleSnapshot", "StageFinished", "StageStarted",
-    "StopRequested",
+    "StopRequested", "VolumeSnapshot",
 ]

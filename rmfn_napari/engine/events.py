@@ -87,6 +87,25 @@ class ScaleSnapshot(Event):
 
 
 @dataclass
+class VolumeSnapshot(Event):
+    """A named 3D map that is not a network scale, sent at stage ends: the backprojected
+    half-maps and full map (``name`` in ``"half_map_1"``, ``"half_map_2"``, ``"map"``).
+
+    Attributes
+    ----------
+    name : str
+    data : ndarray ``[z, y, x]`` float32
+    voxel_size : float, Å
+    stage : int, 0-based
+    """
+
+    name: str
+    data: np.ndarray
+    voxel_size: float = 1.0
+    stage: int = 0
+
+
+@dataclass
 class Metrics(Event):
     """Named evaluation results.
 

@@ -59,11 +59,11 @@ def phase_randomise(volume, from_shell: int, seed=0) -> np.ndarray:
     Returns
     -------
     ndarray, shape (D, D, D)
-        float64 for a float64 input, else float32. A real map whose Fourier amplitudes equal those of ``volume`` in every voxel. The
-        random phases are the phases of the Fourier transform of real white Gaussian noise,
-        so they are uniform on ``[−π, π)`` and Hermitian-symmetric (``φ(−k) = −φ(k)``):
-        the randomised spectrum is that of a real map, and nothing is lost by taking it back
-        to real space.
+        float64 for a float64 input, else float32. A real map whose Fourier amplitudes
+        equal those of ``volume`` in every voxel. The random phases are the phases of the
+        Fourier transform of real white Gaussian noise, so they are uniform on ``[−π, π)``
+        and Hermitian-symmetric (``φ(−k) = −φ(k)``): the randomised spectrum is that of a
+        real map, and nothing is lost by taking it back to real space.
     """
     vol = _check_volume(volume)
     out_dtype = np.float64 if vol.dtype == np.float64 else np.float32
