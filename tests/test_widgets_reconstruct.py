@@ -141,10 +141,28 @@ def test_reconstruct_from_simulation_streams_volumes_and_plots(
         assert vol.data.shape == (16, 16, 16) and spec.data.shape == (16, 16, 16)
         assert tuple(vol.scale) == (APIX16,) * 3 and tuple(spec.scale) == (APIX16,) * 3
         assert inserted.count(f"rMFN scale {k}") == 1
-    # FSC: one curve per scale with a resolution in Å; pose errors: every particle counted
-    assert w.fsc_plot.n_curves == 3
-    assert all(math.isfinite(r) and r > 0 for r in w.fsc_plot.resolutions.values())
-    assert "Å" in w.fsc_plot.legend.text()
+    # FSC vs the reference: one curve per scale, a resolution in Å never coarser than the box,
+    # or "not resolved" (NaN; a 1-epoch run may well be); pose errors: every particle counted
+    assert w.fsc_plot.n_curves == 3 and w.fsc_plot.has_reference_threshold_line
+    for k, r in w.fsc_plot.resolutions.items():
+        assert math.isnan(r) or 2 * APIX16 <= r <= 16 * APIX16
+        text = "not resolved" if math.isnan(r) else f"{r:.1f} Å"
+        assert f"scale {k + 1}: {text}" in w.fsc_plot.legend_text()
+    # the gold-standard FSC between the half-maps (0.143) on the same plot, and its headline
+    assert w.fsc_plot.n_gold_curves == 3 and w.fsc_plot.has_gold_threshold_line
+    assert "FSC = 0.143 (half-maps)" in w.fsc_plot.legend_text()
+    assert "FSC = 0.5 (vs reference)" in w.fsc_plot.legend_text()
+    assert w.gold_standard is not None and w.gold_standard["stage"] == 2
+    assert "gold standard (auto mask): " in w.resolution_label.text()
+    assert "gold standard (auto mask): " in w.panel.status.text()  # the run-end status
+    # the backprojected half-maps and map: one layer each, updated at every stage end
+    for name in ("half map 1", "half map 2", "map (backprojected)"):
+        layer = viewer.layers[name]
+        assert layer.data.shape == (16, 16, 16) and tuple(layer.scale) == (APIX16,) * 3
+        assert inserted.count(name) == 1
+    assert w.events_seen["VolumeSnapshot"] == 9  # 3 maps × 3 stages
+    assert viewer.layers["map (backprojected)"].visible
+    assert not viewer.layers["half map 1"].visible
     assert w.pose_plot.total == 128  # pose errors against the simulation's true_poses.star
     assert w.fsc_plot.n_redraws >= 3 and w.pose_plot.n_redraws >= 3
     docks = set(viewer.window.dock_widgets.keys())
@@ -186,7 +204,12 @@ def test_reconstruct_pause_next_stop(make_napari_viewer, qtbot, tmp_out, sim16, 
     assert (Path(tmp_out) / "scale_1.mrc").is_file()
     assert (Path(tmp_out) / "metrics.json").is_file()
     assert "rMFN scale 2" in viewer.layers
-    assert w.fsc_plot.n_curves == 0  # no reference: no FSC
+    assert w.fsc_plot.n_curves == 0  # no reference: no FSC against one ...
+    assert w.fsc_plot.n_gold_curves == 3  # ... but the half-map FSC, and no stale wording
+    assert not w.fsc_plot.has_reference_threshold_line
+    assert "reference" not in w.fsc_plot.legend_text()
+    assert "gold standard (auto mask): " in w.resolution_label.text()
+    assert "map (backprojected)" in viewer.layers
     assert w.pose_plot.total == 128  # the true poses were given
 
 

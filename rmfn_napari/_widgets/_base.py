@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QFormLayout, QVBoxLayout, QWidget
 
 from ..engine.events import (
     Log, Metrics, Progress, RunFinished, RunPaused, RunResumed, RunStarted, ScaleSnapshot,
-    StageFinished, StageStarted,
+    StageFinished, StageStarted, VolumeSnapshot,
 )
 from ..errors import InputError
 from .controls import OutDirField, RunPanel, ScaleStepper
@@ -192,6 +192,8 @@ class RunWidgetBase(QWidget):
                 self._paint_timer.start(int(self.progress_interval_s * 1000))
         elif isinstance(ev, ScaleSnapshot):
             self.layers.handle(ev)
+        elif isinstance(ev, VolumeSnapshot):
+            self.layers.handle_volume(ev)
         elif isinstance(ev, Metrics):
             self.on_metrics(ev)
         elif isinstance(ev, StageStarted):

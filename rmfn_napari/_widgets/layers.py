@@ -10,6 +10,12 @@ Rate: during a stage at most one heavy update per ``min_interval_s`` (default 0.
 a snapshot arriving sooner is held and applied when the interval has passed (only the newest one
 per scale is kept). Stage-end snapshots (``final=True``) are applied at once, always.
 
+Backprojected maps: :meth:`LayerUpdater.handle_volume` shows the engine's
+:class:`~rmfn_napari.engine.events.VolumeSnapshot` s (stage ends) as ``"half map 1"``,
+``"half map 2"`` and ``"map (backprojected)"`` (3D, gray, ``scale=(voxel_size,)*3``, placed
+left of the scale layers by 1.15 box widths); the map is shown and the half-maps hidden when
+first added, and afterwards every stage and every new run updates them in place.
+
 Scale stepping: :meth:`LayerUpdater.show_scale` makes only that scale's layers visible,
 :meth:`LayerUpdater.show_all` shows every scale; with ``follow`` on, the scale being trained is
 shown as its first snapshot arrives.
@@ -22,11 +28,24 @@ import time
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..engine.events import ScaleSnapshot
+from ..engine.events import ScaleSnapshot, VolumeSnapshot
 
 SCALE_NAME = "rMFN scale {}"
 SPECTRUM_NAME = "rMFN spectrum {}"
 REFERENCE_NAME = "reference"
+#: Layer names of the engine's backprojected maps (``VolumeSnapshot.name`` -> layer name).
+VOLUME_LAYER_NAMES = {
+    "half_map_1": "half map 1",
+    "half_map_2": "half map 2",
+    "map": "map (backprojected)",
+}
+#: Shown when first added (the half-maps are there for inspection, hidden by default).
+VOLUMES_VISIBLE = {"map"}
+
+
+def volume_layer_name(name: str) -> str:
+    """Layer name of a :class:`VolumeSnapshot` named ``name`` (unknown names as they are)."""
+    return VOLUME_LAYER_NAMES.get(name, name)
 
 
 def scale_layer_name(scale: int) -> str:
@@ -66,6 +85,7 @@ class LayerUpdater(QObject):
         self.min_interval_s = min_interval_s
         self.follow = True
         self.n_applied = 0
+        self.n_volumes_applied = 0
         self._shown: int | None = None  # None: all
         self._last_heavy = -np.inf
         self._pending: dict[int, ScaleSnapshot] = {}
@@ -138,6 +158,45 @@ class LayerUpdater(QObject):
         self.viewer.add_image(data, name=REFERENCE_NAME, colormap="gray", blending="additive",
                               metadata={"voxel_size": float(voxel_size)}, **rendering, **kwargs)
 
+    def handle_volume(self, snap: VolumeSnapshot):
+        """Add or update (in place) the layer of a backprojected map; returns the layer.
+
+        A layer of that name already there (from an earlier stage or run) gets the new data,
+        voxel size and placement, keeps its visibility and display settings, and is never
+        duplicated. A new one is visible only for the full map.
+        """
+        data = np.asarray(snap.data, dtype=np.float32)
+        name = volume_layer_name(snap.name)
+        voxel = float(snap.voxel_size)
+        scale = (voxel,) * data.ndim
+        translate = [0.0] * data.ndim
+        translate[-1] = -1.15 * data.shape[-1] * voxel  # left of the scale layers
+        layers = self.viewer.layers
+        if name in layers:
+            layer = layers[name]
+            if type(layer).__name__ == "Image" and layer.data.ndim == data.ndim \
+                    and not getattr(layer, "rgb", False):
+                layer.data = data
+                layer.scale = scale
+                layer.translate = translate
+                layer.metadata["voxel_size"] = voxel
+                layer.metadata["stage"] = int(snap.stage)
+                layer.reset_contrast_limits()
+                self.n_volumes_applied += 1
+                return layer
+            layers.remove(layer)  # an incompatible leftover with that name
+        rendering = {"rendering": "mip"} if data.ndim == 3 else {}
+        layer = self.viewer.add_image(
+            data, name=name, scale=scale, translate=translate, colormap="gray",
+            visible=snap.name in VOLUMES_VISIBLE,
+            metadata={"voxel_size": voxel, "stage": int(snap.stage)}, **rendering)
+        self.n_volumes_applied += 1
+        if data.ndim == 3 and not self._switched_3d:
+            self._switched_3d = True
+            self.viewer.dims.ndisplay = 3
+        self.viewer.reset_view()  # bring the new map into the frame (once: it is reused after)
+        return layer
+
     # ---- internals ----------------------------------------------------------------
     def _apply_pending(self) -> None:
         pending, self._pending = self._pending, {}
@@ -206,4 +265,5 @@ class LayerUpdater(QObject):
                     layer.visible = visible
 
 
-__all__ = ["LayerUpdater", "REFERENCE_NAME", "scale_layer_name", "spectrum_layer_name"]
+__all__ = ["LayerUpdater", "REFERENCE_NAME", "VOLUME_LAYER_NAMES", "scale_layer_name",
+           "spectrum_layer_name", "volume_layer_name"]

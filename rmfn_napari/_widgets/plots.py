@@ -1,10 +1,12 @@
 """Live plots and tables for the dock widgets (GUI thread only).
 
 Plots are vispy ``SceneCanvas`` es (napari already ships vispy; matplotlib is not a
-dependency): a line plot of FSC curves, one per scale, with the threshold line, and a bar
-histogram of pose errors in degrees (0–180). Each redraw only swaps vertex data of existing
-visuals and asks vispy for an update, so it is cheap and never blocks the event loop. The
-legend (scale colours and resolutions in Å) is a Qt label under the canvas.
+dependency): a line plot of FSC curves — the gold-standard curves between half-maps
+(unmasked, sphere and auto mask, threshold 0.143) and the curves against a reference, one
+per scale (threshold 0.5), together — and a bar histogram of pose errors in degrees (0–180).
+Each redraw only swaps vertex data of existing visuals and asks vispy for an update, so it
+is cheap and never blocks the event loop. The legend (colours, thresholds and resolutions in
+Å, or "not resolved") is a Qt label under the canvas.
 
 Nothing here computes a metric: curves, resolutions and errors come from ``Metrics`` events.
 """
@@ -74,6 +76,30 @@ class _VispyPlot(QWidget):
         lay.addWidget(self.legend)
         self.n_redraws = 0
 
+    def set_legend(self, html: str) -> None:
+        """Show ``html`` under the canvas, with the height its wrapped text needs (a word-
+        wrapped QLabel's size hint ignores its width, so a dock could squeeze it over the
+        canvas)."""
+        self.legend.setText(html)
+        self._fit_legend()
+
+    def legend_text(self) -> str:
+        """The legend as a person reads it (plain text, ordinary spaces)."""
+        from qtpy.QtGui import QTextDocument
+
+        doc = QTextDocument()
+        doc.setHtml(self.legend.text())
+        return doc.toPlainText().replace("\xa0", " ").replace(NB_HYPHEN, "-")
+
+    def _fit_legend(self) -> None:
+        width = self.legend.width() if self.legend.width() > 50 else max(self.width() - 4, 300)
+        self.legend.setMinimumHeight(max(0, self.legend.heightForWidth(width)))
+
+    def resizeEvent(self, event):  # noqa: N802 - Qt name
+        """Keep the legend's height right for the new width."""
+        super().resizeEvent(event)
+        self._fit_legend()
+
     def set_x_label(self, text: str) -> None:
         """Change the x-axis label."""
         self.x_axis.axis.axis_label = text
@@ -92,84 +118,277 @@ class _VispyPlot(QWidget):
         return self.canvas.render()
 
 
-class FSCPlot(_VispyPlot):
-    """FSC curves against the reference, one per scale, with the threshold line.
+#: Gold-standard (half-map) curves: mask key -> (legend label, colour). Distinct from the
+#: scale colours, so a half-map curve is never mistaken for a reference curve.
+GOLD_STANDARD_CURVES = {
+    "unmasked": ("gold-standard unmasked", (0.80, 0.80, 0.80)),  # light grey
+    "sphere": ("gold-standard sphere", (0.30, 0.90, 0.90)),  # cyan
+    "auto": ("gold-standard auto", (1.00, 0.40, 0.40)),  # red
+}
+#: Threshold lines: 0.143 between half-maps (dashed), 0.5 against a reference (solid).
+GOLD_THRESHOLD_COLOR = (1.00, 0.60, 0.60, 0.85)
+REFERENCE_THRESHOLD_COLOR = (0.80, 0.80, 0.80, 0.80)
+NOT_RESOLVED = "not resolved"
+#: Legend entries never break inside (Qt ignores ``white-space: nowrap`` on a span).
+NB_HYPHEN = "\u2011"
+#: The legend before any FSC arrives (true with or without a reference map).
+EMPTY_LEGEND = "no FSC yet: the half-map FSC comes at the end of each stage"
 
-    The legend lists each scale's resolution (Å) at the threshold. Call :meth:`set_curve`
-    whenever a new FSC for a scale arrives; the scale's line is updated in place.
+
+def resolution_text(res_A) -> str:
+    """A resolution for people: ``"7.9 Å"``, or ``"not resolved"`` for None/NaN (the FSC is
+    below its threshold from the first shell on, DESIGN §2)."""
+    try:
+        res = float(res_A)
+    except (TypeError, ValueError):
+        return NOT_RESOLVED
+    if math.isnan(res):
+        return NOT_RESOLVED
+    return f"{res:.1f} Å" if math.isfinite(res) else "∞"
+
+
+def _line_data(freq, fsc) -> tuple[np.ndarray, np.ndarray | None]:
+    """Vertices and segment pairs of a curve; None/NaN points are left out and the line is
+    broken there (never drawn as 0). ``connect`` is None when nothing can be drawn."""
+    x = np.asarray(freq, dtype=np.float64).ravel()
+    y = np.asarray([np.nan if v is None else v for v in np.asarray(fsc, dtype=object).ravel()],
+                   dtype=np.float64)
+    n = min(x.size, y.size)
+    x, y = x[:n], y[:n]
+    ok = np.isfinite(x) & np.isfinite(y)
+    index = np.cumsum(ok) - 1  # position of each finite point among the kept ones
+    pairs = np.flatnonzero(ok[:-1] & ok[1:]) if n > 1 else np.zeros(0, np.int64)
+    pos = np.column_stack([x[ok], y[ok]]).astype(np.float32)
+    if pairs.size == 0:
+        return np.zeros((2, 2), np.float32), None
+    connect = np.column_stack([index[pairs], index[pairs + 1]]).astype(np.uint32)
+    return pos, connect
+
+
+def _dashed(x0: float, x1: float, y: float, n_dashes: int = 40) -> np.ndarray:
+    """Vertex pairs of a horizontal dashed line (draw with ``connect="segments"``)."""
+    edges = np.linspace(x0, x1, 2 * n_dashes + 1)
+    xs = edges[:-1].reshape(-1, 2).ravel()
+    return np.column_stack([xs, np.full(xs.size, y)]).astype(np.float32)
+
+
+class FSCPlot(_VispyPlot):
+    """FSC curves: the gold-standard curves between half-maps (threshold 0.143) and the
+    curves against a reference, one per scale (threshold 0.5), on one plot.
+
+    Call :meth:`set_gold_standard` when a stage's half-map FSC arrives (unmasked, soft sphere
+    and automatic mask; the three lines are updated in place) and :meth:`set_curve` whenever a
+    scale's FSC against the reference arrives. Each kind's threshold line is drawn only while
+    that kind has a curve (dashed 0.143 for half-maps, solid 0.5 for the reference). The legend
+    under the canvas gives both thresholds and each curve's resolution in Å, or "not resolved"
+    (None/NaN: below the threshold from the first shell on). :meth:`clear` removes both kinds.
+
+    Attributes useful to tests: ``curves`` / ``resolutions`` (reference curves by 0-based
+    scale), ``gold_curves`` / ``gold_resolutions`` (by label ``"gold-standard auto"`` ...),
+    ``threshold`` (reference, 0.5), ``gold_threshold`` (0.143), ``gold_headline`` (label).
     """
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__("FSC vs reference", "spatial frequency (1/Å)", "FSC", parent)
+        super().__init__("FSC", "spatial frequency (1/Å)", "FSC", parent)
         scene = self._scene
         self.threshold = 0.5
+        self.gold_threshold = 0.143
         self._threshold_line = scene.Line(np.array([[0, 0.5], [1, 0.5]], np.float32),
-                                          color=(0.8, 0.8, 0.8, 0.8), width=1,
+                                          color=REFERENCE_THRESHOLD_COLOR, width=1,
                                           parent=self.view.scene)
+        self._gold_threshold_line = scene.Line(_dashed(0, 1, 0.143), connect="segments",
+                                               color=GOLD_THRESHOLD_COLOR, width=1,
+                                               parent=self.view.scene)
         self._zero_line = scene.Line(np.array([[0, 0.0], [1, 0.0]], np.float32),
                                      color=(0.5, 0.5, 0.5, 0.6), width=1, parent=self.view.scene)
         self.curves: dict[int, object] = {}
         self.resolutions: dict[int, float] = {}
-        self._x_ends: dict[int, float] = {}
+        self.gold_curves: dict[str, object] = {}
+        self.gold_resolutions: dict[str, float] = {}
+        self.gold_headline: str | None = None
+        self._x_ends: dict[object, float] = {}
         self._x_max = 1.0
         self.set_range((0, 1), (-0.2, 1.05))
+        self._update_lines()
         self._update_legend()
 
     @property
     def n_curves(self) -> int:
-        """Number of scales with a curve."""
+        """Number of scales with a curve against the reference."""
         return len(self.curves)
+
+    @property
+    def n_gold_curves(self) -> int:
+        """Number of gold-standard (half-map) curves shown."""
+        return len(self.gold_curves)
+
+    @property
+    def has_gold_threshold_line(self) -> bool:
+        """Whether the 0.143 line is drawn."""
+        return bool(self._gold_threshold_line.visible)
+
+    @property
+    def has_reference_threshold_line(self) -> bool:
+        """Whether the 0.5 line is drawn."""
+        return bool(self._threshold_line.visible)
+
+    def _draw(self, store: dict, key, freq, fsc, color, width: int) -> None:
+        pos, connect = _line_data(freq, fsc)
+        rgba = tuple(color[:3]) + (1.0,)
+        line = store.get(key)
+        if line is None:
+            line = store[key] = self._scene.Line(pos, color=rgba, width=width,
+                                                 connect=connect if connect is not None
+                                                 else "strip",
+                                                 parent=self.view.scene, antialias=True)
+        else:
+            line.set_data(pos=pos, color=rgba, width=width,
+                          connect=connect if connect is not None else "strip")
+        line.visible = connect is not None
+        finite = pos[:, 0][np.isfinite(pos[:, 0])] if connect is not None else []
+        self._x_ends[key] = float(np.max(finite)) if len(finite) else 0.0
 
     def set_curve(self, scale: int, freq, fsc, resolution_A: float | None,
                   threshold: float = 0.5, x_label: str | None = None) -> None:
-        """Draw (or replace) 0-based ``scale``'s curve ``fsc(freq)``.
+        """Draw (or replace) 0-based ``scale``'s curve ``fsc(freq)`` against the reference.
 
-        ``freq`` is in the unit named by ``x_label`` (default 1/Å); NaN values are drawn as 0.
+        ``freq`` is in the unit named by ``x_label`` (default 1/Å); None/NaN values break the
+        line. ``resolution_A`` None or NaN reads "not resolved".
         """
-        x = np.asarray(freq, dtype=np.float64)
-        y = np.nan_to_num(np.asarray(fsc, dtype=np.float64), nan=0.0)
-        n = min(x.size, y.size)
-        pos = np.column_stack([x[:n], y[:n]]).astype(np.float32)
-        color = scale_color(scale) + (1.0,)
-        if scale in self.curves:
-            self.curves[scale].set_data(pos=pos, color=color)
-        else:
-            self.curves[scale] = self._scene.Line(pos, color=color, width=2,
-                                                   parent=self.view.scene, antialias=True)
-        self.resolutions[scale] = float("nan") if resolution_A is None else float(resolution_A)
+        self._draw(self.curves, int(scale), freq, fsc, scale_color(int(scale)), 2)
+        self.resolutions[int(scale)] = (float("nan") if resolution_A is None
+                                        else float(resolution_A))
+        self.threshold = float(threshold)
+        self._after_update(x_label)
+
+    def set_gold_standard(self, freq, curves: dict, resolutions: dict,
+                          threshold: float = 0.143, x_label: str | None = None,
+                          headline: str | None = "auto") -> None:
+        """Draw (or replace) the gold-standard curves between the half-maps.
+
+        ``curves`` and ``resolutions`` map a mask (``"unmasked"``, ``"sphere"``, ``"auto"``,
+        or the labels ``"gold-standard unmasked"`` ...) to an FSC list over ``freq`` (None/NaN
+        allowed) and to a resolution in Å (None/NaN: "not resolved"). ``headline`` names the
+        curve the legend puts first and in bold (the engine's headline, the auto mask).
+        Masks missing from ``curves`` are removed from the plot.
+        """
+        wanted = {}
+        for key, fsc in curves.items():
+            mask = str(key).removeprefix("gold-standard ").strip()
+            label, color = GOLD_STANDARD_CURVES.get(mask, (f"gold-standard {mask}",
+                                                           (0.95, 0.95, 0.95)))
+            res = resolutions.get(key, resolutions.get(mask, resolutions.get(label)))
+            wanted[label] = (fsc, color, res, mask)
+        for label in [k for k in self.gold_curves if k not in wanted]:
+            self.gold_curves.pop(label).parent = None
+            self.gold_resolutions.pop(label, None)
+            self._x_ends.pop(label, None)
+        head = None if headline is None else GOLD_STANDARD_CURVES.get(
+            str(headline), (f"gold-standard {headline}", None))[0]
+        for label, (fsc, color, res, _mask) in wanted.items():
+            self._draw(self.gold_curves, label, freq, fsc, color, 3 if label == head else 2)
+            try:
+                self.gold_resolutions[label] = float("nan") if res is None else float(res)
+            except (TypeError, ValueError):
+                self.gold_resolutions[label] = float("nan")
+        self.gold_headline = head if head in self.gold_curves else None
+        self.gold_threshold = float(threshold)
+        self._after_update(x_label)
+
+    def clear(self) -> None:
+        """Remove every curve, gold-standard and reference (new run)."""
+        for line in list(self.curves.values()) + list(self.gold_curves.values()):
+            line.parent = None
+        self.curves.clear()
+        self.resolutions.clear()
+        self.gold_curves.clear()
+        self.gold_resolutions.clear()
+        self.gold_headline = None
+        self._x_ends.clear()
+        self._x_max = 1.0
+        self._update_lines()
+        self._update_legend()
+        self.redraw()
+
+    # ---- internals ----------------------------------------------------------------
+    def _after_update(self, x_label: str | None) -> None:
         if x_label:
             self.set_x_label(x_label)
-        self.threshold = float(threshold)
-        self._x_ends[scale] = float(np.nanmax(x[:n])) if n else 0.0
-        self._x_max = max(self._x_ends.values()) or 1.0
-        line = np.array([[0, self.threshold], [self._x_max, self.threshold]], np.float32)
-        self._threshold_line.set_data(pos=line)
-        self._zero_line.set_data(pos=np.array([[0, 0], [self._x_max, 0]], np.float32))
+        self._x_max = max(self._x_ends.values(), default=0.0) or 1.0
+        self._update_lines()
         self.set_range((0, self._x_max), (-0.2, 1.05))
         self._update_legend()
         self.redraw()
 
-    def clear(self) -> None:
-        """Remove every curve (new run)."""
-        for line in self.curves.values():
-            line.parent = None
-        self.curves.clear()
-        self.resolutions.clear()
-        self._x_ends.clear()
-        self._x_max = 1.0
-        self._update_legend()
-        self.redraw()
+    def _update_lines(self) -> None:
+        x1 = self._x_max
+        self._threshold_line.set_data(
+            pos=np.array([[0, self.threshold], [x1, self.threshold]], np.float32))
+        self._gold_threshold_line.set_data(pos=_dashed(0, x1, self.gold_threshold),
+                                           connect="segments")
+        self._zero_line.set_data(pos=np.array([[0, 0], [x1, 0]], np.float32))
+        self._threshold_line.visible = bool(self.curves)
+        self._gold_threshold_line.visible = bool(self.gold_curves)
+        if self.gold_curves and self.curves:
+            title = "FSC: half-maps (gold standard) and vs reference"
+        elif self.gold_curves:
+            title = "gold-standard FSC (half-maps)"
+        elif self.curves:
+            title = "FSC vs reference"
+        else:
+            title = "FSC"
+        self.title.text = title
+
+    def legend_entries(self) -> list[str]:
+        """The legend as plain text: per kind, its threshold line, then each curve with its
+        resolution (half-map curves first, the headline mask first among them)."""
+        entries = []
+        if self.gold_curves:
+            entries.append(f"┄ FSC = {self.gold_threshold:g} (half-maps)")
+            for label in self._gold_order():
+                entries.append(f"■ {label}: {resolution_text(self.gold_resolutions.get(label))}")
+        if self.curves:
+            entries.append(f"— FSC = {self.threshold:g} (vs reference)")
+            for k in sorted(self.curves):
+                entries.append(f"■ scale {k + 1}: {resolution_text(self.resolutions.get(k))}")
+        if not entries:
+            entries.append(EMPTY_LEGEND)
+        return entries
+
+    def _gold_order(self) -> list[str]:
+        order = [lab for lab, _c in GOLD_STANDARD_CURVES.values() if lab in self.gold_curves]
+        order += [k for k in self.gold_curves if k not in order]
+        if self.gold_headline in order:
+            order.remove(self.gold_headline)
+            order.insert(0, self.gold_headline)
+        return order
 
     def _update_legend(self) -> None:
-        parts = [f"<span style='color:#cccccc'>— FSC = {self.threshold:g}</span>"]
-        for k in sorted(self.curves):
-            res = self.resolutions.get(k, float("nan"))
-            res_txt = f"{res:.1f} Å" if math.isfinite(res) else ("—" if math.isnan(res) else "∞")
-            parts.append(f"<span style='color:{_hex(scale_color(k))}'>■ scale {k + 1}: "
-                         f"{res_txt}</span>")
-        if not self.curves:
-            parts.append("no FSC yet (needs a reference map)")
-        self.legend.setText(" &nbsp; ".join(parts))
+        colors = {lab: c for lab, c in GOLD_STANDARD_CURVES.values()}
+
+        def span(text: str, rgb, bold: bool = False) -> str:
+            weight = "font-weight:bold;" if bold else ""
+            return (f"<span style='color:{_hex(rgb)};white-space:nowrap;{weight}'>"
+                    f"{text.replace(' ', '&nbsp;').replace('-', NB_HYPHEN)}</span>")
+
+        rows = []
+        if self.gold_curves:
+            parts = [span(f"┄ FSC = {self.gold_threshold:g} (half-maps)", GOLD_THRESHOLD_COLOR)]
+            for label in self._gold_order():
+                parts.append(span(f"■ {label}: "
+                                  f"{resolution_text(self.gold_resolutions.get(label))}",
+                                  colors.get(label, (1, 1, 1)), bold=label == self.gold_headline))
+            rows.append(" &nbsp; ".join(parts))
+        if self.curves:
+            parts = [span(f"— FSC = {self.threshold:g} (vs reference)",
+                          REFERENCE_THRESHOLD_COLOR)]
+            for k in sorted(self.curves):
+                parts.append(span(f"■ scale {k + 1}: "
+                                  f"{resolution_text(self.resolutions.get(k))}", scale_color(k)))
+            rows.append(" &nbsp; ".join(parts))
+        if not rows:
+            rows.append(EMPTY_LEGEND)
+        self.set_legend("<br>".join(rows))
 
 
 class PoseHistogram(_VispyPlot):
@@ -185,7 +404,7 @@ class PoseHistogram(_VispyPlot):
         self.edges = np.linspace(0, 180, 37)
         self._mesh = self._scene.Mesh(parent=self.view.scene, color=(0.35, 0.65, 1.0, 0.9))
         self.set_range((0, 180), (0, 1))
-        self.legend.setText("no pose errors yet")
+        self.set_legend("no pose errors yet")
 
     @property
     def total(self) -> int:
@@ -217,7 +436,7 @@ class PoseHistogram(_VispyPlot):
         if n:
             self._mesh.set_data(vertices=verts.reshape(-1, 3), faces=faces, **kwargs)
         self.set_range((0, 180), (0, max(1.0, float(counts.max()) * 1.08 if n else 1.0)))
-        self.legend.setText(summary or f"{self.total} particles")
+        self.set_legend(summary or f"{self.total} particles")
         self.redraw()
 
 
@@ -256,4 +475,5 @@ class ScaleMetricsTable(QTableWidget):
         self.clearContents()
 
 
-__all__ = ["FSCPlot", "PoseHistogram", "ScaleMetricsTable", "scale_color"]
+__all__ = ["FSCPlot", "GOLD_STANDARD_CURVES", "NOT_RESOLVED", "PoseHistogram", "ScaleMetricsTable",
+           "resolution_text", "scale_color"]

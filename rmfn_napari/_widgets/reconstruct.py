@@ -7,7 +7,11 @@ or an MRC file — with off-centre particles and realistic defoci, whose ``true_
 gives the pose errors. An optional reference map (an image layer, a file, or the map the
 simulation used) is shown as the ``"reference"`` layer and used by the engine for FSC. Presets
 fill the key parameters. Volumes stream into ``"rMFN scale k"`` / ``"rMFN spectrum k"`` layers
-(3D, scaled by the voxel size); FSC curves and the pose-error histogram are docked as live plots.
+(3D, scaled by the voxel size); at each stage's end the backprojected half-maps and full map
+arrive as ``"half map 1"``, ``"half map 2"`` and ``"map (backprojected)"``. The FSC dock plots
+the gold-standard FSC between the half-maps (unmasked, sphere and auto mask; 0.143) and, when
+there is a reference, each scale's FSC against it (0.5); the headline gold-standard resolution
+is shown under the run panel and in the status line. The pose-error histogram is docked too.
 """
 
 from __future__ import annotations
@@ -16,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLineEdit, QSpinBox, QStackedWidget,
-    QToolButton, QWidget,
+    QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QSpinBox,
+    QStackedWidget, QToolButton, QWidget,
 )
 
 from ..engine.devices import available_devices
-from ..engine.events import Metrics, RunStarted, ScaleSnapshot
+from ..engine.events import Metrics, RunFinished, RunStarted, ScaleSnapshot, StageFinished
 from ..errors import InputError
 from ._base import RunWidgetBase
-from .plots import FSCPlot, PoseHistogram
+from .plots import FSCPlot, PoseHistogram, resolution_text
 
 #: Bundled maps offered for "simulate from map": label -> sample key.
 SAMPLE_MAPS = {
@@ -40,7 +44,9 @@ REF_NONE = "(none)"
 REF_SIMULATION = "(map used for the simulation)"
 REF_FILE = "(file…)"
 PRESET_NAMES = ("cpu-small", "paper", "tiny")
-OWN_LAYER_PREFIXES = ("rMFN scale ", "rMFN spectrum ")
+OWN_LAYER_PREFIXES = ("rMFN scale ", "rMFN spectrum ", "half map ", "map (backprojected)")
+#: How the gold-standard masks are named for people.
+MASK_WORDS = {"unmasked": "unmasked", "sphere": "sphere mask", "auto": "auto mask"}
 # the form's pose-search labels -> keys of the engine's POSE_SEARCH_MODES (the CLI's --pose-search)
 POSE_SEARCH_LABELS = {"coarse stages": "coarse", "every stage": "all", "off (gradient only)": "off"}
 POSE_INITS = ("auto", "random", "perturb", "star")
@@ -74,6 +80,11 @@ class _PathField(QWidget):
         return self.edit.text().strip()
 
 
+def gold_standard_text(mask: str, resolution_A) -> str:
+    """``"gold standard (auto mask): 7.9 Å"``, or ``"... : not resolved"`` for None/NaN."""
+    return f"gold standard ({MASK_WORDS.get(mask, mask)}): {resolution_text(resolution_A)}"
+
+
 def _csv_ints(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(int(t) for t in text.replace(";", ",").split(",") if t.strip())
@@ -93,7 +104,9 @@ class ReconstructWidget(RunWidgetBase):
         The viewer (npe2 passes it as the first argument).
 
     The FSC plot and the pose-error histogram (``fsc_plot``, ``pose_plot``) are docked in the
-    viewer the first time a run starts.
+    viewer the first time a run starts. ``resolution_label`` (under the run panel) gives the
+    latest gold-standard resolution (the engine's headline mask) and the other masks';
+    ``gold_standard`` holds the latest ``Metrics("gold_standard")`` values.
     """
 
     task = "reconstruct"
@@ -288,6 +301,13 @@ class ReconstructWidget(RunWidgetBase):
         self.pose_plot = PoseHistogram()
         self._plots_docked = False
         self._box_apix: tuple[int, float] | None = None
+        self.gold_standard: dict | None = None
+        self.resolution_label = QLabel("")
+        self.resolution_label.setWordWrap(True)
+        self.resolution_label.setToolTip(
+            "Gold-standard FSC at 0.143 between the half-maps (independent half-sets), "
+            "masked curves corrected by phase randomisation")
+        self.extra.addWidget(self.resolution_label)
 
         self.preset.currentTextChanged.connect(self.apply_preset)
         self.apply_preset(self.preset.currentText())
@@ -477,6 +497,8 @@ class ReconstructWidget(RunWidgetBase):
                 self.layers.set_reference(ref_volume, ref_apix)
         seed = int(self.seed.value())
         self.fsc_plot.clear()
+        self.gold_standard = None
+        self.resolution_label.setText("")
         empty = "no pose errors yet" if simulate or true_poses else "no true poses: no pose errors"
         self.pose_plot.set_counts(np.zeros(36), np.linspace(0, 180, 37), empty)
         self._box_apix = None
@@ -521,20 +543,58 @@ class ReconstructWidget(RunWidgetBase):
     def _on_event(self, ev) -> None:
         if isinstance(ev, ScaleSnapshot) and self._box_apix is None:
             self._box_apix = (int(ev.data.shape[-1]), float(ev.voxel_size))
-        super()._on_event(ev)
+        super()._on_event(ev)  # VolumeSnapshot -> layers.handle_volume, Metrics -> on_metrics
+        headline = self.gold_standard_headline()
+        if headline and isinstance(ev, (StageFinished, RunFinished)):
+            # the stage-end / run-end status line carries the resolution a reviewer reads first
+            self.panel.set_status(f"{self.panel.status.text()} · {headline}")
+
+    def gold_standard_headline(self) -> str:
+        """``"gold standard (auto mask): 7.9 Å"`` for the latest half-map FSC ('' before one)."""
+        gs = self.gold_standard
+        if not gs:
+            return ""
+        mask = gs.get("headline") or "auto"
+        return gold_standard_text(mask, (gs.get("resolution_A") or {}).get(mask))
+
+    def _freq_axis(self, v: dict, own_box_apix: bool = False):
+        """(frequencies, x label): in 1/Å when box and voxel size are known, else cycles/box."""
+        freq = np.asarray(v.get("freq_cycles", v.get("freq_cycles_per_box", [])), float)
+        box_apix = self._box_apix
+        if own_box_apix and v.get("box") and v.get("apix"):
+            box_apix = (int(v["box"]), float(v["apix"]))
+        if box_apix is None:
+            return freq, "spatial frequency (cycles/box)"
+        box, apix = box_apix
+        return freq / (box * apix), "spatial frequency (1/Å)"  # cycles/box -> 1/Å
 
     def on_metrics(self, ev: Metrics) -> None:
-        """FSC curves (per scale) and the pose-error histogram."""
+        """FSC curves (gold standard between half-maps, and per scale against a reference)
+        and the pose-error histogram."""
         v = ev.values
         if ev.name == "fsc":
-            freq = np.asarray(v.get("freq_cycles", v.get("freq_cycles_per_box", [])), float)
-            x_label = "spatial frequency (cycles/box)"
-            if self._box_apix is not None:
-                box, apix = self._box_apix
-                freq = freq / (box * apix)  # cycles/box -> 1/Å
-                x_label = "spatial frequency (1/Å)"
+            freq, x_label = self._freq_axis(v)
             self.fsc_plot.set_curve(int(v.get("scale", ev.stage)), freq, v.get("fsc", []),
                                     v.get("resolution_A"), float(v.get("threshold", 0.5)), x_label)
+        elif ev.name == "gold_standard":
+            freq, x_label = self._freq_axis(v, own_box_apix=True)
+            curves = dict(v.get("curves") or {})
+            resolutions = dict(v.get("resolution_A") or {})
+            headline = v.get("headline") or "auto"
+            self.fsc_plot.set_gold_standard(freq, curves, resolutions,
+                                            float(v.get("threshold", 0.143)), x_label,
+                                            headline=headline)
+            self.gold_standard = dict(v, stage=ev.stage)
+            text = self.gold_standard_headline()
+            others = [f"{MASK_WORDS.get(m, m)} {resolution_text(resolutions.get(m))}"
+                      for m in curves if m != headline]
+            n_half = v.get("n_half")
+            halves = (f" · half-sets of {int(n_half[0])} and {int(n_half[1])} particles"
+                      if n_half and len(n_half) == 2 else "")
+            self.resolution_label.setText(
+                f"Stage {ev.stage + 1}: <b>{text}</b>"
+                + (f" ({', '.join(others)})" if others else "") + halves)
+            self.panel.set_status(f"Stage {ev.stage + 1}: {text}")
         elif ev.name == "pose_errors":
             summary = (f"stage {ev.stage + 1}: median {v.get('median_deg', float('nan')):.1f}°, "
                        f"mean {v.get('mean_deg', float('nan')):.1f}°, "
