@@ -25,6 +25,8 @@ from rmfn_napari.engine import Log, Metrics, RunFinished
 from rmfn_napari.errors import InputError
 from rmfn_napari.model import ResidualMFN
 
+from analytic_maps import GaussianBlobs
+
 SAMPLE_32 = "sample_data/maps/1ol5_32_2.0A.mrc"
 
 
@@ -78,28 +80,8 @@ def test_shift_errors_remove_the_maps_translation():
     assert np.allclose(err[:10], 1.0, atol=1e-9) and err[10:].max() < 1e-9
 
 
-class _Blobs(torch.nn.Module):
-    """A compact analytic density with the two methods the forward model calls."""
-
-    def __init__(self, seed=3, n=6, sigma=0.07):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.centres = (torch.rand(n, 3, generator=g) - 0.5) * 0.4
-        self.weights = torch.rand(n, generator=g) + 0.5
-        self.sigma = sigma
-
-    def __call__(self, coords, max_scale=None):
-        d2 = ((coords[..., None, :] - self.centres) ** 2).sum(-1)
-        return [(self.weights * torch.exp(-d2 / (2 * self.sigma**2))).sum(-1, keepdim=True)]
-
-    def render_grid(self, shape, max_scale=None):
-        from rmfn_napari.model import grid_coords
-
-        return self(grid_coords(shape))
-
-
 def _shifted_observations(n, box=16, seed=1, max_shift=2.0):
-    blobs = _Blobs()
+    blobs = GaussianBlobs(seed=3, n=6, sigma=0.07)
     net = ResidualMFN(3, 8, 3, resolution=box)
     sigma = stage_sigma(2, 3, box, (0.3, 2.0))
     fwd = ForwardModel(box, 1.0, 2, net.band_limits[2], sigma, pad=2)

@@ -23,6 +23,8 @@ from rmfn_napari.engine import Log, Metrics, Progress, RunControl, RunFinished, 
 from rmfn_napari.errors import InputError
 from rmfn_napari.model import ResidualMFN
 
+from analytic_maps import GaussianBlobs
+
 SAMPLE_32 = "sample_data/maps/1ol5_32_2.0A.mrc"
 
 
@@ -43,27 +45,6 @@ def _tiny_config(**kw):
                 align_for_fsc=False, seed=4, pose_init="random")
     base.update(kw)
     return ReconstructConfig.from_preset("tiny", **base)
-
-
-class GaussianBlobs(torch.nn.Module):
-    """A compact analytic density (sum of 3D Gaussians, coordinates in box units) with the
-    two methods the forward models call: ``render_grid`` and ``__call__`` on coordinates."""
-
-    def __init__(self, seed=0, n=5, sigma=0.09):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.centres = (torch.rand(n, 3, generator=g) - 0.5) * 0.4
-        self.weights = torch.rand(n, generator=g) + 0.5
-        self.sigma = sigma
-
-    def __call__(self, coords, max_scale=None):
-        d2 = ((coords[..., None, :] - self.centres) ** 2).sum(-1)
-        return [(self.weights * torch.exp(-d2 / (2 * self.sigma**2))).sum(-1, keepdim=True)]
-
-    def render_grid(self, shape, max_scale=None):
-        from rmfn_napari.model import grid_coords
-
-        return self(grid_coords(shape))
 
 
 @pytest.mark.parametrize("scale", [0, 1, 2])
