@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from rmfn_napari.cryoem.io import read_map, read_particles
     from rmfn_napari.cryoem.projector import volume_fourier
     from rmfn_napari.cryoem.reconstruct import (
-        ForwardModel, ReconstructConfig, _batch_data, _image_scale, gaussian_weight, pose_steps, stage_sigma,
+        ForwardModel, ReconstructConfig, observed_spectra, image_scale, gaussian_weight, pose_steps, stage_sigma,
     )
     from rmfn_napari.cryoem.rotations import geodesic_distance, perturb_rotations
     from rmfn_napari.model import scale_band_limits
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     ref, apix = read_map(data / "reference.mrc")
     box, n = ds.box, min(args.n, ds.n)
     cfg = ReconstructConfig.from_preset("cpu-small")
-    scale_img = _image_scale(ds, ds.n, cfg)
+    scale_img = image_scale(ds, ds.n, cfg)
     bands = [b / (2 * np.pi) for b in scale_band_limits(box, cfg.n_layers, cfg.lambdas)]  # cycles/box
     idx = np.arange(n)
     R_true = torch.as_tensor(ds.rotations[:n], dtype=torch.float64)
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         fwd = ForwardModel(box, apix, scale, bands[scale], sigma, cfg.pad, None)
         fwd.render_n = box  # the true map is given on the full grid
         weight = gaussian_weight(fwd.window, sigma, "cpu")
-        obs, ctf = _batch_data(ds, idx, ds.ctf, fwd.window, scale_img, cfg, "cpu")  # centred stacks
+        obs, ctf = observed_spectra(ds, idx, ds.ctf, fwd.window, scale_img, cfg, "cpu")  # centred stacks
         model = fwd.slices(vol_true, R_true.float()) * ctf
         w2 = weight**2
         amp = float((model.conj() * obs * w2).real.sum() / ((model.abs() ** 2) * w2).sum())

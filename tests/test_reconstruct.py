@@ -174,11 +174,11 @@ def test_pose_from_stage_keeps_the_poses_of_earlier_stages(tiny_dataset):
     medians = [e.values["median_deg"] for e in events if isinstance(e, Metrics) and e.name == "pose_errors"]
     from rmfn_napari.cryoem.metrics import pose_errors
     from rmfn_napari.cryoem.ground_truth import read_true_poses
-    from rmfn_napari.cryoem.reconstruct import _initial_rotations
+    from rmfn_napari.cryoem.reconstruct import initial_rotations
 
     ds = read_particles(star)
     true = read_true_poses(truth, ds)
-    start = pose_errors(_initial_rotations(ds, ds.n, cfg, true)[0].numpy(), true.rotations, allow_flip=True)
+    start = pose_errors(initial_rotations(ds, ds.n, cfg, true)[0].numpy(), true.rotations, allow_flip=True)
     assert medians[0] == pytest.approx(float(np.median(start)), abs=1e-6)
     assert medians[1] != pytest.approx(medians[0], abs=1e-3)
     # a full-scale run has a single stage, which refines poses whatever pose_from_stage says

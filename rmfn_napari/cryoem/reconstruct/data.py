@@ -1,0 +1,97 @@
+"""The observed data of a run: particles at the working box, the reference, image spectra on a
+stage's window, the intensity scale and the contrast check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import InputError
+from ..contrast import contrast_check
+from ..downsample import crop_dataset, fourier_crop_volume, validate_box
+from ..io import read_map, read_particles
+from ..offsets import centre_spectra
+from ..pose_search import crop_center
+from ..projector import fft2_centered
+from .settings import ReconstructConfig
+
+
+def load_dataset(dataset, box: int | None):
+    """The particles at the working box: read a STAR path, then Fourier-crop if asked."""
+    ds = read_particles(dataset) if isinstance(dataset, (str, Path)) else dataset
+    ds = getattr(ds, "source", ds)  # crop from the original images, never twice
+    if box is not None:
+        validate_box(int(box), ds.box, ds.star_path)
+    return crop_dataset(ds, box)
+
+
+def load_reference(reference, ds) -> np.ndarray | None:
+    """The reference map at the working box: a map at the particles' original box and pixel
+    size is Fourier-cropped like the particles; one already at the working box is kept."""
+    if reference is None:
+        return None
+    box, apix = ds.box, ds.apix
+    src_box, src_apix = getattr(ds, "source_box", box), getattr(ds, "source_apix", apix)
+    path = Path(reference) if isinstance(reference, (str, Path)) else None
+    if path is not None:
+        vol, ref_apix = read_map(path)
+    else:
+        vol, ref_apix = np.asarray(reference, dtype=np.float32), None
+        if vol.ndim != 3 or not np.all(np.isfinite(vol)):
+            raise InputError(f"reference map must be a finite 3D array, got shape {vol.shape}")
+
+    def same(a, b):
+        return a is None or abs(a - b) <= 1e-3 * b
+
+    if vol.shape == (src_box,) * 3 and same(ref_apix, src_apix):
+        return fourier_crop_volume(vol, box) if src_box != box else vol
+    if vol.shape == (box,) * 3 and same(ref_apix, apix):
+        return vol
+    got = f"{vol.shape[0]}^3" + ("" if ref_apix is None else f" at {ref_apix:.4g} Å")
+    raise InputError(f"reference map is {got} but the particles are {src_box} px at {src_apix:.4g} Å"
+                     + (f" (cropped: {box} px at {apix:.4g} Å)" if src_box != box else ""), path)
+
+
+def image_scale(ds, n: int, cfg: ReconstructConfig) -> float:
+    """Global intensity scale of the images (std over up to 512 particles)."""
+    idx = np.linspace(0, n - 1, num=min(n, 512)).astype(int)
+    imgs = ds.images(np.unique(idx))
+    s = float(np.std(imgs))
+    if not np.isfinite(s) or s <= 0:
+        raise InputError("the particle images are constant or not finite", ds.star_path)
+    return s
+
+
+def observed_spectra(ds, idx, ctf, window: int, scale_img: float, cfg, device):
+    """Observed spectra (uncentred: offsets not applied) and CTFs of particles ``idx`` on the
+    central ``window``² of the working box, ``(B, w, w)`` each, on ``device``."""
+    imgs = torch.as_tensor(ds.images(idx), dtype=torch.float32)
+    if not torch.all(torch.isfinite(imgs)):
+        raise InputError(f"NaN/Inf pixels in particles {idx[:5].tolist()}...", ds.star_path)
+    if cfg.invert_contrast:
+        imgs = -imgs
+    box = ds.box
+    ft = crop_center(fft2_centered(imgs / scale_img), window)
+    if ctf is not None:
+        c = crop_center(ctf.evaluate(box, ds.apix, idx, dtype=torch.float32), window)
+    else:
+        c = torch.ones_like(ft.real)
+    # the centred 2D FFT of an image sums D^2 pixels: divide so both sides match Parseval
+    return (ft / box).to(device), c.to(device)
+
+
+def check_contrast(ds, n, ctf, shifts_px, scale_img, cfg, device) -> str:
+    """Stop (InputError naming --invert-contrast) if the particles are dark; else a log line."""
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, 1000)).astype(int))
+    window = min(ds.box, 16)
+    obs, c = observed_spectra(ds, idx, ctf, window, scale_img, cfg, device)
+    obs = centre_spectra(obs, ds.box, shifts_px[idx].to(device))
+    result = contrast_check(obs, c, ds.box, blob_sigma_px=0.1 * ds.box)
+    what = f"contrast check: matched-filter z = {result.z:+.1f} over {result.n} particles"
+    if result.verdict == "dark":
+        flip = "without" if cfg.invert_contrast else "with"
+        raise InputError(f"the particles are dark against the CTF convention ({what}); "
+                         f"rerun {flip} --invert-contrast", ds.star_path)
+    return what + (" (bright, as expected)" if result.verdict == "bright" else " (inconclusive)")

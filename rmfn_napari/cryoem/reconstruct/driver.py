@@ -1,0 +1,257 @@
+"""The run: stage -> epoch -> batch, from top to bottom."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ...engine.control import RunControl, honour_requests
+from ...engine.devices import resolve_device
+from ...engine.events import (
+    Event, Log, Metrics, Progress, RunFinished, RunStarted, StageFinished, StageStarted,
+    VolumeSnapshot,
+)
+from ...errors import InputError
+from ...model import ResidualMFN
+from ..ground_truth import read_true_poses
+from ..io import write_map
+from ..pose_search import global_pose_search
+from ..validation import gold_standard_values, half_maps, half_sets
+from .data import check_contrast, image_scale, load_dataset, load_reference, observed_spectra
+from .forward import ForwardModel, gaussian_weight, stage_sigma
+from .outputs import (
+    RunState, evaluate, final_metrics, load_checkpoint, save_checkpoint, snapshot, summarise,
+    write_outputs,
+)
+from .poses import (
+    clamp_offsets, estimates_shifts, initial_rotations, initial_shifts, moves_poses, search_offsets,
+    searches_poses, train_batch,
+)
+from .settings import ReconstructConfig
+
+
+def reconstruct(
+    dataset,
+    config: ReconstructConfig | None = None,
+    control: RunControl | None = None,
+    reference=None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    true_poses=None,
+) -> Iterator[Event]:
+    """Reconstruct a map and the poses from a particle stack, coarse to fine.
+
+    Parameters
+    ----------
+    dataset : str, Path or ParticleDataset
+        A RELION particle STAR file (images read lazily, batch by batch) or an open dataset.
+        With ``config.box`` the images are Fourier-cropped to that box on read.
+    config : ReconstructConfig
+    control : RunControl, optional
+        Pause / next stage / stop; honoured between optimisation steps.
+    reference : array, path to an MRC, or None
+        Reference map for FSC (aligned first unless ``align_for_fsc=False``), at the
+        particles' box and pixel size (cropped like them) or at the working box.
+    out_dir : path, optional
+        Per-scale maps ``scale_k.mrc`` (working box and pixel size), ``poses.star`` (angles
+        and origins in Å for the original images), ``metrics.json``, ``checkpoint.pt``
+        (every epoch) and ``run.log`` are written there.
+    resume : bool
+        Continue from ``out_dir/checkpoint.pt`` (same data and settings).
+    true_poses : path to a STAR, or None
+        The true angles and origins of these particles (e.g. ``true_poses.star`` from
+        ``rmfn simulate``). Pose and offset errors are reported only when it is given.
+
+    Yields
+    ------
+    Event
+        RunStarted, StageStarted, Progress (per batch; ``extra`` = epoch, pose loss),
+        ScaleSnapshot (3D volumes, voxel size in Å), Metrics ("fsc" per scale,
+        "pose_errors"), StageFinished, RunFinished.
+    """
+    cfg = config or ReconstructConfig()
+    cfg.validate()
+    control = control or RunControl()
+    ds = load_dataset(dataset, cfg.box)
+    box, apix = ds.box, ds.apix
+    n = ds.n if cfg.max_particles is None else min(ds.n, int(cfg.max_particles))
+    ref = load_reference(reference, ds)
+    truth = read_true_poses(true_poses, ds, n) if true_poses is not None else None
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt" if out is not None else None
+    device = resolve_device(cfg.device)
+    log_lines: list[str] = []
+
+    def log(msg: str) -> Log:
+        log_lines.append(msg)
+        return Log(msg)
+
+    torch.manual_seed(cfg.seed)
+    net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
+                      lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed,
+                      new_head_scale=cfg.new_head_scale).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_structure)
+    if estimates_shifts(cfg) and cfg.shift_range_px >= box / 4:
+        raise InputError(f"--shift-range {cfg.shift_range_px:g} px must be less than a quarter of the "
+                         f"{box} px box", ds.star_path)
+    rotations, pose_origin = initial_rotations(ds, n, cfg, truth)
+    start_shifts = initial_shifts(ds, n, cfg, truth)  # offsets are searched within ±range of these
+    shifts_px = start_shifts.clone()
+    halves = half_sets(ds, n, cfg.seed)  # fixed for the whole run: gold-standard half-maps
+    state = RunState()
+    if resume:
+        if ckpt_path is None:
+            raise InputError("resume needs the output directory of the interrupted run")
+        payload = load_checkpoint(ckpt_path)
+        if payload["net_config"] != net.config() or payload["rotations"].shape[0] != n:
+            raise InputError("checkpoint was made with other settings or data", ckpt_path)
+        net.load_state_dict(payload["net"])
+        opt.load_state_dict(payload["opt"])
+        rotations = payload["rotations"].to(torch.float64)
+        shifts_px = payload["shifts_px"].to(torch.float64)
+        state = RunState(**payload["state"])
+
+    ctf = ds.ctf
+    scale_img = image_scale(ds, n, cfg)
+    plan = cfg.stage_plan()
+    batches_per_epoch = int(math.ceil(n / cfg.batch_size))
+    total_batches = batches_per_epoch * sum(e for _, e in plan)
+    yield RunStarted("reconstruct", len(plan), total_batches, str(device), config=asdict(cfg))
+    crop_note = ""
+    if getattr(ds, "source_box", box) != box:
+        crop_note = f" (Fourier-cropped from {ds.source_box} px at {ds.source_apix:.3g} Å/px)"
+    yield log(f"{n} particles of {box}x{box} at {apix:.3g} Å/px{crop_note}; mode {cfg.mode}; "
+              f"{len(plan)} stage(s) {[e for _, e in plan]} epochs; batch {cfg.batch_size}")
+    yield log(f"poses: {pose_origin}; offsets "
+              + (f"estimated within ±{cfg.shift_range_px:g} px" if estimates_shifts(cfg) else "fixed at the STAR's origins")
+              + ("; pose errors against " + str(truth.path) if truth is not None else "; no true poses given: no pose errors"))
+    if resume:
+        yield log(f"resumed at stage {state.stage + 1}, epoch {state.epoch_in_stage}, batch {state.step}")
+    elif cfg.check_contrast:
+        yield log(check_contrast(ds, n, ctf, shifts_px, scale_img, cfg, device))
+
+    t_start = time.perf_counter() - state.elapsed_s
+    stopped = False
+    metrics_out: dict = {"stages": state.history.get("stages", [])}
+    last_eval: list[Event] = []
+    last_scale = plan[min(state.stage, len(plan) - 1)][0]
+
+    for stage_idx in range(state.stage, len(plan)):
+        scale, epochs = plan[stage_idx]
+        last_scale = scale
+        band = net.band_limits[scale]
+        sigma = stage_sigma(scale, cfg.n_layers, box, cfg.lambdas)
+        fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad, cfg.mask_radius)
+        weight = gaussian_weight(fwd.window, sigma, device, nyquist=box / 2)
+        yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band)
+        yield log(f"stage {stage_idx + 1}: scale {scale + 1}, band {band:.2f} cycles/box "
+                  f"({box * apix / max(band, 1e-9):.1f} Å), low-pass sigma {sigma:.2f} px, "
+                  f"window {fwd.window}, render grid {fwd.render_n}^3")
+        stage_t0 = time.perf_counter()
+        last_snap = stage_t0
+        skipped = False
+        start_epoch = state.epoch_in_stage if stage_idx == state.stage else 0
+        stage_batches = 0
+        for epoch in range(start_epoch, epochs):
+            order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
+            search_now = searches_poses(cfg, stage_idx, scale) and epoch > 0
+            if search_now and not control.stop_requested:
+                t_search = time.perf_counter()
+                gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch)
+                offsets, whole_range = search_offsets(cfg, fwd, whole_range=not state.offsets_searched)
+                batches = ((idx, *observed_spectra(ds, idx, ctf, fwd.window, scale_img, cfg, device))
+                           for idx in np.array_split(np.arange(n), max(1, n // 1000)))
+                with torch.no_grad():
+                    vol_ft = fwd.volume_ft(net)
+                centres = start_shifts if whole_range else None
+                moved, total = global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px,
+                                                  cfg.search_rotations, cfg.search_window, offsets,
+                                                  gen, device, centres=centres)
+                clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px)
+                state.offsets_searched = state.offsets_searched or (whole_range and estimates_shifts(cfg))
+                yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
+                          f"({len(offsets)} offsets, {time.perf_counter() - t_search:.1f} s)")
+            for b in range(batches_per_epoch):
+                command = yield from honour_requests(control, state.step)
+                if command is not None:
+                    stopped, skipped = command == "stop", command == "next"
+                    break
+                idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+                obs, ctf_b = observed_spectra(ds, idx, ctf, fwd.window, scale_img, cfg, device)
+                loss_s, loss_p = train_batch(net, opt, fwd, weight, obs, ctf_b, rotations, shifts_px,
+                                              start_shifts, idx, cfg, control, device, moves_poses(cfg, stage_idx))
+                state.step += 1
+                stage_batches += 1
+                elapsed = time.perf_counter() - t_start
+                done_frac = state.step / total_batches
+                eta = elapsed / max(done_frac, 1e-9) * (1 - done_frac) if state.step > 0 else float("nan")
+                yield Progress(stage_idx, state.step, total_batches, epoch * batches_per_epoch + b + 1,
+                               epochs * batches_per_epoch, loss_s, elapsed, eta,
+                               {"epoch": epoch + 1, "pose_loss": loss_p})
+                now = time.perf_counter()
+                if now - last_snap >= cfg.snapshot_interval_s:
+                    last_snap = now
+                    yield snapshot(net, box, apix, scale, stage_idx, final=False, mask_radius=cfg.mask_radius)
+            if stopped or skipped:
+                break
+            state.epoch_in_stage = epoch + 1
+            state.elapsed_s = time.perf_counter() - t_start
+            if ckpt_path is not None:
+                state.stage = stage_idx
+                state.history = {"stages": metrics_out["stages"]}
+                save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg)
+        # end of stage: snapshots of every scale so far, FSC, pose errors
+        for k in range(scale + 1):
+            yield snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
+        last_eval = evaluate(net, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
+        hm = half_maps(ds, n, rotations, shifts_px, halves, cfg.mask_radius, cfg.invert_contrast, device, cfg.seed)
+        for name, vol in (("half_map_1", hm.half1), ("half_map_2", hm.half2), ("map", hm.full)):
+            if out is not None:
+                write_map(out / f"{name}.mrc", vol, apix)  # unmodified: what EMDB deposition needs
+            yield VolumeSnapshot(name, vol, apix, stage_idx)
+        if out is not None:
+            write_map(out / "mask_auto.mrc", hm.masks["auto"], apix)
+        last_eval.append(Metrics("gold_standard", stage_idx, gold_standard_values(hm)))
+        summary = summarise(last_eval)
+        summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
+                       seconds=time.perf_counter() - stage_t0, band_cycles=band,
+                       band_resolution_A=box * apix / band)
+        metrics_out["stages"].append(summary)
+        for ev in last_eval:
+            yield ev
+        yield StageFinished(stage_idx, stage_batches, time.perf_counter() - stage_t0, skipped,
+                            {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        yield log("stage {stage}: {s}".format(stage=stage_idx + 1, s=json.dumps(
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})))
+        if stopped:
+            break
+        state.stage, state.epoch_in_stage = stage_idx + 1, 0
+        if ckpt_path is not None:
+            state.elapsed_s = time.perf_counter() - t_start
+            state.history = {"stages": metrics_out["stages"]}
+            save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg)
+        if control.pause_at_stage_end and stage_idx < len(plan) - 1:
+            control.pause()
+
+    seconds = time.perf_counter() - t_start
+    metrics_out.update(final_metrics(last_eval), mode=cfg.mode, preset=cfg.preset, n_particles=n,
+                       box=box, apix=apix, source_box=getattr(ds, "source_box", box),
+                       source_apix=getattr(ds, "source_apix", apix), seconds=seconds, stopped=stopped,
+                       batches=state.step, band_limits_cycles=net.band_limits,
+                       true_poses=None if truth is None else str(truth.path))
+    outputs: dict[str, str] = {}
+    if out is not None:
+        outputs = write_outputs(out, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves,
+                                 metrics_out, log_lines, scale_img, cfg.mask_radius)
+        if ckpt_path is not None and ckpt_path.exists():
+            outputs["checkpoint"] = str(ckpt_path)
+    yield RunFinished(stopped, state.step, seconds, outputs, metrics_out)

@@ -1,0 +1,188 @@
+"""Poses and offsets: where they start, which stages move them, the per-batch structure and
+pose steps (paper §6), the offset grids of the global search and their clamp."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...errors import InputError
+from ..ground_truth import TruePoses
+from ..offsets import centre_spectra, shift_grid
+from ..pose_search import residual_loss
+from ..rotations import axis_angle_to_matrix, perturb_rotations, random_rotations
+from .forward import ForwardModel
+from .settings import ReconstructConfig
+
+
+def initial_rotations(ds, n: int, cfg: ReconstructConfig, truth: TruePoses | None = None):
+    """Starting rotations ``(n, 3, 3)`` float64 and a sentence saying where they come from."""
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    star = torch.as_tensor(ds.rotations[:n], dtype=torch.float64) if ds.has_poses else None
+    known = torch.as_tensor(truth.rotations, dtype=torch.float64) if truth is not None else star
+    if cfg.mode == "oracle-poses":
+        if known is None:
+            raise InputError("oracle-poses needs the true poses (--true-poses) or angles in the STAR",
+                             ds.star_path)
+        return known.clone(), "poses fixed at the " + ("true poses" if truth is not None else "STAR's angles")
+    init = cfg.pose_init
+    if init == "auto":
+        init = "star" if star is not None else "random"
+    if init == "star":
+        if star is None:
+            raise InputError("pose init 'star' needs rlnAngleRot/Tilt/Psi in the STAR", ds.star_path)
+        return star.clone(), "starting from the STAR's angles"
+    if init == "perturb":
+        if known is None:
+            raise InputError("pose init 'perturb' (the paper's protocol) turns known poses away: give "
+                             "--true-poses or a STAR with angles", ds.star_path)
+        lo, hi = cfg.perturb_deg
+        return (perturb_rotations(known, lo, hi, generator=gen),
+                f"starting {lo:g}-{hi:g}° from the " + ("true poses" if truth is not None else "STAR's angles"))
+    note = "" if star is not None else " (the STAR has no angles)"
+    return random_rotations(n, generator=gen), f"starting from uniformly random poses{note}"
+
+
+def initial_shifts(ds, n: int, cfg: ReconstructConfig, truth: TruePoses | None) -> torch.Tensor:
+    """Starting origins ``(n, 2)`` float64 in px of the working box (RELION convention): the
+    truth's where the rotations come from it (oracle poses, or perturbed true poses), else
+    the STAR's (zero where it has none)."""
+    from_truth = truth is not None and (cfg.mode == "oracle-poses" or cfg.pose_init == "perturb")
+    shifts_A = truth.shifts_A if from_truth else ds.shifts_A[:n]
+    return torch.as_tensor(np.asarray(shifts_A) / ds.apix, dtype=torch.float64).clone()
+
+
+def _orthonormalize(R: torch.Tensor) -> torch.Tensor:
+    u, _, vh = torch.linalg.svd(R)
+    d = torch.sign(torch.linalg.det(u @ vh))
+    u = u.clone()
+    u[..., :, -1] *= d[..., None]
+    return u @ vh
+
+
+def structure_steps(net, opt, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, control=None) -> float:
+    """``steps`` Adam steps on the network for one batch at fixed poses ``R`` (B, 3, 3).
+
+    ``obs`` are centred spectra (offsets applied). Returns the last mean per-image loss
+    (weighted squared error on the stage window).
+    """
+    loss_value = float("nan")
+    for _ in range(steps):
+        if control is not None and control.wait_or_stop():
+            break
+        vol_ft = fwd.volume_ft(net)
+        loss = residual_loss(fwd.slices(vol_ft, R), obs, ctf_b, weight).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_value = float(loss.detach())
+    return loss_value
+
+
+def pose_steps(vol_ft, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, lr: float,
+               betas=(0.9, 0.9), control=None, shifts_px=None, lr_shift: float = 0.0):
+    """Refine poses of one batch against a fixed (rendered) volume; no network pass.
+
+    Each image gets an axis-angle correction ``w_i`` (radians), ``R_i <- exp([w_i]x) R_i``,
+    optimised by Adam for ``steps`` steps on its own loss. With ``shifts_px`` (B, 2) the
+    ``obs`` are the uncentred spectra and are centred with those origins (px, RELION
+    convention); ``lr_shift`` > 0 also refines each origin by Adam (px per step).
+
+    Returns
+    -------
+    (rotations (B, 3, 3) float64 orthonormalised, origins (B, 2) px or None, last mean loss)
+    """
+    omega = torch.zeros(R.shape[0], 3, device=R.device, dtype=R.dtype, requires_grad=True)
+    groups = [{"params": [omega], "lr": lr}]
+    delta = None
+    if shifts_px is not None:
+        delta = torch.zeros(R.shape[0], 2, device=R.device, dtype=torch.float32, requires_grad=lr_shift > 0)
+        if lr_shift > 0:
+            groups.append({"params": [delta], "lr": lr_shift})
+    popt = torch.optim.Adam(groups, betas=tuple(betas))
+    loss_value = float("nan")
+    for _ in range(steps):
+        if control is not None and control.wait_or_stop():
+            break
+        target = obs if delta is None else centre_spectra(obs, fwd.box, shifts_px + delta)
+        per_image = residual_loss(fwd.slices(vol_ft, axis_angle_to_matrix(omega) @ R), target, ctf_b, weight)
+        popt.zero_grad(set_to_none=True)
+        per_image.sum().backward()
+        popt.step()
+        loss_value = float(per_image.detach().mean())
+    with torch.no_grad():
+        new = axis_angle_to_matrix(omega.detach().double()) @ R.double()
+    new_shifts = None if delta is None else (shifts_px + delta).detach().cpu().double()
+    return _orthonormalize(new.cpu()), new_shifts, loss_value
+
+
+def _poses_free(cfg: ReconstructConfig, stage_idx: int, first_stage: int) -> bool:
+    """Whether poses may change in stage ``stage_idx`` (0-based) under a setting that starts at
+    ``first_stage``: never with oracle poses, always in a full-scale run's single stage."""
+    if cfg.mode == "oracle-poses":
+        return False
+    return cfg.mode == "full-scale" or stage_idx >= first_stage
+
+
+def moves_poses(cfg: ReconstructConfig, stage_idx: int) -> bool:
+    """Whether batches of stage ``stage_idx`` (0-based) run pose steps."""
+    return cfg.pose_steps > 0 and _poses_free(cfg, stage_idx, cfg.pose_from_stage)
+
+
+def searches_poses(cfg: ReconstructConfig, stage_idx: int, scale: int) -> bool:
+    """Whether stage ``stage_idx`` (0-based), which trains ``scale``, runs the global search."""
+    if not cfg.pose_search or not _poses_free(cfg, stage_idx, cfg.search_from_stage):
+        return False
+    return cfg.search_in_finest or scale < cfg.n_layers - 1
+
+
+def estimates_shifts(cfg: ReconstructConfig) -> bool:
+    return cfg.shift_range_px > 0 and cfg.mode != "oracle-poses"
+
+
+def search_offsets(cfg: ReconstructConfig, fwd: ForwardModel, whole_range: bool) -> tuple[torch.Tensor, bool]:
+    """Candidate offsets (px) of a global search, and whether they span the whole range.
+
+    The grid spacing follows the scored band: ``D / (4 k_max)`` px (a quarter period of the
+    highest frequency scored), at least 0.25 px. Until one search has covered it, the grid
+    spans ±``shift_range_px`` around each particle's starting origin; after that, searches
+    refine locally, one grid step around each particle's current offset. Without offset
+    estimation: (0, 0) around the current offset.
+    """
+    if not estimates_shifts(cfg):
+        return shift_grid(0.0, 1.0), False
+    k_max = min(cfg.search_window, fwd.window) / 2
+    step = max(0.25, fwd.box / (4 * k_max))
+    if whole_range:
+        return shift_grid(cfg.shift_range_px, step), True
+    return shift_grid(min(step, cfg.shift_range_px), step), False
+
+
+def clamp_offsets(shifts_px: torch.Tensor, start: torch.Tensor, range_px: float, idx=None) -> None:
+    """Keep offsets within ±``range_px`` (per axis) of their starting origins, in place."""
+    if idx is None:
+        idx = slice(None)
+    lo, hi = start[idx] - range_px, start[idx] + range_px
+    shifts_px[idx] = torch.maximum(torch.minimum(shifts_px[idx], hi), lo)
+
+
+def train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, shifts_px, start_shifts, idx, cfg,
+                 control, device, move_poses: bool):
+    R = rotations[idx].to(device=device, dtype=torch.float32)
+    sh = shifts_px[idx].to(device=device, dtype=torch.float32)
+    loss_s = structure_steps(net, opt, fwd, weight, centre_spectra(obs, fwd.box, sh), ctf_b, R,
+                             cfg.structure_steps, control)
+    loss_p = float("nan")
+    if move_poses and not control.stop_requested:
+        with torch.no_grad():
+            vol_ft = fwd.volume_ft(net)
+        lr_shift = cfg.lr_shift if estimates_shifts(cfg) else 0.0
+        new, new_sh, loss_p = pose_steps(vol_ft, fwd, weight, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
+                                         cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)
+        # fold the float32 correction into the float64 stored pose
+        delta = new @ R.double().cpu().transpose(-1, -2)
+        rotations[idx] = _orthonormalize(delta @ rotations[idx])
+        if lr_shift > 0:
+            shifts_px[idx] = new_sh
+            clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px, idx)
+    return loss_s, loss_p

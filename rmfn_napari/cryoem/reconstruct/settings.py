@@ -1,0 +1,180 @@
+"""Settings of a reconstruction: the dataclass, its validation, the presets, the modes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+
+from ...errors import InputError
+
+
+MODES = ("coarse-to-fine", "full-scale", "oracle-poses")
+POSE_INITS = ("auto", "star", "perturb", "random")
+# where the global pose search runs (the CLI's --pose-search, the widget's "pose search"):
+# the coarse stages only, every stage from ``search_from_stage`` on, or nowhere (paper)
+POSE_SEARCH_MODES: dict[str, dict] = {
+    "coarse": dict(pose_search=True, search_in_finest=False),
+    "all": dict(pose_search=True, search_in_finest=True),
+    "off": dict(pose_search=False),
+}
+
+
+def pose_search_mode(cfg: "ReconstructConfig") -> str:
+    """The key of :data:`POSE_SEARCH_MODES` that describes ``cfg``."""
+    if not cfg.pose_search:
+        return "off"
+    return "all" if cfg.search_in_finest else "coarse"
+
+
+@dataclass
+class ReconstructConfig:
+    """Settings of a reconstruction. ``from_preset`` gives the named defaults.
+
+    Attributes
+    ----------
+    preset : str
+        Name of the preset these settings started from (for the record).
+    mode : {"coarse-to-fine", "full-scale", "oracle-poses"}
+        ``full-scale``: one stage at the finest scale from the start (paper Fig. 6 right);
+        ``oracle-poses``: poses fixed at the STAR's (the truth, for simulated data).
+    n_layers, hidden, lambdas : network (paper: 3, 128, (0.3, 2.0)).
+    epochs_per_stage : epochs of each stage (len = n_layers); ``full-scale`` runs their sum.
+    batch_size : particles per batch.
+    structure_steps, pose_steps : optimisation steps per batch (paper: 5, 20).
+    lr_structure, lr_pose : Adam learning rates (paper: 1e-3, 1e-2); pose betas (0.9, 0.9).
+    box : Fourier-crop the particles to this even size (px) on read, batch by batch; the
+        pixel size grows by D/box, origins in Å are unchanged, the CTF is evaluated on the
+        cropped grid, maps are written at this box. None: the stack's own size.
+    pose_init : {"auto", "star", "perturb", "random"}
+        Initial rotations. ``auto``: the STAR's angles if it has them, else uniform random
+        (ab initio); ``star``: the STAR's (needs angles); ``perturb``: the true poses (or
+        the STAR's) turned by a random rotation of ``perturb_deg`` (the paper's protocol;
+        needs angles); ``random``: uniform.
+    perturb_deg : (min, max) geodesic perturbation in degrees.
+    shift_range_px : in-plane offsets are estimated within ±this many px of the working box:
+        the global search scores a grid of offsets with the rotations, and the pose steps
+        refine each particle's offset with its rotation. 0: offsets stay at the STAR's
+        origins (RELION convention, :mod:`rmfn_napari.cryoem.offsets`).
+    lr_shift : Adam learning rate of the offsets in the pose steps (px per step).
+    check_contrast : before training, test the particles' contrast with a matched filter
+        (:mod:`rmfn_napari.cryoem.contrast`) and stop if they are dark.
+    mask_radius : soft spherical solvent mask applied to the rendered map, radius as a
+        fraction of the box (0.45: 0.45 D, cosine edge of 0.05 D); None: no mask.
+    new_head_scale : initial weight scale of heads 2..L relative to the paper's init, so
+        that opening a stage does not wreck the map (1.0: the paper's init).
+    pose_search : before each epoch, score every particle against ``search_rotations``
+        random rotations (a fresh uniform set each epoch) on the stage's central Fourier
+        window (at most ``search_window`` pixels wide) and keep the best pose where it
+        beats the current one; the paper's gradient steps then refine locally. It runs
+        from stage ``search_from_stage`` (0-based; the first stage's band cannot fix
+        poses) and skips each stage's first epoch (the new head is still settling). Our
+        extension (not in the paper): gradient-only refinement is local (DESIGN.md §4b).
+    search_in_finest : whether the global search also runs in the finest stage (and so in
+        a ``full-scale`` run, whose one stage is the finest). False: search at the coarse
+        bands only and refine locally (gradient steps) at the finest, as cryo-EM packages
+        do: global search at low resolution, local refinement at high resolution.
+    pose_from_stage : first stage (0-based) whose batches run pose steps; earlier stages
+        train the map only and keep the poses (0: every stage, as in the paper). A
+        ``full-scale`` run has one stage and always refines poses.
+    invert_contrast : multiply the images by -1 (data with dark particles).
+    max_particles : use only the first N particles (None: all).
+    pad : zero-padding factor of the 3D FFT (2).
+    snapshot_interval_s : minimum seconds between in-stage volume snapshots.
+    align_for_fsc : align (rotation, shift, hand) each map to the reference before FSC.
+    device, seed : where and how reproducibly to run.
+    """
+
+    preset: str = "cpu-small"
+    mode: str = "coarse-to-fine"
+    n_layers: int = 3
+    hidden: int = 128
+    lambdas: tuple[float, float] = (0.3, 2.0)
+    epochs_per_stage: tuple[int, ...] = (15, 15, 70)
+    batch_size: int = 600
+    structure_steps: int = 5
+    pose_steps: int = 20
+    lr_structure: float = 1e-3
+    lr_pose: float = 1e-2
+    pose_betas: tuple[float, float] = (0.9, 0.9)
+    box: int | None = None
+    pose_init: str = "auto"
+    perturb_deg: tuple[float, float] = (45.0, 90.0)
+    shift_range_px: float = 0.0
+    lr_shift: float = 0.05
+    check_contrast: bool = True
+    invert_contrast: bool = False
+    max_particles: int | None = None
+    mask_radius: float | None = 0.45
+    new_head_scale: float = 0.05
+    pose_search: bool = False
+    search_from_stage: int = 1
+    search_rotations: int = 4000
+    search_window: int = 20
+    search_in_finest: bool = True
+    pose_from_stage: int = 0
+    pad: int = 2
+    snapshot_interval_s: float = 5.0
+    align_for_fsc: bool = True
+    device: str = "auto"
+    seed: int = 0
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ReconstructConfig":
+        """Settings of preset ``name`` (see :data:`PRESETS`) with keyword overrides."""
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InputError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return replace(cls(**PRESETS[name]), preset=name, **overrides)
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for settings that cannot run."""
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.pose_init not in POSE_INITS:
+            raise InputError(f"pose_init must be one of {POSE_INITS}, got {self.pose_init!r}")
+        if len(self.epochs_per_stage) != self.n_layers:
+            raise InputError(f"epochs_per_stage needs {self.n_layers} values (one per layer), "
+                             f"got {tuple(self.epochs_per_stage)}")
+        if min(self.epochs_per_stage) < 1 or self.batch_size < 1 or self.hidden < 1:
+            raise InputError("epochs, batch size and width must be positive")
+        if self.structure_steps < 1 or self.pose_steps < 0:
+            raise InputError("structure_steps must be >= 1 and pose_steps >= 0")
+        if self.pose_from_stage < 0 or self.search_from_stage < 0:
+            raise InputError("pose_from_stage and search_from_stage are stage indices (>= 0)")
+        if self.box is not None and (int(self.box) != self.box or self.box % 2 or self.box < 8):
+            why = "is odd" if int(self.box) == self.box and self.box % 2 else "is not a box size"
+            raise InputError(f"--box {self.box} {why}; an even number of pixels >= 8 is required")
+        if not (math.isfinite(self.shift_range_px) and self.shift_range_px >= 0):
+            raise InputError(f"shift_range_px must be >= 0 px, got {self.shift_range_px}")
+        if not (math.isfinite(self.lr_shift) and self.lr_shift >= 0):
+            raise InputError(f"lr_shift must be >= 0, got {self.lr_shift}")
+
+    def stage_plan(self) -> list[tuple[int, int]]:
+        """``[(scale, epochs), ...]``: which scale each stage trains and for how long."""
+        if self.mode == "full-scale":
+            return [(self.n_layers - 1, int(sum(self.epochs_per_stage)))]
+        return [(s, int(e)) for s, e in enumerate(self.epochs_per_stage)]
+
+
+PRESETS: dict[str, dict] = {
+    # the paper's protocol (§6): 64^3, 50,000 particles, 100 epochs, for a GPU
+    "paper": dict(n_layers=3, hidden=128, epochs_per_stage=(15, 15, 70), batch_size=600,
+                  structure_steps=5, pose_steps=20, lr_structure=1e-3, lr_pose=1e-2),
+    # a 2-core CPU in ~10 minutes: 32^3 maps, a few thousand particles. Smaller batches
+    # give more structure updates per epoch. At D = 32 the first band (~1.5 cycles/box,
+    # 44 Å) cannot orient particles: gradient pose steps there only randomised the poses
+    # (median error 67° -> 87°), so stage 1 trains the map alone; poses are searched
+    # globally from stage 2 and the finest stage gets the most epochs, as in the paper.
+    # (`--pose-search coarse --epochs 10,60,30` searches at stage 2 only and refines
+    # locally at the finest: the paper's claim shows more clearly, results are a little worse.)
+    "cpu-small": dict(n_layers=3, hidden=64, epochs_per_stage=(10, 15, 35), batch_size=200,
+                      structure_steps=5, pose_steps=20, lr_structure=1e-3, lr_pose=1e-2,
+                      pose_search=True, pose_from_stage=1, shift_range_px=3.0),
+    # seconds: smoke tests and the napari demo
+    "tiny": dict(n_layers=3, hidden=32, epochs_per_stage=(1, 1, 1), batch_size=64,
+                 structure_steps=2, pose_steps=4, lr_structure=1e-3, lr_pose=1e-2,
+                 snapshot_interval_s=1.0, align_for_fsc=False),
+}
