@@ -268,7 +268,7 @@ def ours(data: Path, seed: int) -> dict:
     truth, apix_t = io.read_map(data / "reference.mrc")
     box, apix = int(ds.box), float(ds.apix)
     assert truth.shape == (box,) * 3 and abs(apix_t - apix) < 1e-4, "reference and particles disagree"
-    halves = validation.half_sets(ds, ds.n, seed)
+    halves, _ = validation.half_sets(ds, ds.n, seed)
     assert "rlnRandomSubset" in ds.particles.columns, "true_poses.star has no rlnRandomSubset"
     t0 = time.perf_counter()
     hm = validation.half_maps(ds, ds.n, torch.as_tensor(ds.rotations), torch.as_tensor(ds.shifts_A / ds.apix),

@@ -113,7 +113,16 @@ def test_noise_and_picked_star_do_not_depend_on_max_shift(tmp_path):
     pa = starfile.read(a.star, always_dict=True)["particles"]
     pb = starfile.read(b.star, always_dict=True)["particles"]
     pd.testing.assert_frame_equal(pa, pb)
-    assert not np.array_equal(read_particles(a.star).images(), read_particles(b.star).images())
+    images_a, images_b = read_particles(a.star).images(), read_particles(b.star).images()
+    assert not np.array_equal(images_a, images_b)
+    # the noise (noisy minus noise-free) is the same draw with and without the shift
+    clean_a = read_particles(simulate_particles(MAP32, tmp_path / "ca", n=6, seed=3, noise_free=True).star).images()
+    clean_b = read_particles(simulate_particles(MAP32, tmp_path / "cb", n=6, seed=3, noise_free=True,
+                                                max_shift=2.0).star).images()
+    noise_a, noise_b = images_a - clean_a, images_b - clean_b
+    assert np.abs(noise_a).max() > 0
+    assert np.allclose(noise_a * np.std(clean_b, axis=(1, 2))[:, None, None] / np.std(clean_a, axis=(1, 2))[:, None, None],
+                       noise_b, rtol=1e-3, atol=1e-3 * np.abs(noise_b).max())
 
 
 def test_origins_round_trip_through_write_particles_star(tmp_path):

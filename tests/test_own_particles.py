@@ -5,7 +5,6 @@ rules, the contrast check, and Fourier-cropped runs end to end."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -125,9 +124,7 @@ def test_pose_steps_refine_offsets_with_rotations():
     start = origins + torch.tensor([0.6, -0.5], dtype=torch.float64)
     R, sh, _ = pose_steps(vol_ft, fwd, w, obs, torch.ones(obs.shape), R_true.float(), steps=80, lr=1e-3,
                           shifts_px=start.float(), lr_shift=0.05)
-    before = (start - origins).norm(dim=1)
-    after = (sh - origins).norm(dim=1)
-    assert float(before.median()) == pytest.approx(math.hypot(0.6, 0.5), abs=1e-6)
+    after = (sh - origins).norm(dim=1)  # from math.hypot(0.6, 0.5) = 0.78 px off
     assert float(after.median()) < 0.1, float(after.median())
 
 
@@ -149,14 +146,30 @@ def test_oracle_reconstruction_of_a_shifted_stack_matches_the_centred_one(shifte
     centred, shifted = shifted_pair
     origins = read_particles(shifted.true_poses).shifts_A / 4.0
     assert np.abs(origins).max() > 1.0  # really off-centre
-    maps = []
-    for res, name in ((centred, "c"), (shifted, "s")):
+    # the control: the same shifted particles with their origins thrown away
+    truth = read_particles(shifted.true_poses)
+    rows = truth.particles.copy()
+    rows["rlnOriginXAngst"], rows["rlnOriginYAngst"] = 0.0, 0.0
+    rows["rlnImageName"] = [f"{int(s.split('@')[0]):06d}@{shifted.stack}" for s in rows["rlnImageName"]]
+    write_star(tmp_path / "no_origins.star", {"optics": truth.optics, "particles": rows})
+    maps, backprojected = [], []
+    for res, truth_star, name in ((centred, centred.true_poses, "c"), (shifted, shifted.true_poses, "s"),
+                                  (shifted, tmp_path / "no_origins.star", "zero")):
         cfg = ReconstructConfig.from_preset("tiny", mode="oracle-poses", epochs_per_stage=(2, 2, 4), batch_size=50,
                                             device="cpu", snapshot_interval_s=1e9, align_for_fsc=False)
-        list(reconstruct(res.star, cfg, out_dir=tmp_path / name, true_poses=res.true_poses))
+        list(reconstruct(res.star, cfg, out_dir=tmp_path / name, true_poses=truth_star))
         maps.append(read_map(tmp_path / name / "scale_3.mrc")[0])
-    corr = np.corrcoef(maps[0].ravel(), maps[1].ravel())[0, 1]
-    assert corr > 0.98, corr
+        backprojected.append(read_map(tmp_path / name / "map.mrc")[0])
+
+    def corr(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    # the network's maps and the training-free backprojections agree; without origins they do not
+    # (measured: 0.99999 with the origins, 0.964 without, for the network's maps)
+    assert corr(maps[0], maps[1]) > 0.999, corr(maps[0], maps[1])
+    assert corr(backprojected[0], backprojected[1]) > 0.99, corr(backprojected[0], backprojected[1])
+    assert corr(maps[0], maps[2]) < 0.99, corr(maps[0], maps[2])
+    assert corr(backprojected[0], backprojected[2]) < 0.9, corr(backprojected[0], backprojected[2])
 
 
 def test_ground_truth_only_from_true_poses_and_pose_init_rules(shifted_pair, tmp_path):

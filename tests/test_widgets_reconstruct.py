@@ -109,6 +109,10 @@ def test_preset_fills_parameters(make_napari_viewer):
     w.shift_search.setValue(2.5)
     w.pose_init.setCurrentText("auto")
     assert (w.config().shift_range_px, w.config().pose_init) == (2.5, "auto")
+    assert w.config().invert_contrast is False
+    w.invert_contrast.setChecked(True)
+    assert w.config().invert_contrast is True
+    w.invert_contrast.setChecked(False)
     w.box.setValue(15)
     with pytest.raises(InputError, match="box"):
         w.config()

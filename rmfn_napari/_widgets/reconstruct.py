@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QSpinBox,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QSpinBox,
     QStackedWidget, QToolButton, QWidget,
 )
 
@@ -255,6 +255,11 @@ class ReconstructWidget(RunWidgetBase):
         self.shift_search.setSuffix(" px")
         self.shift_search.setToolTip("Range of the in-plane shift search (± px at the working box); "
                                      "off: the shifts stay at the STAR's origins")
+        self.invert_contrast = QCheckBox("invert (dark particles)")
+        self.invert_contrast.setToolTip("Multiply the images by -1: for particles darker than their "
+                                        "surroundings (RELION extraction without 'invert contrast'). "
+                                        "The run checks the contrast before training and says when "
+                                        "this is needed.")
         self.mode = QComboBox()
         self.mode.addItems(["coarse-to-fine", "full-scale", "oracle-poses"])
         self.mode.setToolTip("coarse-to-fine: one scale per stage (the paper); full-scale: the finest "
@@ -293,6 +298,7 @@ class ReconstructWidget(RunWidgetBase):
         self.form.addRow("pose init", self.pose_init)
         self.form.addRow("pose search", self.pose_search)
         self.form.addRow("shift search", self.shift_search)
+        self.form.addRow("contrast", self.invert_contrast)
         self.form.addRow("device", self.device)
         self.form.addRow("seed", self.seed)
         self.form.addRow("output folder", self.out_dir)
@@ -325,7 +331,7 @@ class ReconstructWidget(RunWidgetBase):
                 self.true_poses_path, self.sim_map_path, self.reference, self.reference_path,
                 self.preset, self.box, self.n_layers, self.hidden, self.lambda1, self.lambda2,
                 self.epochs, self.batch, self.lr_structure, self.lr_pose, self.pose_init, self.mode,
-                self.pose_search, self.shift_search, self.device, self.seed]
+                self.pose_search, self.shift_search, self.invert_contrast, self.device, self.seed]
 
     def apply_preset(self, name: str) -> None:
         """Fill the key parameters from preset ``name``."""
@@ -406,6 +412,7 @@ class ReconstructWidget(RunWidgetBase):
             mode=self.mode.currentText(),
             **POSE_SEARCH_MODES[POSE_SEARCH_LABELS[self.pose_search.currentText()]],
             shift_range_px=float(self.shift_search.value()),
+            invert_contrast=bool(self.invert_contrast.isChecked()),
             device=self.device.currentText(),
             seed=int(self.seed.value()),
         )

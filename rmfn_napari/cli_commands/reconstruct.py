@@ -16,8 +16,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "reconstruct", help="reconstruct a 3D map and the poses from a particle STAR file",
         description="Joint coarse-to-fine estimation of a 3D map (a residual MFN) and per-particle "
-        "poses (paper §6). Writes scale_k.mrc, poses.star, metrics.json (FSC per scale against "
-        "--reference after alignment, pose errors), checkpoint.pt and run.log to --out.",
+        "poses (paper §6). Writes scale_k.mrc, poses.star, the backprojected half_map_1.mrc, "
+        "half_map_2.mrc, map.mrc and mask_auto.mrc, metrics.json (gold-standard FSC of the "
+        "half-maps; FSC per scale against --reference after alignment; pose and offset errors "
+        "against --true-poses), checkpoint.pt and run.log to --out.",
     )
     p.add_argument("star", help="RELION particle STAR file (images in .mrcs stacks)")
     p.add_argument("--reference", help="reference map (MRC) for FSC, at the particles' box and pixel size "
@@ -34,7 +36,7 @@ def register(subparsers) -> None:
                    "protocol, for a GPU), tiny (seconds, smoke test)")
     p.add_argument("--mode", choices=MODES, default="coarse-to-fine",
                    help="coarse-to-fine (default); full-scale (finest scale only, from scratch); "
-                   "oracle-poses (poses fixed at the STAR's)")
+                   "oracle-poses (poses and offsets fixed at --true-poses, else at the STAR's)")
     p.add_argument("--pose-init", choices=POSE_INITS, default=None,
                    help="initial poses: auto (default: the STAR's angles if it has them, else random), "
                    "star, perturb (45-90 deg from the true poses or the STAR's: the paper's protocol; "

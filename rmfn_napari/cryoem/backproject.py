@@ -159,6 +159,14 @@ class FourierBackprojector:
                     self._acc.index_add_(0, flat.reshape(-1), vals * w.reshape(-1, 1))
         self.n_images += B
 
+    def add_(self, other: "FourierBackprojector") -> "FourierBackprojector":
+        """Add ``other``'s accumulators into this one, in place (no third accumulator)."""
+        if (other.box, other.pad) != (self.box, self.pad):
+            raise ValueError("cannot add backprojectors of different box or padding")
+        self._acc += other._acc.to(self.device, self.dtype)
+        self.n_images += other.n_images
+        return self
+
     def __add__(self, other: "FourierBackprojector") -> "FourierBackprojector":
         """The accumulators of both (e.g. full map = half-set 1 + half-set 2)."""
         if (other.box, other.pad) != (self.box, self.pad):

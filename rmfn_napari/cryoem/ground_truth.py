@@ -36,9 +36,7 @@ class TruePoses:
 
 
 def _image_keys(ds) -> list[tuple[str, int]]:
-    src = getattr(ds, "source", ds)
-    paths = [str(Path(p).resolve()) for p in src._stack_paths]
-    return [(paths[int(s)], int(k)) for s, k in zip(src._stack_of, src._index)]
+    return getattr(ds, "source", ds).image_keys()  # a cropped dataset: its source's images
 
 
 def read_true_poses(path, dataset, n: int | None = None) -> TruePoses:

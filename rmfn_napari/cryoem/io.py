@@ -388,6 +388,12 @@ class ParticleDataset:
                                  self._stack_paths[int(s)])
         return out
 
+    def image_keys(self) -> list[tuple[str, int]]:
+        """``(resolved stack path, 0-based index in it)`` of every particle: its identity,
+        whatever the STAR's row order or the way its ``rlnImageName`` spells the path."""
+        paths = [str(Path(p).resolve()) for p in self._stack_paths]
+        return [(paths[int(s)], int(k)) for s, k in zip(self._stack_of, self._index)]
+
     def check_pixels(self, chunk: int = 2000) -> None:
         """Scan every image for NaN/Inf (raises :class:`InputError` on the first bad one)."""
         for i in range(0, self.n, chunk):

@@ -23,8 +23,9 @@ __all__ = ["half_sets", "HalfMaps", "half_maps", "gold_standard_values"]
 MASKS = ("unmasked", "sphere", "auto")
 
 
-def half_sets(dataset, n: int, seed: int) -> np.ndarray:
-    """Half-set (1 or 2) of each of the first ``n`` particles, ``(n,)`` int8.
+def half_sets(dataset, n: int, seed: int) -> tuple[np.ndarray, str]:
+    """Half-set (1 or 2) of each of the first ``n`` particles, ``(n,)`` int8, and where it
+    came from (a sentence for the log).
 
     The STAR's ``rlnRandomSubset`` when it is 1/2 and holds both values; otherwise a random
     split (seeded by ``seed``) into halves of ``ceil(n/2)`` and ``floor(n/2)``.
@@ -33,11 +34,11 @@ def half_sets(dataset, n: int, seed: int) -> np.ndarray:
     if cols is not None and "rlnRandomSubset" in cols.columns:
         v = np.asarray(cols["rlnRandomSubset"].to_numpy()[:n])
         if set(np.unique(v).tolist()) == {1, 2}:
-            return v.astype(np.int8)
+            return v.astype(np.int8), "half-sets from the STAR's rlnRandomSubset"
     order = np.random.default_rng([int(seed), 2]).permutation(n)
     halves = np.full(n, 2, dtype=np.int8)
     halves[order[:(n + 1) // 2]] = 1
-    return halves
+    return halves, f"half-sets: a random split (seed {int(seed)}) into {(n + 1) // 2} and {n // 2}"
 
 
 @dataclass
@@ -64,6 +65,10 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
               mask_radius: float | None, invert_contrast: bool = False, device="cpu", seed: int = 0) -> HalfMaps:
     """Backproject each half-set of the first ``n`` particles and compare the half-maps.
 
+    Both halves are backprojected with poses refined against one shared map, so the half-maps
+    are not independent refinements: when poses are wrong in a way both halves share, their
+    FSC overstates the resolution (measured in the README's "own particles" table).
+
     Parameters
     ----------
     dataset : the particles at the working box (``images``, ``ctf``, ``box``, ``apix``, ``n``).
@@ -81,7 +86,8 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
         insert_dataset(bp, dataset, R, S, subset=np.flatnonzero(halves == h), invert_contrast=invert_contrast)
         parts.append(bp)
     half1, half2 = (bp.reconstruct().cpu().numpy() for bp in parts)
-    full = (parts[0] + parts[1]).reconstruct().cpu().numpy()
+    full = parts[0].add_(parts[1]).reconstruct().cpu().numpy()  # two accumulators, not three
+    del parts
     radius = 0.45 if mask_radius is None else float(mask_radius)
     masks = {"sphere": soft_sphere_mask(box, radius * box, 0.05 * box), "auto": auto_mask(full, apix)}
     gold = {"unmasked": gold_standard_fsc(half1, half2, apix)}

@@ -17,6 +17,8 @@ volume and need no network pass. :func:`forward_images_real_space` is the slow r
 Per batch (paper): ``structure_steps`` Adam steps on the network (lr 1e-3), then
 ``pose_steps`` Adam steps (lr 1e-2, betas (0.9, 0.9)) on a per-image axis-angle correction
 ``R_i <- exp([w_i]x) R_i`` that is folded into the stored rotation after the batch.
+With offsets estimated (``shift_range_px``), each image's in-plane offset (px, RELION's origin)
+is refined by the same Adam steps and searched on a grid with the rotations.
 
 Units: box D pixels, pixel size apix Å, frequencies in cycles/box, resolutions in Å,
 angles in degrees.

@@ -60,9 +60,11 @@ def reconstruct(
         Reference map for FSC (aligned first unless ``align_for_fsc=False``), at the
         particles' box and pixel size (cropped like them) or at the working box.
     out_dir : path, optional
-        Per-scale maps ``scale_k.mrc`` (working box and pixel size), ``poses.star`` (angles
-        and origins in Å for the original images), ``metrics.json``, ``checkpoint.pt``
-        (every epoch) and ``run.log`` are written there.
+        Per-scale maps ``scale_k.mrc`` (working box and pixel size), the backprojected
+        ``half_map_1.mrc``, ``half_map_2.mrc``, ``map.mrc`` and ``mask_auto.mrc`` (at each stage
+        end), ``poses.star`` (angles, origins in Å and half-sets for the original images;
+        ``poses_subset.npz`` when ``max_particles`` leaves particles out), ``metrics.json``,
+        ``checkpoint.pt`` (every epoch) and ``run.log`` are written there.
     resume : bool
         Continue from ``out_dir/checkpoint.pt`` (same data and settings).
     true_poses : path to a STAR, or None
@@ -72,9 +74,10 @@ def reconstruct(
     Yields
     ------
     Event
-        RunStarted, StageStarted, Progress (per batch; ``extra`` = epoch, pose loss),
-        ScaleSnapshot (3D volumes, voxel size in Å), Metrics ("fsc" per scale,
-        "pose_errors"), StageFinished, RunFinished.
+        RunStarted, Log, StageStarted, Progress (per batch; ``extra`` = epoch, pose loss),
+        ScaleSnapshot (3D volumes, voxel size in Å), Metrics ("fsc" per scale against the
+        reference, "pose_errors" against the true poses, "gold_standard"), VolumeSnapshot
+        (the half-maps and the full backprojected map), StageFinished, RunFinished.
     """
     cfg = config or ReconstructConfig()
     cfg.validate()
@@ -106,7 +109,7 @@ def reconstruct(
     rotations, pose_origin = initial_rotations(ds, n, cfg, truth)
     start_shifts = initial_shifts(ds, n, cfg, truth)  # offsets are searched within ±range of these
     shifts_px = start_shifts.clone()
-    halves = half_sets(ds, n, cfg.seed)  # fixed for the whole run: gold-standard half-maps
+    halves, halves_origin = half_sets(ds, n, cfg.seed)  # fixed for the whole run: the half-maps
     state = RunState()
     if resume:
         if ckpt_path is None:
@@ -134,6 +137,7 @@ def reconstruct(
     yield log(f"poses: {pose_origin}; offsets "
               + (f"estimated within ±{cfg.shift_range_px:g} px" if estimates_shifts(cfg) else "fixed at the STAR's origins")
               + ("; pose errors against " + str(truth.path) if truth is not None else "; no true poses given: no pose errors"))
+    yield log(halves_origin)
     if resume:
         yield log(f"resumed at stage {state.stage + 1}, epoch {state.epoch_in_stage}, batch {state.step}")
     elif cfg.check_contrast:

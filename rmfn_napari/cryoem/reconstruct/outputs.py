@@ -40,6 +40,8 @@ CHECKPOINT_FORMAT = "rmfn-napari/reconstruct/2"
 
 
 def save_checkpoint(path: Path, net, opt, rotations, shifts_px, state: RunState, cfg: ReconstructConfig) -> None:
+    """Write everything a resume needs (settings, network, optimiser, rotations, offsets,
+    progress) atomically to ``path``."""
     payload = {
         "config": asdict(cfg), "net_config": net.config(), "net": net.state_dict(),
         "opt": opt.state_dict(), "rotations": rotations.cpu(), "shifts_px": shifts_px.cpu(),
@@ -119,6 +121,7 @@ def snapshot(net, box, apix, scale, stage, final, mask_radius=None) -> ScaleSnap
 
 
 def summarise(events: list[Event]) -> dict:
+    """The numbers of one stage's evaluation events for the stage summary (``metrics.json``)."""
     out: dict = {}
     for ev in events:
         if isinstance(ev, Metrics) and ev.name == "gold_standard":
@@ -135,6 +138,8 @@ def summarise(events: list[Event]) -> dict:
 
 
 def final_metrics(events: list[Event]) -> dict:
+    """FSC per scale, pose errors and the gold-standard FSC of the last evaluation, for
+    ``metrics.json``."""
     fsc = {}
     poses = None
     for ev in events:
@@ -154,6 +159,8 @@ def final_metrics(events: list[Event]) -> dict:
 
 def write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves, metrics,
                    log_lines, scale_img, mask_radius=None):
+    """Write the network's maps (image units), ``poses.star`` (or ``poses_subset.npz``),
+    ``metrics.json`` and ``run.log`` into ``out``; returns their paths by name."""
     written: dict[str, str] = {}
     maps = render_all_scales(net, box, last_scale, mask_radius)
     for k, vol in enumerate(maps):

@@ -137,6 +137,7 @@ def searches_poses(cfg: ReconstructConfig, stage_idx: int, scale: int) -> bool:
 
 
 def estimates_shifts(cfg: ReconstructConfig) -> bool:
+    """Whether this run estimates in-plane offsets (a range > 0 and poses not fixed)."""
     return cfg.shift_range_px > 0 and cfg.mode != "oracle-poses"
 
 
@@ -168,6 +169,10 @@ def clamp_offsets(shifts_px: torch.Tensor, start: torch.Tensor, range_px: float,
 
 def train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, shifts_px, start_shifts, idx, cfg,
                  control, device, move_poses: bool):
+    """One batch: structure steps at the current poses (images centred with their offsets), then
+    pose steps that also refine the offsets when they are estimated; the stored rotations
+    (float64) and offsets (px, clamped around their starting origins) are updated in place.
+    Returns the last structure and pose losses."""
     R = rotations[idx].to(device=device, dtype=torch.float32)
     sh = shifts_px[idx].to(device=device, dtype=torch.float32)
     loss_s = structure_steps(net, opt, fwd, weight, centre_spectra(obs, fwd.box, sh), ctf_b, R,

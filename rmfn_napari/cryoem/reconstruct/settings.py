@@ -37,7 +37,8 @@ class ReconstructConfig:
         Name of the preset these settings started from (for the record).
     mode : {"coarse-to-fine", "full-scale", "oracle-poses"}
         ``full-scale``: one stage at the finest scale from the start (paper Fig. 6 right);
-        ``oracle-poses``: poses fixed at the STAR's (the truth, for simulated data).
+        ``oracle-poses``: poses and offsets fixed at the true poses (``true_poses``), else
+        at the STAR's angles and origins.
     n_layers, hidden, lambdas : network (paper: 3, 128, (0.3, 2.0)).
     epochs_per_stage : epochs of each stage (len = n_layers); ``full-scale`` runs their sum.
     batch_size : particles per batch.
@@ -144,6 +145,9 @@ class ReconstructConfig:
             raise InputError("structure_steps must be >= 1 and pose_steps >= 0")
         if self.pose_from_stage < 0 or self.search_from_stage < 0:
             raise InputError("pose_from_stage and search_from_stage are stage indices (>= 0)")
+        if self.max_particles is not None and (int(self.max_particles) != self.max_particles
+                                               or self.max_particles < 2):
+            raise InputError(f"--max-particles must be an integer >= 2, got {self.max_particles}")
         if self.box is not None and (int(self.box) != self.box or self.box % 2 or self.box < 8):
             why = "is odd" if int(self.box) == self.box and self.box % 2 else "is not a box size"
             raise InputError(f"--box {self.box} {why}; an even number of pixels >= 8 is required")
