@@ -303,7 +303,7 @@ def ours(data: Path, seed: int) -> dict:
 def cryodrgn_run(drgn: CryoDRGN, data: Path, box: int, apix: float, hm, truth, seed: int, align: bool,
                  log: Path) -> dict:
     from rmfn_napari.cryoem import io
-    from rmfn_napari.cryoem.metrics import align_map, fsc, gold_standard_fsc
+    from rmfn_napari.cryoem.metrics import align_map, gold_standard_fsc
 
     ds = io.read_particles(data / "true_poses.star")
     # backproject_voxel reads the .mrcs in stack order: check the STAR lists it in that order
