@@ -25,3 +25,12 @@ class GaussianBlobs(torch.nn.Module):
         from rmfn_napari.model import grid_coords
 
         return self(grid_coords(shape))
+
+
+def write_sample_map_16(path):
+    """The bundled 1OL5 32³ map (2 Å) Fourier-cropped to 16³ (4 Å), written to ``path``."""
+    from rmfn_napari.cryoem.downsample import fourier_crop_volume
+    from rmfn_napari.cryoem.io import read_map, write_map
+
+    vol, apix = read_map("sample_data/maps/1ol5_32_2.0A.mrc")
+    return write_map(path, fourier_crop_volume(vol, 16), apix * 2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rmfn_napari.cli import main as cli_main
-from rmfn_napari.cryoem.io import read_map, read_particles, write_map, write_star
+from rmfn_napari.cryoem.io import read_map, read_particles, write_star
 from rmfn_napari.cryoem.offsets import centre_spectra, shift_errors, shift_grid
 from rmfn_napari.cryoem.pose_search import global_pose_search
 from rmfn_napari.cryoem.projector import fft2_centered, ifft2_centered
@@ -24,7 +24,7 @@ from rmfn_napari.engine import Log, Metrics, RunFinished
 from rmfn_napari.errors import InputError
 from rmfn_napari.model import ResidualMFN
 
-from analytic_maps import GaussianBlobs
+from analytic_maps import GaussianBlobs, write_sample_map_16
 
 SAMPLE_32 = "sample_data/maps/1ol5_32_2.0A.mrc"
 
@@ -133,10 +133,7 @@ def test_pose_steps_refine_offsets_with_rotations():
 def shifted_pair(tmp_path_factory):
     """The same 1OL5 particles (16 px, 4 Å) simulated centred and up to 2 px off-centre."""
     root = tmp_path_factory.mktemp("pair")
-    vol, apix = read_map(SAMPLE_32)
-    ft = np.fft.fftshift(np.fft.fftn(vol))
-    small = np.fft.ifftn(np.fft.ifftshift(ft[8:24, 8:24, 8:24])).real / 8
-    map_path = write_map(root / "map16.mrc", small.astype(np.float32), apix * 2)
+    map_path = write_sample_map_16(root / "map16.mrc")
     kw = dict(n=200, seed=3, noise_free=True)
     return (simulate_particles(map_path, root / "centred", **kw),
             simulate_particles(map_path, root / "shifted", max_shift=2.0, **kw))

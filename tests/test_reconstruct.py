@@ -23,7 +23,7 @@ from rmfn_napari.engine import Log, Metrics, Progress, RunControl, RunFinished, 
 from rmfn_napari.errors import InputError
 from rmfn_napari.model import ResidualMFN
 
-from analytic_maps import GaussianBlobs
+from analytic_maps import GaussianBlobs, write_sample_map_16
 
 SAMPLE_32 = "sample_data/maps/1ol5_32_2.0A.mrc"
 
@@ -32,10 +32,7 @@ SAMPLE_32 = "sample_data/maps/1ol5_32_2.0A.mrc"
 def tiny_dataset(tmp_path_factory):
     """120 noisy CTF particles of a 16^3 version of the 1OL5 sample map (4 Å/px)."""
     root = tmp_path_factory.mktemp("tiny")
-    vol, apix = read_map(SAMPLE_32)
-    ft = np.fft.fftshift(np.fft.fftn(vol))
-    small = np.fft.ifftn(np.fft.ifftshift(ft[8:24, 8:24, 8:24])).real / 8
-    map_path = write_map(root / "map16.mrc", small.astype(np.float32), apix * 2)
+    map_path = write_sample_map_16(root / "map16.mrc")
     res = simulate_particles(map_path, root / "sim", n=120, snr=0.5, seed=3)
     return res.star, res.reference, res.true_poses
 

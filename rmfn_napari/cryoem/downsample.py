@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .io import ParticleDataset
-from .projector import fft2_centered, fft3_centered, ifft2_centered
+from .io import DatasetBase, ParticleDataset
 
 __all__ = [
     "fourier_crop_images",
@@ -41,10 +40,19 @@ def _window(ft: torch.Tensor, new_box: int, ndim: int) -> torch.Tensor:
     return ft[(..., *[slice(lo, lo + new_box)] * ndim)]
 
 
-def _ifft3_centered(ft: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`~rmfn_napari.cryoem.projector.fft3_centered` (complex result)."""
-    dims = (-3, -2, -1)
-    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(ft, dim=dims), dim=dims), dim=dims)
+def _fourier_crop(arr, new_box: int, ndim: int) -> np.ndarray:
+    """Fourier-crop the last ``ndim`` axes of ``arr`` to ``new_box``, keeping the values of a
+    band-limited signal (× ``(D'/D)^ndim``); the input itself (float32) when nothing is cut."""
+    arr = np.require(arr, np.float32, "W")  # torch wants a writable array
+    D = _check_sizes(arr, int(new_box), ndim)
+    if new_box == D:
+        return arr
+    dims = tuple(range(-ndim, 0))
+    t = torch.from_numpy(arr)
+    ft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(t, dim=dims), dim=dims), dim=dims)
+    ft = _window(ft, int(new_box), ndim)
+    out = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(ft, dim=dims), dim=dims), dim=dims)
+    return (out.real * (new_box / D) ** ndim).numpy()
 
 
 def _check_sizes(arr: np.ndarray, new_box: int, ndim: int) -> int:
@@ -74,12 +82,7 @@ def fourier_crop_images(images, new_box: int) -> np.ndarray:
         Pixel size ``apix·D/D'`` Å; values of a band-limited image preserved (the result is
         multiplied by ``(D'/D)²``). ``D' == D`` returns the input (as float32).
     """
-    images = np.require(images, np.float32, "W")  # torch wants a writable array
-    D = _check_sizes(images, int(new_box), 2)
-    if new_box == D:
-        return images
-    ft = _window(fft2_centered(torch.from_numpy(images)), int(new_box), 2)
-    return (ifft2_centered(ft).real * (new_box / D) ** 2).numpy()
+    return _fourier_crop(images, new_box, 2)
 
 
 def fourier_crop_volume(volume, new_box: int) -> np.ndarray:
@@ -98,12 +101,7 @@ def fourier_crop_volume(volume, new_box: int) -> np.ndarray:
         Voxel size ``apix·D/D'`` Å; voxel values of a band-limited map preserved (the result is
         multiplied by ``(D'/D)³``, so the sum over voxels scales by ``(D'/D)³``).
     """
-    volume = np.require(volume, np.float32, "W")  # torch wants a writable array
-    D = _check_sizes(volume, int(new_box), 3)
-    if new_box == D:
-        return volume
-    ft = _window(fft3_centered(torch.from_numpy(volume)), int(new_box), 3)
-    return (_ifft3_centered(ft).real * (new_box / D) ** 3).numpy()
+    return _fourier_crop(volume, new_box, 3)
 
 
 def cropped_pixel_size(apix: float, box: int, new_box: int) -> float:
@@ -131,7 +129,7 @@ def validate_box(new_box: int, box: int, source=None) -> None:
     raise InputError(msg, source)
 
 
-class CroppedParticles:
+class CroppedParticles(DatasetBase):
     """A :class:`~rmfn_napari.cryoem.io.ParticleDataset` seen at a smaller box, Fourier-cropped.
 
     Same interface as the dataset it wraps (what the reconstruction engine uses), at the new
@@ -193,15 +191,6 @@ class CroppedParticles:
     def close(self) -> None:
         """Close the source dataset."""
         self.source.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __len__(self) -> int:
-        return self.n
 
     def __repr__(self) -> str:
         return f"CroppedParticles({self.source!r}, box={self.box}, apix={self.apix:.4g})"

@@ -29,6 +29,7 @@ __all__ = [
     "write_map",
     "atomic_path",
     "StackWriter",
+    "DatasetBase",
     "ParticleDataset",
     "read_particles",
     "write_star",
@@ -243,7 +244,26 @@ def star_round(x) -> np.ndarray:
 _NAME_RE = re.compile(r"^\s*(\d+)@(.+?)\s*$")
 
 
-class ParticleDataset:
+class DatasetBase:
+    """What every particle dataset shares: a context manager that calls ``close()``, and
+    ``len()`` = ``n``."""
+
+    n: int
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        """Release what the dataset holds."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ParticleDataset(DatasetBase):
     """A RELION particle STAR file with its image stacks, validated on open, read lazily.
 
     Attributes
@@ -401,15 +421,6 @@ class ParticleDataset:
 
     def close(self) -> None:
         """Nothing to release: each read opens and closes the stack files it needs."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __len__(self) -> int:
-        return self.n
 
     def __repr__(self) -> str:
         return (f"ParticleDataset({str(self.star_path)!r}, n={self.n}, box={self.box}, "
