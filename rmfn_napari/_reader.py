@@ -95,6 +95,11 @@ def read_layers(path: str | os.PathLike | list) -> list[LayerData]:
 def read_mrc(path: str | os.PathLike) -> LayerData:
     """Read an MRC/MRCS/MAP file as an image layer data tuple.
 
+    The header is validated and the data read by the engine's own functions
+    (:func:`rmfn_napari.cryoem.io.read_mrc_header`, :func:`~rmfn_napari.cryoem.io.read_mrc_data`,
+    as :func:`~rmfn_napari.cryoem.io.read_map` does), so a map with a non-standard axis order
+    (``mapc/mapr/maps``) is shown in the same ``[z, y, x]`` orientation the engine uses.
+
     Parameters
     ----------
     path : str or PathLike
@@ -104,7 +109,7 @@ def read_mrc(path: str | os.PathLike) -> LayerData:
     Returns
     -------
     (data, kwargs, "image")
-        ``data`` is the array as stored, indexed ``[z, y, x]`` (memory-mapped when large).
+        ``data`` indexed ``[z, y, x]`` in its stored dtype (memory-mapped when large).
         ``kwargs`` holds ``name``, ``scale`` (Å per voxel, ``(1, apix, apix)`` for a stack),
         ``translate`` (the header origin in Å, when non-zero) and ``metadata`` with
         ``voxel_size`` (Å, the x voxel size), ``path``, ``is_stack``.
@@ -112,45 +117,18 @@ def read_mrc(path: str | os.PathLike) -> LayerData:
     Raises
     ------
     InputError
-        If the file does not exist or is not a readable MRC file.
+        If the file does not exist, or its header is invalid or does not fit the file.
     """
-    import mrcfile
-    from mrcfile.utils import data_dtype_from_header, data_shape_from_header
+    from .cryoem.io import read_mrc_data, read_mrc_header  # lazy: keeps napari start-up light
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", path=path)
-    try:
-        with mrcfile.open(path, mode="r", header_only=True, permissive=False) as mrc:
-            header = mrc.header.copy()
-            extended_size = int(mrc.header.nsymbt)
-            dtype = data_dtype_from_header(header)
-            shape = tuple(int(s) for s in data_shape_from_header(header))
-            voxel = mrc.voxel_size
-            vx, vy, vz = float(voxel.x), float(voxel.y), float(voxel.z)
-            is_image_stack = int(mrc.header.ispg) == 0 and int(mrc.header.nz) > 1
-    except (ValueError, OSError, EOFError, TypeError) as exc:
-        raise InputError(f"not a readable MRC file ({exc})", path=path) from None
+    lay = read_mrc_header(path)  # checked against the file size before any allocation
+    vx, vy, vz = lay.voxel
+    # sections are images for .mrcs, or space group 0 when the axis order allows it (maps = 3)
+    is_stack = len(lay.shape) == 3 and (
+        path.suffix.lower() == ".mrcs" or (lay.ispg == 0 and lay.axis_order[2] == 3))
+    data = read_mrc_data(lay, stack=is_stack, mmap_bytes=MMAP_THRESHOLD_BYTES)
 
-    offset = 1024 + extended_size
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    size = path.stat().st_size
-    if size < offset + nbytes:
-        raise InputError(
-            f"truncated MRC file: header announces {shape} {np.dtype(dtype).name} "
-            f"({offset + nbytes} bytes) but the file has {size} bytes", path=path)
-    if nbytes == 0:
-        raise InputError(f"MRC file holds no data (shape {shape})", path=path)
-
-    if nbytes > MMAP_THRESHOLD_BYTES:
-        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    else:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = np.frombuffer(fh.read(nbytes), dtype=dtype).reshape(shape)
-        data = data.astype(dtype.newbyteorder("="), copy=True)
-
-    is_stack = path.suffix.lower() == ".mrcs" or (is_image_stack and len(shape) == 3)
     apix = vx if vx > 0 else 1.0
 
     def _v(v: float) -> float:  # an unset (0) header voxel size falls back to the x size
@@ -173,7 +151,7 @@ def read_mrc(path: str | os.PathLike) -> LayerData:
             "voxel_size_in_header": bool(vx > 0),
         },
     }
-    origin = np.array([float(header.origin.z), float(header.origin.y), float(header.origin.x)])
+    origin = np.array(lay.origin[::-1])  # [z, y, x], Å
     if data.ndim == 3 and not is_stack and np.any(origin != 0) and np.all(np.isfinite(origin)):
         kwargs["translate"] = tuple(origin)
     if is_stack and data.shape[0] > 1:

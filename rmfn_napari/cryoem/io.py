@@ -1,10 +1,14 @@
-"""MRC/MRCS (mrcfile) and RELION STAR (starfile) input/output: read, validate, write atomically.
+"""MRC/MRCS and RELION STAR (starfile) input/output: read, validate, write atomically.
 
+* MRC files are read through :mod:`rmfn_napari.cryoem.mrc` (header checked against the file
+  size before any allocation, axis order applied); mrcfile writes them.
 * Maps are ``[z, y, x]`` float32 cubic boxes of even size with the voxel size (Å) in the header.
 * Particle STAR files follow RELION 3.1+ (``data_optics`` + ``data_particles``); RELION 3.0
   files (one table, optics columns per particle) are read too. ``rlnImageName`` entries are
-  ``index@stack.mrcs`` (1-based index); relative stack paths are resolved against the STAR
-  file's directory (then the working directory, as RELION does).
+  ``index@stack.mrcs`` (1-based index); a name without ``index@`` is a single-image file, as
+  in RELION (refused when the file holds more than one image). Relative stack paths are
+  resolved against the STAR file's directory (then the working directory, as RELION does).
+  Angles, origins, CTF and pixel-size columns must hold finite numbers.
 * Every problem with an input file raises :class:`rmfn_napari.errors.InputError` naming the
   file and the problem. Every writer writes to a temporary name in the destination
   directory and renames it into place with :func:`os.replace`, so an interrupted write never
@@ -22,9 +26,13 @@ import numpy as np
 
 from ..errors import InputError
 from .ctf import CTFParams
+from .mrc import MrcLayout, _stack_transposed, read_mrc_data, read_mrc_header
 from .rotations import euler_to_matrix, matrix_to_euler
 
 __all__ = [
+    "MrcLayout",
+    "read_mrc_header",
+    "read_mrc_data",
     "read_map",
     "write_map",
     "atomic_path",
@@ -63,27 +71,12 @@ def atomic_path(path):
 
 
 # --------------------------------------------------------------------------------- maps
-def _open_mrc(path: Path, mmap: bool = False):
-    import mrcfile
-
-    if not path.is_file():
-        raise InputError("file not found", path)
-    try:
-        return (mrcfile.mmap if mmap else mrcfile.open)(str(path), mode="r", permissive=False)
-    except Exception as exc:  # mrcfile raises ValueError for truncated/corrupt files
-        raise InputError(f"not a valid MRC file or truncated ({exc})", path) from exc
-
-
-def _voxel_size(mrc, path: Path) -> float:
-    vs = mrc.voxel_size
-    sizes = np.array([float(vs.x), float(vs.y), float(vs.z)])
-    if not np.all(np.isfinite(sizes)) or sizes[0] <= 0:
-        raise InputError(f"voxel size in the header is {sizes[0]} Å; it must be > 0", path)
-    return float(sizes[0])
-
-
 def read_map(path):
     """Read a cubic density map.
+
+    The header is validated against the file size first (:func:`read_mrc_header`), and the
+    axes are put in ``[z, y, x]`` order from ``mapc/mapr/maps`` (:func:`read_mrc_data`, the
+    function napari's reader uses too).
 
     Parameters
     ----------
@@ -99,35 +92,27 @@ def read_map(path):
     Raises
     ------
     InputError
-        Missing/truncated file, not 3D, non-cubic or odd box, voxel size ≤ 0 or anisotropic,
-        NaN/Inf voxels.
+        Missing/truncated file or bad header, not 3D, non-cubic or odd box, voxel size ≤ 0 or
+        anisotropic, NaN/Inf voxels.
     """
-    path = Path(path)
-    with _open_mrc(path) as mrc:
-        data = np.asarray(mrc.data)
-        if data.ndim != 3:
-            raise InputError(f"expected a 3D map, got data of shape {data.shape}", path)
-        # reorder axes to [z, y, x] if the header says columns/rows/sections differ from x/y/z
-        order = (int(mrc.header.mapc), int(mrc.header.mapr), int(mrc.header.maps))
-        if order != (1, 2, 3):
-            if sorted(order) != [1, 2, 3]:
-                raise InputError(f"invalid axis order mapc/mapr/maps = {order}", path)
-            # data axes (sections, rows, cols) hold (maps, mapr, mapc); want (z, y, x) = (3, 2, 1)
-            axes_of = {order[2]: 0, order[1]: 1, order[0]: 2}
-            data = np.transpose(data, (axes_of[3], axes_of[2], axes_of[1]))
-        apix = _voxel_size(mrc, path)
-        vs = mrc.voxel_size
-        if not np.allclose([vs.x, vs.y, vs.z], apix, rtol=1e-4):
-            raise InputError(f"anisotropic voxel size {tuple(map(float, (vs.x, vs.y, vs.z)))} Å", path)
-        data = np.array(data, dtype=np.float32)
-    D = data.shape[0]
-    if data.shape != (D, D, D):
-        raise InputError(f"map is not cubic: shape {data.shape} ([z, y, x])", path)
+    lay = read_mrc_header(path)
+    path = lay.path
+    if len(lay.shape) != 3:
+        raise InputError(f"expected a 3D map, got data of shape {lay.shape}", path)
+    apix = lay.voxel[0]
+    if not np.all(np.isfinite(lay.voxel)) or apix <= 0:
+        raise InputError(f"voxel size in the header is {apix} Å; it must be > 0", path)
+    if not np.allclose(lay.voxel, apix, rtol=1e-4):
+        raise InputError(f"anisotropic voxel size {lay.voxel} Å", path)
+    D = lay.shape[0]
+    if lay.shape != (D, D, D):
+        raise InputError(f"map is not cubic: shape {lay.shape} (as stored)", path)
     if D % 2:
         raise InputError(f"map box size {D} is odd; an even box is required", path)
+    data = np.ascontiguousarray(read_mrc_data(lay), dtype=np.float32)
     if not np.all(np.isfinite(data)):
         raise InputError(f"map has {int((~np.isfinite(data)).sum())} NaN/Inf voxels", path)
-    return data, apix
+    return data, float(apix)
 
 
 def write_map(path, volume, apix: float) -> Path:
@@ -243,6 +228,41 @@ def star_round(x) -> np.ndarray:
 # ----------------------------------------------------------------------------- particles
 _NAME_RE = re.compile(r"^\s*(\d+)@(.+?)\s*$")
 
+#: STAR columns read as numbers: each value must parse as a finite number.
+_NUMERIC_COLUMNS = (
+    "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
+    "rlnOriginX", "rlnOriginY", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
+    "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor",
+    "rlnImagePixelSize", "rlnDetectorPixelSize", "rlnMagnification", "rlnImageSize",
+)
+
+
+def _check_numeric(table, table_name: str, star_path: Path) -> None:
+    """Make the :data:`_NUMERIC_COLUMNS` of ``table`` numeric in place (columns read as text
+    become float64, or int64 when every value is whole).
+
+    Raises
+    ------
+    InputError
+        Naming the STAR, the table, the column and the first row (1-based) whose value is
+        not a number or is NaN/Inf.
+    """
+    import pandas as pd
+
+    for col in (c for c in _NUMERIC_COLUMNS if c in table.columns):
+        raw = table[col]
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            r = int(bad[0])
+            text = np.isnan(values[r]) and not pd.isna(raw.iloc[r])
+            what = "is not a number" if text else "is not finite"
+            raise InputError(f"column {col} of data_{table_name}, row {r + 1}: value "
+                             f"{raw.iloc[r]!r} {what} ({bad.size} bad rows)", star_path)
+        if not pd.api.types.is_numeric_dtype(raw):
+            whole = col == "rlnImageSize" and np.all(values == np.round(values))
+            table[col] = values.astype(np.int64) if whole else values
+
 
 class DatasetBase:
     """What every particle dataset shares: a context manager that calls ``close()``, and
@@ -355,8 +375,9 @@ class ParticleDataset(DatasetBase):
         One positioned read per contiguous run of rows, straight into the result when the
         stack holds native float32 (else through a buffer of the run, then converted). No
         memory map: pages of a mapped stack would stay in the resident set after the read.
+        Images of a stack stored with ``mapc, mapr = 2, 1`` are transposed to ``[y, x]``.
         """
-        offset, dtype = self._layouts[s]
+        offset, dtype, transposed = self._layouts[s]
         nbytes = self.box * self.box * dtype.itemsize
         out = np.empty((len(rows), self.box, self.box), dtype=np.float32)
         starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
@@ -370,7 +391,7 @@ class ParticleDataset(DatasetBase):
                                      self._stack_paths[s])
                 if not direct:
                     out[a:b] = buf
-        return out
+        return np.ascontiguousarray(out.transpose(0, 2, 1)) if transposed else out
 
     def images(self, indices=None) -> np.ndarray:
         """Read images as float32 ``(k, D, D)``, with memory use of the order of the batch.
@@ -476,13 +497,16 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
     if len(particles) == 0:
         raise InputError("particle table is empty", star_path)
     particles = particles.reset_index(drop=True).copy()
+    _check_numeric(particles, "particles", star_path)
+    if optics is not None:
+        optics = optics.reset_index(drop=True).copy()
+        _check_numeric(optics, "optics", star_path)
 
     # merge optics-group columns into the particle rows (RELION 3.1+)
     group_apix = None
     if optics is not None and len(optics):
         if "rlnOpticsGroup" not in optics.columns or "rlnOpticsGroup" not in particles.columns:
             raise InputError("optics table without rlnOpticsGroup", star_path)
-        optics = optics.reset_index(drop=True)
         og = optics.set_index("rlnOpticsGroup")
         missing = set(particles["rlnOpticsGroup"]) - set(og.index)
         if missing:
@@ -510,45 +534,57 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
     else:
         apix = None
 
-    # image names -> (stack, index)
+    # image names -> (stack, index); a name without "index@" is a single-image file (RELION)
     names = particles["rlnImageName"].astype(str).to_numpy()
     stack_ids: dict[str, int] = {}
     stack_of = np.empty(len(names), dtype=np.int64)
     index = np.empty(len(names), dtype=np.int64)
+    bare = np.zeros(len(names), dtype=bool)
     for i, name in enumerate(names):
         m = _NAME_RE.match(name)
         if m:
             k, fname = int(m.group(1)), m.group(2)
+        elif "@" in name:
+            raise InputError(f"row {i + 1}: rlnImageName {name!r} is not index@stack", star_path)
         else:
-            k, fname = 1, name.strip()
+            k, fname, bare[i] = 1, name.strip(), True
         if k < 1:
             raise InputError(f"row {i + 1}: image index must be >= 1 in {name!r}", star_path)
         s = stack_ids.setdefault(fname, len(stack_ids))
         stack_of[i], index[i] = s, k - 1
     stacks = [_resolve_stack(f, star_path.parent) for f in stack_ids]
 
-    # open each stack once: existence, integrity, shape, index range, pixel size
+    # each stack's header: existence, size, shape, index range, pixel size (no data read)
     box, layouts = None, []
     for s, sp in enumerate(stacks):
-        with _open_mrc(sp, mmap=True) as mrc:  # validates size; maps without touching pages
-            shape = mrc.data.shape
-            layouts.append((int(mrc.header.nbytes + mrc.extended_header.nbytes), mrc.data.dtype))
-            n_img = shape[0] if len(shape) == 3 else 1
-            ny, nx = shape[-2:]
-            if ny != nx:
-                raise InputError(f"images are not square ({ny} x {nx})", sp)
-            if box is None:
-                box = nx
-            elif nx != box:
-                raise InputError(f"image size {nx} differs from {box} in {stacks[0]}", sp)
-            rows = index[stack_of == s]
-            if rows.max() >= n_img:
-                bad = int(np.nonzero((stack_of == s) & (index >= n_img))[0][0])
-                raise InputError(
-                    f"STAR row {bad + 1} ({names[bad]!r}) points past the end of the stack, "
-                    f"which holds {n_img} images", sp)
-            if apix is None:
-                apix = _voxel_size(mrc, sp)
+        lay = read_mrc_header(sp)
+        if len(lay.shape) == 4:
+            raise InputError(f"a stack of volumes (space group {lay.ispg}), not of images", sp)
+        layouts.append((lay.offset, lay.dtype, _stack_transposed(lay)))
+        n_img = lay.shape[0] if len(lay.shape) == 3 else 1
+        ny, nx = lay.shape[-2:]
+        if ny != nx:
+            raise InputError(f"images are not square ({ny} x {nx})", sp)
+        if box is None:
+            box = nx
+        elif nx != box:
+            raise InputError(f"image size {nx} differs from {box} in {stacks[0]}", sp)
+        mine = stack_of == s
+        if n_img != 1 and np.any(bare & mine):
+            r = int(np.nonzero(bare & mine)[0][0])
+            raise InputError(
+                f"row {r + 1}: rlnImageName {names[r]!r} has no 'index@' prefix, which names a "
+                f"single-image file, but {sp} holds {n_img} images; write it as "
+                f"'<index>@{names[r].strip()}'", star_path)
+        if index[mine].max() >= n_img:
+            bad = int(np.nonzero(mine & (index >= n_img))[0][0])
+            raise InputError(
+                f"STAR row {bad + 1} ({names[bad]!r}) points past the end of the stack, "
+                f"which holds {n_img} images", sp)
+        if apix is None:
+            apix = lay.voxel[0]
+            if not np.isfinite(apix) or apix <= 0:
+                raise InputError(f"voxel size in the header is {apix} Å; it must be > 0", sp)
     if box % 2:
         raise InputError(f"image size {box} is odd; an even box is required", stacks[0])
     if "rlnImageSize" in particles.columns:
