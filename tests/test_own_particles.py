@@ -16,7 +16,7 @@ from rmfn_napari.cryoem.offsets import centre_spectra, shift_errors, shift_grid
 from rmfn_napari.cryoem.pose_search import global_pose_search
 from rmfn_napari.cryoem.projector import fft2_centered, ifft2_centered
 from rmfn_napari.cryoem.reconstruct import (
-    ForwardModel, ReconstructConfig, gaussian_weight, pose_steps, reconstruct, stage_sigma,
+    ForwardModel, ReconstructConfig, pose_steps, reconstruct, stage_sigma,
 )
 from rmfn_napari.cryoem.rotations import random_rotations
 from rmfn_napari.cryoem.simulate import simulate_particles
@@ -84,7 +84,6 @@ def _shifted_observations(n, box=16, seed=1, max_shift=2.0):
     net = ResidualMFN(3, 8, 3, resolution=box)
     sigma = stage_sigma(2, 3, box, (0.3, 2.0))
     fwd = ForwardModel(box, 1.0, 2, net.band_limits[2], sigma, pad=2)
-    w = gaussian_weight(fwd.window, sigma, "cpu")
     gen = torch.Generator().manual_seed(seed)
     R_true = random_rotations(n, generator=gen)
     origins = (torch.rand(n, 2, generator=gen) * 2 - 1) * max_shift
@@ -92,17 +91,17 @@ def _shifted_observations(n, box=16, seed=1, max_shift=2.0):
         vol_ft = fwd.volume_ft(blobs)
         centred = fwd.slices(vol_ft, R_true.float())
         # placing at -o is the inverse of centring with o
-        obs = centred / centre_spectra(torch.ones_like(centred), box, origins)
-    return fwd, vol_ft, w, R_true, origins.double(), obs
+        obs = centred / fwd.centre(torch.ones_like(centred), origins)
+    return fwd, vol_ft, R_true, origins.double(), obs
 
 
 def test_global_search_finds_rotations_and_offsets():
-    fwd, vol_ft, w, R_true, origins, obs = _shifted_observations(40)
+    fwd, vol_ft, R_true, origins, obs = _shifted_observations(40)
     gen = torch.Generator().manual_seed(5)
     rotations = random_rotations(40, generator=gen)
     shifts = torch.zeros(40, 2, dtype=torch.float64)
     grid = shift_grid(2.0, 0.5)
-    moved, _ = global_pose_search(fwd, vol_ft, w, [(np.arange(40), obs, torch.ones(obs.shape))], rotations,
+    moved, _ = global_pose_search(fwd, vol_ft, [(np.arange(40), obs, torch.ones(obs.shape))], rotations,
                                   shifts, 4000, 16, grid, torch.Generator().manual_seed(2), "cpu",
                                   centres=torch.zeros(40, 2, dtype=torch.float64))
     from rmfn_napari.cryoem.rotations import geodesic_distance
@@ -114,15 +113,15 @@ def test_global_search_finds_rotations_and_offsets():
     assert float(err.median()) < 0.5, float(err.median())
     # without offsets in the candidates, the same search cannot place them
     rot0, sh0 = random_rotations(40, generator=torch.Generator().manual_seed(5)), torch.zeros(40, 2, dtype=torch.float64)
-    global_pose_search(fwd, vol_ft, w, [(np.arange(40), obs, torch.ones(obs.shape))], rot0, sh0, 4000, 16,
+    global_pose_search(fwd, vol_ft, [(np.arange(40), obs, torch.ones(obs.shape))], rot0, sh0, 4000, 16,
                        torch.zeros(1, 2), torch.Generator().manual_seed(2), "cpu")
     assert float((sh0 - origins).norm(dim=1).median()) > 1.0
 
 
 def test_pose_steps_refine_offsets_with_rotations():
-    fwd, vol_ft, w, R_true, origins, obs = _shifted_observations(24, max_shift=1.5)
+    fwd, vol_ft, R_true, origins, obs = _shifted_observations(24, max_shift=1.5)
     start = origins + torch.tensor([0.6, -0.5], dtype=torch.float64)
-    R, sh, _ = pose_steps(vol_ft, fwd, w, obs, torch.ones(obs.shape), R_true.float(), steps=80, lr=1e-3,
+    R, sh, _ = pose_steps(vol_ft, fwd, obs, torch.ones(obs.shape), R_true.float(), steps=80, lr=1e-3,
                           shifts_px=start.float(), lr_shift=0.05)
     after = (sh - origins).norm(dim=1)  # from math.hypot(0.6, 0.5) = 0.78 px off
     assert float(after.median()) < 0.1, float(after.median())

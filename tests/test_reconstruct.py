@@ -14,7 +14,7 @@ from rmfn_napari.cli import main as cli_main
 from rmfn_napari.cryoem.io import read_map, read_particles, write_map
 from rmfn_napari.cryoem.projector import fft2_centered
 from rmfn_napari.cryoem.reconstruct import (
-    ForwardModel, ReconstructConfig, crop_center, forward_images_real_space, gaussian_weight,
+    ForwardModel, ReconstructConfig, forward_images_real_space, gaussian_weight,
     pose_steps, reconstruct, stage_sigma, stage_window,
 )
 from rmfn_napari.cryoem.rotations import geodesic_distance, perturb_rotations, random_rotations
@@ -60,8 +60,8 @@ def test_fast_forward_model_matches_real_space_projection(scale):
     fwd = ForwardModel(box, 1.0, scale, net.band_limits[scale], sigma, pad=2)
     with torch.no_grad():
         fast = fwd.slices(fwd.volume_ft(blobs), R)
-        ref = crop_center(fft2_centered(forward_images_real_space(blobs, R, box, scale)), fwd.window)
-    w = gaussian_weight(fwd.window, sigma, "cpu")
+        ref = fwd.freqs.take(fft2_centered(forward_images_real_space(blobs, R, box, scale)))
+    w = fwd.freqs.weight
     err = ((fast - ref) * w).abs().pow(2).sum() / (ref * w).abs().pow(2).sum()
     assert err.sqrt() < 0.05, f"relative error {float(err.sqrt()):.4f}"
 
@@ -85,7 +85,6 @@ def test_pose_steps_recover_a_10_degree_perturbation():
     scale = 1
     sigma = stage_sigma(scale, 3, box, (0.3, 2.0))
     fwd = ForwardModel(box, 1.0, scale, net.band_limits[scale], sigma, pad=2)
-    weight = gaussian_weight(fwd.window, sigma, "cpu")
     gen = torch.Generator().manual_seed(5)
     R_true = random_rotations(32, generator=gen).float()
     with torch.no_grad():
@@ -94,7 +93,7 @@ def test_pose_steps_recover_a_10_degree_perturbation():
     ctf = torch.ones(obs.shape)
     R0 = perturb_rotations(R_true.double(), 10, 10, generator=gen).float()
     before = geodesic_distance(R0.double(), R_true.double())
-    R1, no_shifts, _ = pose_steps(vol_ft, fwd, weight, obs, ctf, R0, steps=150, lr=1e-2)
+    R1, no_shifts, _ = pose_steps(vol_ft, fwd, obs, ctf, R0, steps=150, lr=1e-2)
     assert no_shifts is None
     after = geodesic_distance(R1, R_true.double())
     assert float(before.median()) == pytest.approx(10, abs=1e-3)
@@ -224,7 +223,10 @@ def test_cli_pose_search_flag_overrides_the_preset():
     assert every.pose_search and every.search_in_finest
 
 
-def test_particles_are_read_in_batches(tiny_dataset, monkeypatch):
+@pytest.mark.parametrize("resident", [True, False])
+def test_particles_are_read_once_per_stage_or_in_batches(tiny_dataset, monkeypatch, resident):
+    """Each stage reads every particle once (chunks of at most 1000) when its spectra fit in the
+    budget, else batch by batch; never the whole stack at once beyond a chunk."""
     star, _, _ = tiny_dataset
     ds = read_particles(star)
     sizes = []
@@ -236,10 +238,15 @@ def test_particles_are_read_in_batches(tiny_dataset, monkeypatch):
         return out
 
     monkeypatch.setattr(ds, "images", spy)
-    list(reconstruct(ds, _tiny_config(batch_size=30)))
-    # the first read samples the intensity scale, the second checks the contrast; then batches
-    # of 30 for training and one read per half-set (60) for the half-maps: never the whole stack
-    assert sizes[:2] == [120, 120] and set(sizes[2:]) == {30, 60}
+    budget = {} if resident else {"stage_data_gb": 0.0}
+    list(reconstruct(ds, _tiny_config(batch_size=30, **budget)))
+    # the first read samples the intensity scale, the second checks the contrast; then the
+    # stages' data and one read per half-set (60) for the half-maps at each stage's end
+    assert sizes[:2] == [120, 120]
+    if resident:  # 3 stages x (one chunk of 120) + 2 half-sets
+        assert sizes[2:] == [120, 60, 60] * 3
+    else:  # 3 stages x 4 batches of 30 + 2 half-sets
+        assert sizes[2:] == [30, 30, 30, 30, 60, 60] * 3
 
 
 def test_cli_reconstruct_and_bad_input(tiny_dataset, tmp_path, capsys):
@@ -288,7 +295,6 @@ def test_global_search_finds_poses_from_random_starts():
     net = ResidualMFN(3, 8, 3, resolution=box)
     sigma = stage_sigma(2, 3, box, (0.3, 2.0))
     fwd = ForwardModel(box, 1.0, 2, net.band_limits[2], sigma, pad=2)
-    w = gaussian_weight(fwd.window, sigma, "cpu")
     gen = torch.Generator().manual_seed(1)
     R_true = random_rotations(40, generator=gen)
     with torch.no_grad():
@@ -299,7 +305,7 @@ def test_global_search_finds_poses_from_random_starts():
     shifts = torch.zeros(40, 2, dtype=torch.float64)
     with torch.no_grad():
         vol_ft = fwd.volume_ft(blobs)
-    moved, total = global_pose_search(fwd, vol_ft, w, [(np.arange(40), obs, ctf)], rotations, shifts,
+    moved, total = global_pose_search(fwd, vol_ft, [(np.arange(40), obs, ctf)], rotations, shifts,
                                       4000, 16, torch.zeros(1, 2), torch.Generator().manual_seed(2), "cpu")
     after = geodesic_distance(rotations, R_true)
     assert total == 40 and moved > 30

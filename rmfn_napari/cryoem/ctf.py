@@ -38,15 +38,18 @@ def electron_wavelength(voltage_kv):
     return 12.2639 / np.sqrt(v + 0.97845e-6 * v * v)
 
 
-def frequency_grid_2d(box: int, apix: float = 1.0, dtype=torch.float64, device=None):
-    """Centred 2D spatial-frequency grid.
+def frequency_grid_2d(box: int, apix: float = 1.0, dtype=torch.float64, device=None,
+                      window: int | None = None):
+    """Centred 2D spatial-frequency grid of a ``box``-pixel image, or its central ``window``².
 
     Returns
     -------
-    sx, sy : torch.Tensor, shape ``(box, box)``
-        Frequencies in 1/Å along x (last axis) and y (first axis); ``s = (j − box/2)/(box·apix)``.
+    sx, sy : torch.Tensor, shape ``(box, box)`` (``(window, window)``)
+        Frequencies in 1/Å along x (last axis) and y (first axis); ``s = (j − n/2)/(box·apix)``
+        with ``n`` the grid size.
     """
-    k = (torch.arange(box, dtype=dtype, device=device) - box // 2) / (box * apix)
+    n = box if window is None else int(window)
+    k = (torch.arange(n, dtype=dtype, device=device) - n // 2) / (box * apix)
     sy, sx = torch.meshgrid(k, k, indexing="ij")
     return sx, sy
 
@@ -57,7 +60,7 @@ def _as_batch(x, dtype, device) -> torch.Tensor:
 
 
 def ctf_2d(D: int, apix: float, defocus_u, defocus_v, defocus_angle_deg, voltage_kv, cs_mm,
-           amplitude_contrast, phase_shift_deg=0.0, bfactor=0.0) -> torch.Tensor:
+           amplitude_contrast, phase_shift_deg=0.0, bfactor=0.0, window: int | None = None) -> torch.Tensor:
     """RELION-convention CTF on the centred ``D × D`` Fourier grid for a batch of parameters.
 
     Parameters
@@ -81,10 +84,13 @@ def ctf_2d(D: int, apix: float, defocus_u, defocus_v, defocus_angle_deg, voltage
         Additional phase shift φ in degrees (phase plate), default 0.
     bfactor : float or tensor ``(B,)``
         B-factor in Å²; the envelope is ``exp(−B s²/4)``; default 0 (no envelope).
+    window : int, optional
+        Evaluate only the central ``window × window`` frequencies of the ``D``-grid (the same
+        values as cropping the full result).
 
     Returns
     -------
-    torch.Tensor, shape ``(B, D, D)``
+    torch.Tensor, shape ``(B, D, D)`` (``(B, window, window)``)
         Real CTF values on the centred grid; ``[:, D/2, D/2] == w``. ``B`` is the broadcast
         length of the parameters (1 if all are scalars). Device and dtype follow the first
         floating-point tensor among the inputs (float32 on CPU if none); the arithmetic is
@@ -97,7 +103,7 @@ def ctf_2d(D: int, apix: float, defocus_u, defocus_v, defocus_angle_deg, voltage
     device = ref.device if ref is not None else None
     dfu, dfv, ang, kv, cs, w, ph, bf = torch.broadcast_tensors(
         *(_as_batch(p, torch.float64, device) for p in params))
-    sx, sy = frequency_grid_2d(int(D), float(apix), torch.float64, device)
+    sx, sy = frequency_grid_2d(int(D), float(apix), torch.float64, device, window)
     s2 = sx * sx + sy * sy
     alpha = torch.atan2(sy, sx)
     lam = electron_wavelength(kv)[:, None, None]
@@ -159,8 +165,9 @@ class CTFParams:
         return CTFParams(**{f.name: np.atleast_1d(getattr(self, f.name)[idx]) for f in fields(self)})
 
     def evaluate(self, box: int, apix: float, indices=None, dtype=torch.float32,
-                 device=None) -> torch.Tensor:
-        """CTF images ``(B, box, box)`` via :func:`ctf_2d` (the reconstruction-side call).
+                 device=None, window: int | None = None) -> torch.Tensor:
+        """CTF images ``(B, box, box)`` via :func:`ctf_2d` (the reconstruction-side call);
+        ``(B, window, window)``, the central frequencies only, with ``window``.
 
         Parameters
         ----------
@@ -177,4 +184,4 @@ class CTFParams:
         t = {f.name: torch.tensor(getattr(p, f.name), dtype=torch.float64, device=device)
              for f in fields(p)}
         return ctf_2d(box, apix, t["defocus_u"], t["defocus_v"], t["defocus_angle"], t["voltage"],
-                      t["cs"], t["amplitude_contrast"], t["phase_shift"], t["bfactor"]).to(dtype)
+                      t["cs"], t["amplitude_contrast"], t["phase_shift"], t["bfactor"], window).to(dtype)

@@ -20,34 +20,42 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["centring_phase", "centre_spectra", "shift_grid", "shift_errors"]
+__all__ = ["centring_phase", "centring_phase_at", "centre_spectra", "window_points", "shift_grid", "shift_errors"]
 
 
-def _phase_angle(box: int, shifts_px: torch.Tensor, window: int) -> torch.Tensor:
-    """``2π k·o / D`` (radians) on the central ``window``² of a centred grid, ``(B, w, w)``."""
-    k = (torch.arange(window, dtype=shifts_px.dtype, device=shifts_px.device) - window // 2) / box
+def window_points(window: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The frequencies ``(kx, ky)`` (cycles/box) of a centred ``window``² grid, ``(window², 2)``,
+    in array order (ky slow, kx fast): index ``j`` ↔ ``k = j − window/2``."""
+    k = torch.arange(window, dtype=dtype, device=device) - window // 2
     ky, kx = torch.meshgrid(k, k, indexing="ij")
-    return 2 * math.pi * (kx[None] * shifts_px[:, 0, None, None] + ky[None] * shifts_px[:, 1, None, None])
+    return torch.stack([kx.reshape(-1), ky.reshape(-1)], -1)
 
 
-def centring_phase(box: int, shifts_px: torch.Tensor, window: int) -> torch.Tensor:
+def centring_phase_at(box: int, shifts_px: torch.Tensor, k_points: torch.Tensor) -> torch.Tensor:
     """Phase factors ``exp(−2πi k·o / D)`` that centre images with RELION origins ``o``.
 
     Parameters
     ----------
     box : int
-        Image size D (px) the frequencies refer to (``k`` cycles/box).
+        Image size D (px) the frequencies refer to.
     shifts_px : tensor ``(B, 2)``
         Origins ``(ox, oy)`` in px of that box (differentiable).
-    window : int
-        Size of the central Fourier window the factors are wanted on.
+    k_points : tensor ``(K, 2)``
+        Frequencies ``(kx, ky)`` in cycles/box.
 
     Returns
     -------
-    complex tensor ``(B, window, window)``; multiply a centred image spectrum by it.
+    complex tensor ``(B, K)``; multiply the image spectra at ``k_points`` by it.
     """
-    angle = -_phase_angle(box, shifts_px, window)
-    return torch.complex(torch.cos(angle), torch.sin(angle))
+    k = k_points.to(device=shifts_px.device, dtype=shifts_px.dtype)
+    angle = (shifts_px @ k.T) * (-2 * math.pi / box)
+    return torch.polar(torch.ones_like(angle), angle)
+
+
+def centring_phase(box: int, shifts_px: torch.Tensor, window: int) -> torch.Tensor:
+    """:func:`centring_phase_at` on the central ``window``² of a centred grid, ``(B, w, w)``."""
+    phase = centring_phase_at(box, shifts_px, window_points(window, shifts_px.device, shifts_px.dtype))
+    return phase.reshape(shifts_px.shape[0], window, window)
 
 
 def centre_spectra(spectra: torch.Tensor, box: int, shifts_px: torch.Tensor) -> torch.Tensor:

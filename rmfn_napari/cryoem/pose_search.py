@@ -1,7 +1,8 @@
 """Global search over rotations and in-plane offsets, scored in two matrix products.
 
 Every particle is scored against ``G`` candidate rotations (a fresh uniform set each call)
-and ``T`` candidate offsets on the stage's central Fourier window. The weighted squared
+and ``T`` candidate offsets on the stage's central frequencies (the half-plane set of
+:mod:`rmfn_napari.cryoem.reconstruct.frequencies`). The weighted squared
 error ``Σ_k w² |c·S − o_t|²`` (``S`` the model's central slice, ``c`` the CTF, ``o_t`` the
 observed spectrum centred with offset ``t``) expands into a term that does not depend on the
 offset (``Σ w² c² |S|²``), a cross term ``−2 Re Σ w² c conj(o_t) S`` and a constant; so each
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .offsets import centring_phase
+from .offsets import centring_phase_at
 from .rotations import random_rotations
 
 __all__ = ["score_rotations", "global_pose_search", "residual_loss", "crop_center"]
@@ -27,9 +28,10 @@ def crop_center(ft: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def residual_loss(pred: torch.Tensor, obs: torch.Tensor, ctf: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-image weighted squared error on a window, ``(B,)``: ``Σ_k w² |c·pred − obs|²``."""
+    """Per-image weighted squared error, ``(B,)``: ``Σ_k w² |c·pred − obs|²`` over all but the
+    first axis (frequency points ``(B, K)`` or windows ``(B, w, w)``)."""
     diff = (pred * ctf - obs) * weight
-    return (diff.real**2 + diff.imag**2).sum((-1, -2))
+    return (diff.real**2 + diff.imag**2).flatten(1).sum(-1)
 
 
 def score_rotations(slices: torch.Tensor, obs: torch.Tensor, ctf_b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -55,20 +57,21 @@ def _cross_and_const(S: torch.Tensor, obs: torch.Tensor, c: torch.Tensor, w2: to
 
 
 @torch.no_grad()
-def global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px, n_candidates: int,
-                       window: int, offsets_px: torch.Tensor, generator: torch.Generator, device,
+def global_pose_search(fwd, vol_ft, batches, rotations, shifts_px, n_candidates: int, window: int,
+                       offsets_px: torch.Tensor, generator: torch.Generator, device,
                        centres: torch.Tensor | None = None) -> tuple[int, int]:
     """Replace each particle's pose by the best (rotation, offset) candidate where it fits better.
 
     Parameters
     ----------
-    fwd : ForwardModel of the stage; ``vol_ft`` its rendered, padded volume spectrum.
-    weight : tensor ``(w, w)``, the stage's Fourier weight.
-    batches : iterable of ``(idx, obs, ctf)``; ``obs`` uncentred spectra on the stage window.
+    fwd : the stage's ForwardModel (its ``freqs``, ``box``, ``slices``); ``vol_ft`` its rendered,
+        padded volume spectrum.
+    batches : iterable of ``(idx, obs, ctf)``; ``obs`` uncentred spectra and ``ctf`` at the
+        stage's frequencies ``(B, K)`` (:class:`~rmfn_napari.cryoem.reconstruct.stage_data.StageData`).
     rotations : tensor ``(n, 3, 3)`` float64, updated in place.
     shifts_px : tensor ``(n, 2)`` float64, origins in px of the working box, updated in place.
     n_candidates : number of random rotations ``G``.
-    window : the score uses the central ``window``² frequencies (at most the stage window).
+    window : the score uses the stage's frequencies with ``|kx|, |ky| ≤ window/2 − 1``.
     offsets_px : tensor ``(T, 2)``, candidate offsets (px), added to each particle's centre.
     generator : seeds the candidate rotations.
     centres : tensor ``(n, 2)``, the origins (px) the offset grid is centred on, e.g. the
@@ -80,37 +83,38 @@ def global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px, n_can
     (particles improved, particles scored)
     """
     cand = random_rotations(n_candidates, generator=generator, dtype=torch.float64)
-    win = int(min(window, fwd.window))
-    w = crop_center(weight, win)
+    sub = fwd.freqs.within(min(window, fwd.window)).to(device)
+    k = fwd.freqs.k.to(device)[sub]
+    w = fwd.freqs.weight.to(device)[sub]
     w2 = (w**2).reshape(1, -1)
-    S = crop_center(fwd.slices(vol_ft, cand.to(device=device, dtype=torch.float32)), win)
-    S = S.reshape(S.shape[0], -1)
+    S = fwd.slices(vol_ft, cand.to(device=device, dtype=torch.float32), k)
     S_power = (S.real**2 + S.imag**2).T
-    offsets = offsets_px.to(device=device, dtype=torch.float32)
+    # exp(−2πi k·(c + t)/D) = exp(−2πi k·c/D) exp(−2πi k·t/D): one (T, K) table of offsets
+    offset_phase = centring_phase_at(fwd.box, offsets_px.to(device=device, dtype=torch.float32), k)
     improved = scored = 0
     for idx, obs, ctf_b in batches:
-        obs_w, c = crop_center(obs, win), crop_center(ctf_b, win).reshape(len(idx), -1)
+        obs_k, c = obs[:, sub], ctf_b[:, sub]
         base = (shifts_px if centres is None else centres)[idx].to(device=device, dtype=torch.float32)
+        obs_base = obs_k * centring_phase_at(fwd.box, base, k)
         quad = (w2 * c * c) @ S_power
         best = torch.full((len(idx),), float("inf"), device=device)
         best_rot = torch.zeros(len(idx), dtype=torch.long, device=device)
         best_off = torch.zeros(len(idx), dtype=torch.long, device=device)
-        for t in range(offsets.shape[0]):
-            centred = obs_w * centring_phase(fwd.box, base + offsets[t], win)
-            scores = quad + _cross_and_const(S, centred, c, w2)
+        for t in range(offset_phase.shape[0]):
+            scores = quad + _cross_and_const(S, obs_base * offset_phase[t], c, w2)
             value, arg = scores.min(dim=1)
             take = value < best
             best = torch.where(take, value, best)
             best_rot = torch.where(take, arg, best_rot)
             best_off = torch.where(take, torch.full_like(arg, t), best_off)
         R_now = rotations[idx].to(device=device, dtype=torch.float32)
-        now_obs = obs_w * centring_phase(fwd.box, shifts_px[idx].to(device=device, dtype=torch.float32), win)
-        now = residual_loss(crop_center(fwd.slices(vol_ft, R_now), win), now_obs,
-                            c.reshape(obs_w.shape), w)
+        now_shift = shifts_px[idx].to(device=device, dtype=torch.float32)
+        now = residual_loss(fwd.slices(vol_ft, R_now, k),
+                            obs_k * centring_phase_at(fwd.box, now_shift, k), c, w)
         better = (best < now).cpu()
         sel = torch.as_tensor(idx)[better]
         rotations[sel] = cand[best_rot.cpu()[better]]
-        new_shift = base + offsets[best_off]
+        new_shift = base + offsets_px.to(device=device, dtype=torch.float32)[best_off]
         shifts_px[sel] = new_shift.cpu().to(shifts_px.dtype)[better]
         improved += int(better.sum())
         scored += len(idx)

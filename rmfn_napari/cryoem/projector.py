@@ -19,12 +19,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .offsets import window_points
+
 __all__ = [
     "fft2_centered",
     "ifft2_centered",
     "fft3_centered",
     "volume_fourier",
     "fourier_slices",
+    "fourier_slices_at",
     "slices_to_images",
     "project",
     "project_real_space",
@@ -111,27 +114,43 @@ def fourier_slices(vol_ft: torch.Tensor, rotations, box: int, crop: int | None =
         i.e. the centred 2D DFT of the projection ``Σ_z V(Rᵀx)``. Frequencies that fall outside
         the padded grid (only beyond the Nyquist circle) are zero.
     """
-    P = vol_ft.shape[-1]
-    D = int(box)
-    ratio = P / D
-    real_dtype = vol_ft.real.dtype
-    R = torch.as_tensor(rotations).to(device=vol_ft.device, dtype=real_dtype)
+    C = int(box) if crop is None else int(crop)
+    out = fourier_slices_at(vol_ft, rotations, box, window_points(C, vol_ft.device, torch.float64))
+    return out.reshape(out.shape[0], C, C)
+
+
+def fourier_slices_at(vol_ft: torch.Tensor, rotations, box: int, k_points: torch.Tensor) -> torch.Tensor:
+    """Central-slice values at chosen 2D frequencies: ``F_V(Rᵀ (kx, ky, 0))``, ``(B, K)`` complex.
+
+    ``k_points`` ``(K, 2)`` are ``(kx, ky)`` in cycles/box of the ``box``-pixel images; ``vol_ft``,
+    ``rotations`` as in :func:`fourier_slices` (which calls this on the square grid); ``vol_ft``
+    may also be given as :func:`channels_first` of it (to lay it out once for many calls).
+    Trilinear interpolation on the padded grid (``grid_sample``), differentiable in both.
+    """
+    volume = channels_first(vol_ft) if vol_ft.is_complex() else vol_ft
+    P = volume.shape[-1]
+    ratio = P / int(box)
+    real_dtype = volume.dtype
+    R = torch.as_tensor(rotations).to(device=volume.device, dtype=real_dtype)
     if R.ndim == 2:
         R = R[None]
-    B = R.shape[0]
-    C = D if crop is None else int(crop)
-    k = (torch.arange(C, dtype=real_dtype, device=vol_ft.device) - C // 2) * ratio
-    ky, kx = torch.meshgrid(k, k, indexing="ij")
-    plane = torch.stack([kx, ky, torch.zeros_like(kx)], -1).reshape(-1, 3)  # (D², 3) as (x, y, z)
-    # q = Rᵀ k for each rotation: q_b = plane @ R_b  (row vectors)
-    # q = Rᵀ k, then the align_corners=True normalisation, in place (matmul's backward does not
-    # need its output, so this is autograd-safe and saves two (B, D², 3) temporaries)
+    B, K = R.shape[0], k_points.shape[0]
+    k = k_points.to(device=volume.device, dtype=real_dtype) * ratio
+    plane = torch.cat([k, torch.zeros_like(k[:, :1])], -1)  # (K, 3) as (x, y, z)
+    # q = Rᵀ k for each rotation (row vectors: q_b = plane @ R_b), then the align_corners=True
+    # normalisation, in place (matmul's backward does not need its output, so this is
+    # autograd-safe and saves two (B, K, 3) temporaries)
     grid = (plane[None] @ R).add_(P // 2).mul_(2.0 / (P - 1)).sub_(1.0)
-    grid = grid.reshape(1, B, C, C, 3)
-    vol = torch.view_as_real(vol_ft).permute(3, 0, 1, 2)[None]  # (1, 2, P, P, P)
-    out = F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    out = out[0]  # (2, B, D, D)
+    grid = grid.reshape(1, B, K, 1, 3)
+    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = out[0, :, :, :, 0]  # (2, B, K)
     return torch.complex(out[0], out[1])
+
+
+def channels_first(vol_ft: torch.Tensor) -> torch.Tensor:
+    """A complex ``(P, P, P)`` volume as the real ``(1, 2, P, P, P)`` input of ``grid_sample``,
+    contiguous (real and imaginary planes apart)."""
+    return torch.view_as_real(vol_ft).permute(3, 0, 1, 2)[None].contiguous()
 
 
 def slices_to_images(slices: torch.Tensor) -> torch.Tensor:

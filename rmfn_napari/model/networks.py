@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .filters import INITS, SineFilter, bacon_frequencies, layer_band_limits, residual_frequencies
+from .precision import hidden_linear
 
 
 def grid_axis(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -137,6 +138,9 @@ class ResidualMFN(nn.Module):
             [nn.Linear(hidden, hidden, bias=(init == "bacon")) for _ in range(n_layers)]
         )
         self.heads = nn.ModuleList([nn.Linear(hidden, out_dim) for _ in range(n_layers)])
+        # a run-time setting, not part of the model: precision of the hidden products W z
+        # (:mod:`rmfn_napari.model.precision`); the filters and heads are always float32
+        self.hidden_precision = "float32"
         bound = math.sqrt(6.0 / hidden)
         with torch.no_grad():
             for lin in list(self.linears) + list(self.heads):
@@ -174,7 +178,7 @@ class ResidualMFN(nn.Module):
         z = filter_out(0)
         feats = []
         for i in range(1, max_scale + 2):
-            z = filter_out(i) * self.linears[i - 1](z)
+            z = filter_out(i) * hidden_linear(self.linears[i - 1], z, self.hidden_precision)
             feats.append(z)
         return feats
 

@@ -7,10 +7,12 @@ low-passed by a Gaussian of sigma = band_s * D / 3 Fourier pixels (band_s = 1/g^
 of Nyquist for three scales, g = 1 + lambda1 + lambda2).
 
 Forward model (fast path): the network is rendered once per structure step on a grid sized
-to the stage's band (not the full box), zero-padded 2x and Fourier transformed; each
-particle's image is the central slice at its pose (Fourier slice theorem) times its CTF,
-compared with the observed image inside the stage's frequency window (Parseval: equal to
-the real-space squared error of the low-passed images). Pose steps reuse the rendered
+to the stage's band (not the full box), at the voxels inside the solvent mask only,
+zero-padded 2x and Fourier transformed; each particle's image is the central slice at its
+pose (Fourier slice theorem) times its CTF, compared with the observed image at the stage's
+frequencies — its window inside Nyquist, one half-plane by Friedel symmetry (Parseval: equal
+to the real-space squared error of the low-passed images). The observed spectra and CTFs at
+those frequencies are computed once per stage on the device. Pose steps reuse the rendered
 volume and need no network pass. :func:`forward_images_real_space` is the slow reference
 (one network evaluation per rotated grid point per image).
 
@@ -24,10 +26,13 @@ Units: box D pixels, pixel size apix Å, frequencies in cycles/box, resolutions 
 angles in degrees.
 
 The package, one concept a module: :mod:`.settings` (settings, presets, modes),
-:mod:`.forward` (the forward model of a stage), :mod:`.data` (the particles at the working box,
-the reference, the observed spectra, the contrast check), :mod:`.poses` (initial poses and
-offsets, structure and pose steps, the offset grids), :mod:`.outputs` (checkpoints, stage-end
-evaluation, output files) and :mod:`.driver` (:func:`reconstruct`: stage -> epoch -> batch).
+:mod:`.frequencies` (the Fourier samples a stage compares), :mod:`.render` (the map on the
+mask's support, chunked backward), :mod:`.forward` (the forward model of a stage),
+:mod:`.data` (the particles at the working box, the reference, the observed spectra, the
+contrast check), :mod:`.stage_data` (a stage's spectra and CTFs, once per stage),
+:mod:`.poses` (initial poses and offsets, structure and pose steps, the offset grids),
+:mod:`.outputs` (checkpoints, stage-end evaluation, output files) and :mod:`.driver`
+(:func:`reconstruct`: stage -> epoch -> batch).
 """
 
 from ..pose_search import crop_center, global_pose_search, residual_loss, score_rotations
@@ -35,15 +40,18 @@ from .data import image_scale, load_dataset, observed_spectra
 from .driver import reconstruct
 from .forward import (
     ForwardModel, forward_images_real_space, gaussian_weight, render_all_scales, render_volume,
-    spherical_mask, stage_sigma, stage_window,
+    stage_sigma, stage_window,
 )
+from .frequencies import FrequencySet
+from .render import SupportGrid, spherical_mask
+from .stage_data import StageData
 from .outputs import CHECKPOINT_FORMAT, load_checkpoint
 from .poses import initial_rotations, pose_steps, structure_steps
 from .settings import MODES, POSE_INITS, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, pose_search_mode
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "ForwardModel", "MODES", "POSE_INITS", "POSE_SEARCH_MODES", "PRESETS",
-    "ReconstructConfig", "crop_center", "forward_images_real_space", "gaussian_weight",
+    "CHECKPOINT_FORMAT", "ForwardModel", "FrequencySet", "MODES", "POSE_INITS", "POSE_SEARCH_MODES", "PRESETS",
+    "ReconstructConfig", "StageData", "SupportGrid", "crop_center", "forward_images_real_space", "gaussian_weight",
     "global_pose_search", "image_scale", "initial_rotations", "load_checkpoint", "load_dataset",
     "observed_spectra", "pose_search_mode", "pose_steps", "reconstruct", "render_all_scales",
     "render_volume", "residual_loss", "score_rotations", "spherical_mask", "stage_sigma",

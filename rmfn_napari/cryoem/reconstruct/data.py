@@ -66,20 +66,21 @@ def image_scale(ds, n: int, cfg: ReconstructConfig) -> float:
 
 def observed_spectra(ds, idx, ctf, window: int, scale_img: float, cfg, device):
     """Observed spectra (uncentred: offsets not applied) and CTFs of particles ``idx`` on the
-    central ``window``² of the working box, ``(B, w, w)`` each, on ``device``."""
-    imgs = torch.as_tensor(ds.images(idx), dtype=torch.float32)
-    if not torch.all(torch.isfinite(imgs)):
+    central ``window``² of the working box, ``(B, w, w)`` each (complex64, float32), computed
+    on ``device``: the images are moved there, then transformed."""
+    imgs = torch.as_tensor(ds.images(idx), dtype=torch.float32).to(device)
+    if not bool(torch.isfinite(imgs).all()):
         raise InputError(f"NaN/Inf pixels in particles {idx[:5].tolist()}...", ds.star_path)
     if cfg.invert_contrast:
         imgs = -imgs
     box = ds.box
     ft = crop_center(fft2_centered(imgs / scale_img), window)
     if ctf is not None:
-        c = crop_center(ctf.evaluate(box, ds.apix, idx, dtype=torch.float32), window)
+        c = ctf.evaluate(box, ds.apix, idx, dtype=torch.float32, device=device, window=window)
     else:
         c = torch.ones_like(ft.real)
     # the centred 2D FFT of an image sums D^2 pixels: divide so both sides match Parseval
-    return (ft / box).to(device), c.to(device)
+    return ft / box, c
 
 
 def check_contrast(ds, n, ctf, shifts_px, scale_img, cfg, device) -> str:

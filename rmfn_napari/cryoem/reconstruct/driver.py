@@ -20,12 +20,13 @@ from ...engine.events import (
 )
 from ...errors import InputError
 from ...model import ResidualMFN
+from ...model.precision import supports_precision
 from ..ground_truth import read_true_poses
 from ..io import write_map
 from ..pose_search import global_pose_search
 from ..validation import gold_standard_values, half_maps, half_sets
-from .data import check_contrast, image_scale, load_dataset, load_reference, observed_spectra
-from .forward import ForwardModel, gaussian_weight, stage_sigma
+from .data import check_contrast, image_scale, load_dataset, load_reference
+from .forward import ForwardModel, stage_sigma
 from .outputs import (
     RunState, evaluate, final_metrics, load_checkpoint, save_checkpoint, snapshot, summarise,
     write_outputs,
@@ -35,6 +36,7 @@ from .poses import (
     searches_poses, train_batch,
 )
 from .settings import ReconstructConfig
+from .stage_data import StageData
 
 
 def reconstruct(
@@ -92,6 +94,9 @@ def reconstruct(
         out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt" if out is not None else None
     device = resolve_device(cfg.device)
+    why_not = supports_precision(cfg.precision, device)
+    if why_not is not None:
+        raise InputError(f"--precision {cfg.precision}: {why_not}")
     log_lines: list[str] = []
 
     def log(msg: str) -> Log:
@@ -102,6 +107,7 @@ def reconstruct(
     net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
                       lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed,
                       new_head_scale=cfg.new_head_scale).to(device)
+    net.hidden_precision = cfg.precision
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_structure)
     if estimates_shifts(cfg) and cfg.shift_range_px >= box / 4:
         raise InputError(f"--shift-range {cfg.shift_range_px:g} px must be less than a quarter of the "
@@ -154,12 +160,16 @@ def reconstruct(
         last_scale = scale
         band = net.band_limits[scale]
         sigma = stage_sigma(scale, cfg.n_layers, box, cfg.lambdas)
-        fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad, cfg.mask_radius)
-        weight = gaussian_weight(fwd.window, sigma, device, nyquist=box / 2)
+        fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad, cfg.mask_radius, device,
+                           compile=cfg.compile_render)
         yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band)
         yield log(f"stage {stage_idx + 1}: scale {scale + 1}, band {band:.2f} cycles/box "
                   f"({box * apix / max(band, 1e-9):.1f} Å), low-pass sigma {sigma:.2f} px, "
-                  f"window {fwd.window}, render grid {fwd.render_n}^3")
+                  f"window {fwd.window} ({len(fwd.freqs)} frequencies), render grid {fwd.render_n}^3 "
+                  f"({len(fwd.support)} voxels in the mask)")
+        data = StageData(ds, n, fwd.freqs, scale_img, cfg, device, cfg.stage_data_gb * 2**30)
+        yield log(f"  data: {n} x {len(fwd.freqs)} spectra and CTFs, {data.bytes / 2**20:.0f} MiB, "
+                  + ("kept on the " + device.type if data.resident else "computed batch by batch (over the budget)"))
         stage_t0 = time.perf_counter()
         last_snap = stage_t0
         skipped = False
@@ -172,26 +182,23 @@ def reconstruct(
                 t_search = time.perf_counter()
                 gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch)
                 offsets, whole_range = search_offsets(cfg, fwd, whole_range=not state.offsets_searched)
-                batches = ((idx, *observed_spectra(ds, idx, ctf, fwd.window, scale_img, cfg, device))
-                           for idx in np.array_split(np.arange(n), max(1, n // 1000)))
-                with torch.no_grad():
-                    vol_ft = fwd.volume_ft(net)
+                vol_ft = fwd.volume_ft(net)
                 centres = start_shifts if whole_range else None
-                moved, total = global_pose_search(fwd, vol_ft, weight, batches, rotations, shifts_px,
+                moved, total = global_pose_search(fwd, vol_ft, data.all_chunks(), rotations, shifts_px,
                                                   cfg.search_rotations, cfg.search_window, offsets,
                                                   gen, device, centres=centres)
                 clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px)
                 state.offsets_searched = state.offsets_searched or (whole_range and estimates_shifts(cfg))
                 yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
                           f"({len(offsets)} offsets, {time.perf_counter() - t_search:.1f} s)")
-            for b in range(batches_per_epoch):
+            batch_indices = [np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+                             for b in range(batches_per_epoch)]
+            for b, (idx, obs, ctf_b) in enumerate(data.batches(batch_indices)):
                 command = yield from honour_requests(control, state.step)
                 if command is not None:
                     stopped, skipped = command == "stop", command == "next"
                     break
-                idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-                obs, ctf_b = observed_spectra(ds, idx, ctf, fwd.window, scale_img, cfg, device)
-                loss_s, loss_p = train_batch(net, opt, fwd, weight, obs, ctf_b, rotations, shifts_px,
+                loss_s, loss_p = train_batch(net, opt, fwd, obs, ctf_b, rotations, shifts_px,
                                               start_shifts, idx, cfg, control, device, moves_poses(cfg, stage_idx))
                 state.step += 1
                 stage_batches += 1

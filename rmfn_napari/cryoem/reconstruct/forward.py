@@ -1,7 +1,8 @@
-"""The forward model of one stage: band, window, weight, mask, render, Fourier slices, CTF.
+"""The forward model of one stage: band, window, frequencies, render, Fourier slices, loss.
 
 See the package docstring for the image model; :func:`forward_images_real_space` is the slow
-real-space reference."""
+real-space reference. The stage compares spectra on a :class:`FrequencySet` (half-plane,
+inside Nyquist) and renders the map on the mask's support (:class:`SupportGrid`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import torch
 
 from ...model import ResidualMFN, growth_factor
 from ...model.networks import grid_axis
-from ..projector import fourier_slices, volume_fourier
+from ..offsets import centring_phase_at
+from ..pose_search import residual_loss
+from ..projector import fourier_slices_at, volume_fourier
+from .frequencies import FrequencySet
+from .render import SupportGrid, spherical_mask
 
 
 def stage_sigma(scale: int, n_layers: int, box: int, lambdas) -> float:
@@ -45,18 +50,6 @@ def gaussian_weight(window: int, sigma: float, device, nyquist: float | None = N
     k2 = k[:, None] ** 2 + k[None, :] ** 2
     w = torch.exp(-k2 / (2 * sigma**2))
     return w if nyquist is None else w * (k2 <= nyquist**2)
-
-
-def spherical_mask(n: int, radius: float | None, device=None) -> torch.Tensor | None:
-    """Soft spherical mask on an n^3 grid over the box: 1 inside ``radius`` (fraction of the
-    box), a raised-cosine edge 0.05 box wide, 0 outside. None when ``radius`` is None."""
-    if radius is None:
-        return None
-    c = grid_axis(n, device)
-    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
-    width = 0.05
-    t = ((r - radius) / width).clamp(0, 1)
-    return 0.5 * (1 + torch.cos(math.pi * t))
 
 
 def render_volume(net: ResidualMFN, n: int, scale: int, mask_radius: float | None = None) -> torch.Tensor:
@@ -102,25 +95,68 @@ class ForwardModel:
 
     Images are compared in units where ``image = (sum_z V) / D`` (so an O(1) density gives
     O(1) images); see :func:`forward_images_real_space` for the same quantity in real space.
+
+    Parameters
+    ----------
+    box, apix : the images' size (px) and pixel size (Å).
+    scale : the scale (0-based) this stage trains; ``band_cycles`` its band (cycles/box).
+    sigma : the stage's Gaussian low-pass (Fourier px).
+    pad : zero-padding factor of the 3D FFT.
+    mask_radius : soft spherical mask radius (box fraction), None: none.
+    device, chunk, compile : where the stage runs; voxels per network evaluation; whether the
+        network evaluation goes through ``torch.compile`` (:class:`SupportGrid`).
     """
 
     def __init__(self, box: int, apix: float, scale: int, band_cycles: float, sigma: float, pad: int,
-                 mask_radius: float | None = None):
+                 mask_radius: float | None = None, device="cpu", chunk: int | None = None,
+                 compile: bool = False):
         self.box, self.apix, self.scale, self.pad = box, apix, scale, pad
         self.mask_radius = mask_radius
         self.sigma = sigma
         self.window = stage_window(band_cycles, sigma, box)
         # a few samples of margin: the ReLU heads add harmonics beyond the band
         self.render_n = int(min(box, self.window + 4))
-
-    def volume_ft(self, net: ResidualMFN) -> torch.Tensor:
-        """Padded centred 3D FT of the stage's volume, scaled to the full box's units."""
-        vol = render_volume(net, self.render_n, self.scale, self.mask_radius)
+        self.freqs = FrequencySet(box, self.window, sigma, device)
+        self.support = SupportGrid(self.render_n, mask_radius, device, chunk, compile)
         # a grid of n samples over the box sums to (n/D)^3 of the D-grid sum; the 1/D
         # makes images O(1)
-        factor = (self.box / self.render_n) ** 3 / self.box
-        return volume_fourier(vol, pad=self.pad) * factor
+        self._factor = (self.box / self.render_n) ** 3 / self.box
 
-    def slices(self, vol_ft: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        """Model spectra on the stage window, ``(B, w, w)`` complex (no CTF)."""
-        return fourier_slices(vol_ft, rotations, self.render_n, crop=self.window)
+    def map_ft(self, values: torch.Tensor) -> torch.Tensor:
+        """Padded centred 3D FT of the masked map from the support's voxel values ``(P,)``,
+        scaled to the full box's units (differentiable in ``values``)."""
+        return volume_fourier(self.support.volume(values), pad=self.pad) * self._factor
+
+    def volume_ft(self, net) -> torch.Tensor:
+        """Padded centred 3D FT of the stage's map, without gradients."""
+        with torch.no_grad():
+            return self.map_ft(self.support.values(net, self.scale))
+
+    def slices(self, vol_ft: torch.Tensor, rotations: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """Model spectra at the stage's frequencies (or at ``k`` ``(K, 2)``, cycles/box),
+        ``(B, K)`` complex (no CTF). The map was rendered on ``render_n`` samples across the
+        box, so its padded spectrum has ``pad`` samples per cycle/box."""
+        return fourier_slices_at(vol_ft, rotations, self.render_n, self.freqs.k if k is None else k)
+
+    def centre(self, obs: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
+        """Observed spectra ``(B, K)`` of images with RELION origins ``shifts_px`` (px), centred."""
+        return obs * centring_phase_at(self.box, shifts_px, self.freqs.k)
+
+    def loss(self, pred: torch.Tensor, obs: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
+        """Per-image weighted squared error ``(B,)`` of model spectra against centred data."""
+        return residual_loss(pred, obs, ctf, self.freqs.weight)
+
+    def structure_backward(self, net, obs: torch.Tensor, ctf: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one batch at fixed poses; its gradient is accumulated into the network's
+        ``.grad`` (by one graph, or chunk by chunk: :class:`SupportGrid`). Returns the loss,
+        detached, on the device."""
+        if self.support.single_chunk:
+            values = self.support.values(net, self.scale, grad=True)
+            loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).mean()
+            loss.backward()
+            return loss.detach()
+        values = self.support.values(net, self.scale).requires_grad_(True)
+        loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).mean()
+        loss.backward()
+        self.support.backward(net, self.scale, values.grad)
+        return loss.detach()

@@ -20,7 +20,8 @@ from ...fitting.metrics import log_spectrum
 from ..io import write_map, write_particles_star
 from ..metrics import align_map, apply_alignment, fsc, pose_error_stats, pose_errors, resolution_at
 from ..offsets import shift_errors
-from .forward import render_all_scales, render_volume, spherical_mask
+from .forward import render_all_scales, render_volume
+from .render import spherical_mask
 from .settings import ReconstructConfig
 
 

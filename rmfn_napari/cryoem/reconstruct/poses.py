@@ -8,8 +8,8 @@ import torch
 
 from ...errors import InputError
 from ..ground_truth import TruePoses
-from ..offsets import centre_spectra, shift_grid
-from ..pose_search import residual_loss
+from ..offsets import shift_grid
+from ..projector import channels_first
 from ..rotations import axis_angle_to_matrix, perturb_rotations, random_rotations
 from .forward import ForwardModel
 from .settings import ReconstructConfig
@@ -60,26 +60,24 @@ def _orthonormalize(R: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
-def structure_steps(net, opt, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, control=None) -> float:
+def structure_steps(net, opt, fwd: ForwardModel, obs, ctf_b, R, steps: int, control=None) -> torch.Tensor:
     """``steps`` Adam steps on the network for one batch at fixed poses ``R`` (B, 3, 3).
 
-    ``obs`` are centred spectra (offsets applied). Returns the last mean per-image loss
-    (weighted squared error on the stage window).
+    ``obs`` are centred spectra at the stage's frequencies (offsets applied). Returns the last
+    mean per-image loss (weighted squared error), a tensor on the device: nothing inside the
+    loop waits for the device.
     """
-    loss_value = float("nan")
+    loss = torch.tensor(float("nan"))
     for _ in range(steps):
         if control is not None and control.wait_or_stop():
             break
-        vol_ft = fwd.volume_ft(net)
-        loss = residual_loss(fwd.slices(vol_ft, R), obs, ctf_b, weight).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = fwd.structure_backward(net, obs, ctf_b, R)
         opt.step()
-        loss_value = float(loss.detach())
-    return loss_value
+    return loss
 
 
-def pose_steps(vol_ft, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, lr: float,
+def pose_steps(vol_ft, fwd: ForwardModel, obs, ctf_b, R, steps: int, lr: float,
                betas=(0.9, 0.9), control=None, shifts_px=None, lr_shift: float = 0.0):
     """Refine poses of one batch against a fixed (rendered) volume; no network pass.
 
@@ -90,7 +88,8 @@ def pose_steps(vol_ft, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, lr:
 
     Returns
     -------
-    (rotations (B, 3, 3) float64 orthonormalised, origins (B, 2) px or None, last mean loss)
+    (rotations (B, 3, 3) float64 orthonormalised on the CPU, origins (B, 2) px or None,
+    last mean loss as a device tensor)
     """
     omega = torch.zeros(R.shape[0], 3, device=R.device, dtype=R.dtype, requires_grad=True)
     groups = [{"params": [omega], "lr": lr}]
@@ -100,20 +99,23 @@ def pose_steps(vol_ft, fwd: ForwardModel, weight, obs, ctf_b, R, steps: int, lr:
         if lr_shift > 0:
             groups.append({"params": [delta], "lr": lr_shift})
     popt = torch.optim.Adam(groups, betas=tuple(betas))
-    loss_value = float("nan")
+    volume = channels_first(vol_ft)  # laid out once for the sampler, not once per step
+    target = obs if delta is None else fwd.centre(obs, shifts_px)
+    last = torch.tensor(float("nan"))
     for _ in range(steps):
         if control is not None and control.wait_or_stop():
             break
-        target = obs if delta is None else centre_spectra(obs, fwd.box, shifts_px + delta)
-        per_image = residual_loss(fwd.slices(vol_ft, axis_angle_to_matrix(omega) @ R), target, ctf_b, weight)
+        if delta is not None and lr_shift > 0:
+            target = fwd.centre(obs, shifts_px + delta)
+        per_image = fwd.loss(fwd.slices(volume, axis_angle_to_matrix(omega) @ R), target, ctf_b)
         popt.zero_grad(set_to_none=True)
         per_image.sum().backward()
         popt.step()
-        loss_value = float(per_image.detach().mean())
+        last = per_image.detach()
     with torch.no_grad():
         new = axis_angle_to_matrix(omega.detach().double()) @ R.double()
     new_shifts = None if delta is None else (shifts_px + delta).detach().cpu().double()
-    return _orthonormalize(new.cpu()), new_shifts, loss_value
+    return _orthonormalize(new.cpu()), new_shifts, last.mean()
 
 
 def _poses_free(cfg: ReconstructConfig, stage_idx: int, first_stage: int) -> bool:
@@ -167,22 +169,20 @@ def clamp_offsets(shifts_px: torch.Tensor, start: torch.Tensor, range_px: float,
     shifts_px[idx] = torch.maximum(torch.minimum(shifts_px[idx], hi), lo)
 
 
-def train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, shifts_px, start_shifts, idx, cfg,
-                 control, device, move_poses: bool):
+def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, start_shifts, idx, cfg,
+                control, device, move_poses: bool) -> tuple[float, float]:
     """One batch: structure steps at the current poses (images centred with their offsets), then
     pose steps that also refine the offsets when they are estimated; the stored rotations
     (float64) and offsets (px, clamped around their starting origins) are updated in place.
-    Returns the last structure and pose losses."""
+    Returns the last structure and pose losses, read from the device once, here."""
     R = rotations[idx].to(device=device, dtype=torch.float32)
     sh = shifts_px[idx].to(device=device, dtype=torch.float32)
-    loss_s = structure_steps(net, opt, fwd, weight, centre_spectra(obs, fwd.box, sh), ctf_b, R,
-                             cfg.structure_steps, control)
-    loss_p = float("nan")
+    loss_s = structure_steps(net, opt, fwd, fwd.centre(obs, sh), ctf_b, R, cfg.structure_steps, control)
+    loss_p = torch.tensor(float("nan"))
     if move_poses and not control.stop_requested:
-        with torch.no_grad():
-            vol_ft = fwd.volume_ft(net)
+        vol_ft = fwd.volume_ft(net)
         lr_shift = cfg.lr_shift if estimates_shifts(cfg) else 0.0
-        new, new_sh, loss_p = pose_steps(vol_ft, fwd, weight, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
+        new, new_sh, loss_p = pose_steps(vol_ft, fwd, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
                                          cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)
         # fold the float32 correction into the float64 stored pose
         delta = new @ R.double().cpu().transpose(-1, -2)
@@ -190,4 +190,5 @@ def train_batch(net, opt, fwd: ForwardModel, weight, obs, ctf_b, rotations, shif
         if lr_shift > 0:
             shifts_px[idx] = new_sh
             clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px, idx)
-    return loss_s, loss_p
+    losses = torch.stack([loss_s.float().cpu(), loss_p.float().cpu()]).tolist()
+    return losses[0], losses[1]

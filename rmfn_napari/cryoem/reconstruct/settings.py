@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 
 
 from ...errors import InputError
+from ...model.precision import PRECISIONS
 
 
 MODES = ("coarse-to-fine", "full-scale", "oracle-poses")
@@ -83,6 +84,14 @@ class ReconstructConfig:
     pad : zero-padding factor of the 3D FFT (2).
     snapshot_interval_s : minimum seconds between in-stage volume snapshots.
     align_for_fsc : align (rotation, shift, hand) each map to the reference before FSC.
+    precision : {"float32", "tf32", "bf16"}
+        Precision of the hidden layers' matrix products only (:mod:`rmfn_napari.model.precision`):
+        ``tf32`` on a CUDA GPU, ``bf16`` on a GPU or a CPU with bfloat16 units; the filters'
+        phases, FFTs, slices and the search stay float32.
+    compile_render : evaluate the network through ``torch.compile`` (for a GPU; the first
+        batch of each stage then waits for the compiler).
+    stage_data_gb : memory budget (GiB) for each stage's spectra and CTFs on the device; over
+        it they are computed batch by batch (:mod:`.stage_data`).
     device, seed : where and how reproducibly to run.
     """
 
@@ -117,6 +126,9 @@ class ReconstructConfig:
     pad: int = 2
     snapshot_interval_s: float = 5.0
     align_for_fsc: bool = True
+    precision: str = "float32"
+    compile_render: bool = False
+    stage_data_gb: float = 4.0
     device: str = "auto"
     seed: int = 0
 
@@ -155,6 +167,10 @@ class ReconstructConfig:
             raise InputError(f"shift_range_px must be >= 0 px, got {self.shift_range_px}")
         if not (math.isfinite(self.lr_shift) and self.lr_shift >= 0):
             raise InputError(f"lr_shift must be >= 0, got {self.lr_shift}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not (math.isfinite(self.stage_data_gb) and self.stage_data_gb >= 0):
+            raise InputError(f"stage_data_gb must be >= 0 GiB, got {self.stage_data_gb}")
 
     def stage_plan(self) -> list[tuple[int, int]]:
         """``[(scale, epochs), ...]``: which scale each stage trains and for how long."""

@@ -1,0 +1,89 @@
+"""The observed data of one stage: every particle's spectrum and CTF on the stage's frequencies,
+computed once per stage on the device and shared by the batches and the global search.
+
+Each stage compares data on its own frequency set (:class:`FrequencySet`), so at a stage's start
+the images are read, moved to the device, Fourier-transformed, cut down to the set's ``K``
+frequencies, and the CTFs are evaluated on the same frequencies — once, instead of once per
+batch and once more per global search. ``n·K`` complex64 spectra and float32 CTFs (12 bytes a
+sample) stay on the device when they fit in the memory budget; otherwise every batch is
+computed when it is needed, the next one in a background thread while the current one trains.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .data import observed_spectra
+from .frequencies import FrequencySet
+
+BYTES_PER_SAMPLE = 8 + 4  # complex64 spectrum + float32 CTF
+
+
+class StageData:
+    """Observed spectra (uncentred) and CTFs of particles ``0..n-1`` at ``freqs``, ``(n, K)``.
+
+    Parameters
+    ----------
+    ds : the particle dataset (working box).
+    n : particles used.
+    freqs : the stage's :class:`FrequencySet`.
+    scale_img : global intensity scale of the images.
+    cfg : the run's settings (``invert_contrast``).
+    device : where the data are kept (or computed).
+    budget_bytes : keep them resident when ``n·K·12`` bytes fit in this budget.
+    chunk : particles read and transformed at once.
+    """
+
+    def __init__(self, ds, n: int, freqs: FrequencySet, scale_img: float, cfg, device,
+                 budget_bytes: float, chunk: int = 1000):
+        self.ds, self.n, self.freqs, self.scale_img, self.cfg = ds, int(n), freqs, scale_img, cfg
+        self.device = torch.device(device)
+        self.chunk = int(chunk)
+        self.bytes = self.n * len(freqs) * BYTES_PER_SAMPLE
+        self.resident = self.bytes <= budget_bytes
+        self.obs = self.ctf = None
+        if self.resident:
+            parts = [self.compute(idx) for idx in self._chunks()]
+            self.obs = torch.cat([p[0] for p in parts])
+            self.ctf = torch.cat([p[1] for p in parts])
+
+    def _chunks(self) -> list[np.ndarray]:
+        return np.array_split(np.arange(self.n), max(1, -(-self.n // self.chunk)))
+
+    def compute(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Spectra and CTFs of particles ``idx`` from the images, ``(B, K)`` each, on the device."""
+        obs, ctf = observed_spectra(self.ds, idx, self.ds.ctf, self.freqs.window, self.scale_img,
+                                    self.cfg, self.device)
+        return self.freqs.take(obs), self.freqs.take(ctf)
+
+    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Spectra and CTFs of particles ``idx`` (sorted ints), ``(B, K)`` each, on the device."""
+        if not self.resident:
+            return self.compute(idx)
+        sel = torch.as_tensor(np.asarray(idx), device=self.device)
+        return self.obs[sel], self.ctf[sel]
+
+    def batches(self, index_lists: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """``(idx, obs, ctf)`` for each index list in turn; when not resident, the next batch
+        is computed in a background thread while the caller works on the current one."""
+        if self.resident:
+            for idx in index_lists:
+                yield (idx, *self.get(idx))
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for idx in index_lists:
+                ahead = pool.submit(self.compute, idx)
+                if pending is not None:
+                    yield pending[0], *pending[1].result()
+                pending = (idx, ahead)
+            if pending is not None:
+                yield pending[0], *pending[1].result()
+
+    def all_chunks(self) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """Every particle, ``chunk`` at a time (the global search's input)."""
+        return self.batches(self._chunks())
