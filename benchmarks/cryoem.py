@@ -93,8 +93,11 @@ def forward_speed(box: int, n_images: int = 8, repeats: int = 3) -> list[dict]:
         sigma = stage_sigma(scale, 3, box, (0.3, 2.0))
         fwd = ForwardModel(box, 1.0, scale, net.band_limits[scale], sigma, pad=2)
 
+        obs = torch.zeros(n_images, len(fwd.freqs), dtype=torch.complex64)
+        ctf = torch.ones(n_images, len(fwd.freqs))
+
         def fast():
-            fwd.slices(fwd.volume_ft(net), R).abs().sum().backward()
+            fwd.structure_backward(net, obs, ctf, R)
 
         def slow():
             forward_images_real_space(net, R, box, scale).sum().backward()

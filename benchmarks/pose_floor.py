@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from rmfn_napari.cryoem.io import read_map, read_particles
     from rmfn_napari.cryoem.projector import volume_fourier
     from rmfn_napari.cryoem.reconstruct import (
-        ForwardModel, ReconstructConfig, observed_spectra, image_scale, gaussian_weight, pose_steps, stage_sigma,
+        ForwardModel, ReconstructConfig, StageData, image_scale, pose_steps, stage_sigma,
     )
     from rmfn_napari.cryoem.rotations import geodesic_distance, perturb_rotations
     from rmfn_napari.model import scale_band_limits
@@ -66,24 +66,23 @@ def main(argv=None) -> int:
     idx = np.arange(n)
     R_true = torch.as_tensor(ds.rotations[:n], dtype=torch.float64)
     vol_true = volume_fourier(torch.as_tensor(ref), pad=cfg.pad) / box
-    stage = {}  # scale -> (forward model, weight, observed, ctf, scaled true-map spectrum)
+    stage = {}  # scale -> (forward model, observed, ctf, scaled true-map spectrum)
     for scale in range(cfg.n_layers):
         sigma = stage_sigma(scale, cfg.n_layers, box, cfg.lambdas)
-        fwd = ForwardModel(box, apix, scale, bands[scale], sigma, cfg.pad, None)
-        fwd.render_n = box  # the true map is given on the full grid
-        weight = gaussian_weight(fwd.window, sigma, "cpu")
-        obs, ctf = observed_spectra(ds, idx, ds.ctf, fwd.window, scale_img, cfg, "cpu")  # centred stacks
+        # the true map is given on the full grid
+        fwd = ForwardModel(box, apix, scale, bands[scale], sigma, cfg.pad, None, render_n=box)
+        obs, ctf = StageData(ds, n, fwd.freqs, scale_img, cfg, "cpu", budget_bytes=2**34).get(idx)  # centred stacks
         model = fwd.slices(vol_true, R_true.float()) * ctf
-        w2 = weight**2
+        w2 = fwd.freqs.weight**2
         amp = float((model.conj() * obs * w2).real.sum() / ((model.abs() ** 2) * w2).sum())
-        stage[scale] = (fwd, weight, obs, ctf, vol_true * amp)
+        stage[scale] = (fwd, obs, ctf, vol_true * amp)
 
     def refine(scales, lo: float, hi: float) -> np.ndarray:
         """Errors (degrees) after pose steps at each band of ``scales`` in turn."""
         R = perturb_rotations(R_true, lo, hi, generator=torch.Generator().manual_seed(1)).float()
         for scale in scales:
-            fwd, weight, obs, ctf, vol_ft = stage[scale]
-            R, _, _ = pose_steps(vol_ft, fwd, weight, obs, ctf, R, args.steps, cfg.lr_pose, cfg.pose_betas)
+            fwd, obs, ctf, vol_ft = stage[scale]
+            R, _, _ = pose_steps(vol_ft, fwd, obs, ctf, R, args.steps, cfg.lr_pose, cfg.pose_betas)
             R = R.float()
         return geodesic_distance(R.double(), R_true).numpy()
 

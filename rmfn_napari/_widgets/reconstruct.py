@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine.devices import available_devices
+from ..model.precision import PRECISIONS
 from ..engine.events import Metrics, RunFinished, RunStarted, ScaleSnapshot, StageFinished
 from ..errors import InputError
 from ._base import RunWidgetBase
@@ -273,7 +274,11 @@ class ReconstructWidget(RunWidgetBase):
                                     "coarse bands, refine locally at the finest (so a full-scale run "
                                     "never searches); every stage: the finest searches too")
         self.device = QComboBox()
-        self.device.addItems(available_devices())
+        self.device.addItems(available_devices(needs_float64=True))
+        self.precision = QComboBox()
+        self.precision.addItems(list(PRECISIONS))
+        self.precision.setToolTip("Precision of the hidden layers' matrix products only: float32, "
+                                  "tf32 (CUDA GPUs), bf16 (GPUs, CPUs with bfloat16 units)")
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setSpecialValueText("0")
@@ -300,6 +305,7 @@ class ReconstructWidget(RunWidgetBase):
         self.form.addRow("shift search", self.shift_search)
         self.form.addRow("contrast", self.invert_contrast)
         self.form.addRow("device", self.device)
+        self.form.addRow("precision", self.precision)
         self.form.addRow("seed", self.seed)
         self.form.addRow("output folder", self.out_dir)
 
@@ -331,7 +337,8 @@ class ReconstructWidget(RunWidgetBase):
                 self.true_poses_path, self.sim_map_path, self.reference, self.reference_path,
                 self.preset, self.box, self.n_layers, self.hidden, self.lambda1, self.lambda2,
                 self.epochs, self.batch, self.lr_structure, self.lr_pose, self.pose_init, self.mode,
-                self.pose_search, self.shift_search, self.invert_contrast, self.device, self.seed]
+                self.pose_search, self.shift_search, self.invert_contrast, self.device, self.precision,
+                self.seed]
 
     def apply_preset(self, name: str) -> None:
         """Fill the key parameters from preset ``name``."""
@@ -414,6 +421,7 @@ class ReconstructWidget(RunWidgetBase):
             shift_range_px=float(self.shift_search.value()),
             invert_contrast=bool(self.invert_contrast.isChecked()),
             device=self.device.currentText(),
+            precision=self.precision.currentText(),
             seed=int(self.seed.value()),
         )
         cfg.validate()

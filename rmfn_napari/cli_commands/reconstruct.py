@@ -8,6 +8,7 @@ import sys
 
 from ..cryoem.reconstruct import MODES, POSE_INITS, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, reconstruct
 from ..engine.control import RunControl
+from ..model.precision import PRECISIONS
 from ._args import positive_ints
 from ._events import consume, stop_on_interrupt
 
@@ -58,7 +59,14 @@ def register(subparsers) -> None:
     p.add_argument("--max-particles", type=int, help="use only the first N particles")
     p.add_argument("--invert-contrast", action="store_true", help="multiply images by -1 (dark particles)")
     p.add_argument("--no-align", action="store_true", help="FSC without aligning to the reference first")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--device", default="auto", help="auto (default: a CUDA GPU if there is one, else the "
+                   "CPU), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="precision of the hidden layers' matrix products only: float32 (default), tf32 "
+                   "(CUDA), bf16 (CUDA, or a CPU with bfloat16 units)")
+    p.add_argument("--compile", action="store_true",
+                   help="evaluate the network through torch.compile (for a GPU; the first batch of each "
+                   "stage waits for the compiler)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
@@ -75,7 +83,8 @@ def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
                "lambdas": tuple(args.lambdas) if args.lambdas else None,
                "lr_structure": args.lr_structure, "lr_pose": args.lr_pose,
                "max_particles": args.max_particles, "box": args.box,
-               "shift_range_px": args.shift_range}
+               "shift_range_px": args.shift_range, "precision": args.precision,
+               "compile_render": True if args.compile else None}
     overrides.update({k: v for k, v in mapping.items() if v is not None})
     if args.pose_search is not None:
         overrides.update(POSE_SEARCH_MODES[args.pose_search])

@@ -83,6 +83,10 @@ def reconstruct(
     """
     cfg = config or ReconstructConfig()
     cfg.validate()
+    device = resolve_device(cfg.device, needs_float64=True)
+    why_not = supports_precision(cfg.precision, device)
+    if why_not is not None:
+        raise InputError(f"--precision {cfg.precision}: {why_not}")
     control = control or RunControl()
     ds = load_dataset(dataset, cfg.box)
     box, apix = ds.box, ds.apix
@@ -93,10 +97,6 @@ def reconstruct(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt" if out is not None else None
-    device = resolve_device(cfg.device)
-    why_not = supports_precision(cfg.precision, device)
-    if why_not is not None:
-        raise InputError(f"--precision {cfg.precision}: {why_not}")
     log_lines: list[str] = []
 
     def log(msg: str) -> Log:

@@ -105,17 +105,19 @@ class ForwardModel:
     mask_radius : soft spherical mask radius (box fraction), None: none.
     device, chunk, compile : where the stage runs; voxels per network evaluation; whether the
         network evaluation goes through ``torch.compile`` (:class:`SupportGrid`).
+    render_n : samples across the box of the map whose spectrum :meth:`slices` samples; default
+        the stage's window + 4 (a few samples of margin: the ReLU heads add harmonics beyond
+        the band), at most the box. A map given at the full box (e.g. a reference) uses ``box``.
     """
 
     def __init__(self, box: int, apix: float, scale: int, band_cycles: float, sigma: float, pad: int,
                  mask_radius: float | None = None, device="cpu", chunk: int | None = None,
-                 compile: bool = False):
+                 compile: bool = False, render_n: int | None = None):
         self.box, self.apix, self.scale, self.pad = box, apix, scale, pad
         self.mask_radius = mask_radius
         self.sigma = sigma
         self.window = stage_window(band_cycles, sigma, box)
-        # a few samples of margin: the ReLU heads add harmonics beyond the band
-        self.render_n = int(min(box, self.window + 4))
+        self.render_n = int(min(box, self.window + 4) if render_n is None else render_n)
         self.freqs = FrequencySet(box, self.window, sigma, device)
         self.support = SupportGrid(self.render_n, mask_radius, device, chunk, compile)
         # a grid of n samples over the box sums to (n/D)^3 of the D-grid sum; the 1/D

@@ -88,8 +88,8 @@ def pose_steps(vol_ft, fwd: ForwardModel, obs, ctf_b, R, steps: int, lr: float,
 
     Returns
     -------
-    (rotations (B, 3, 3) float64 orthonormalised on the CPU, origins (B, 2) px or None,
-    last mean loss as a device tensor)
+    (rotations (B, 3, 3) float64, origins (B, 2) px float64 or None, last mean loss), all on the
+    device: nothing here waits for it (the caller reads them back once per batch)
     """
     omega = torch.zeros(R.shape[0], 3, device=R.device, dtype=R.dtype, requires_grad=True)
     groups = [{"params": [omega], "lr": lr}]
@@ -114,8 +114,8 @@ def pose_steps(vol_ft, fwd: ForwardModel, obs, ctf_b, R, steps: int, lr: float,
         last = per_image.detach()
     with torch.no_grad():
         new = axis_angle_to_matrix(omega.detach().double()) @ R.double()
-    new_shifts = None if delta is None else (shifts_px + delta).detach().cpu().double()
-    return _orthonormalize(new.cpu()), new_shifts, last.mean()
+    new_shifts = None if delta is None else (shifts_px + delta).detach().double()
+    return new, new_shifts, last.mean()
 
 
 def _poses_free(cfg: ReconstructConfig, stage_idx: int, first_stage: int) -> bool:
@@ -184,11 +184,12 @@ def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, s
         lr_shift = cfg.lr_shift if estimates_shifts(cfg) else 0.0
         new, new_sh, loss_p = pose_steps(vol_ft, fwd, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
                                          cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)
-        # fold the float32 correction into the float64 stored pose
+        # fold the float32 correction into the float64 stored pose (on the CPU: one read-back)
+        new = _orthonormalize(new.cpu())
         delta = new @ R.double().cpu().transpose(-1, -2)
         rotations[idx] = _orthonormalize(delta @ rotations[idx])
         if lr_shift > 0:
-            shifts_px[idx] = new_sh
+            shifts_px[idx] = new_sh.cpu()
             clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px, idx)
     losses = torch.stack([loss_s.float().cpu(), loss_p.float().cpu()]).tolist()
     return losses[0], losses[1]
