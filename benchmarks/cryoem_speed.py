@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     chosen = args.engines.split(",")
     if "before" in chosen:
         engines["before"] = export_engine(args.before, work)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
     rows = []
     for D in sizes:
         n_sim = 64 if args.dry_run else (1800 if D == 64 else 600)
@@ -259,25 +259,31 @@ def main(argv=None) -> int:
                 print(label, name, res, flush=True)
     text = markdown(rows, runs, chosen, args)
     print(text)
-    if not args.dry_run:
+    if not args.dry_run:  # the per-stage table and the end-to-end runs each keep their own file
         res = ROOT / "benchmarks" / "results"
         res.mkdir(parents=True, exist_ok=True)
         tag = "" if args.device == "cpu" and args.precision == "float32" else \
             f"_{args.device.replace(':', '')}_{args.precision}"
-        (res / f"cryoem_speed{tag}.md").write_text(text)
-        (res / f"cryoem_speed{tag}.json").write_text(json.dumps({"stages": rows, "runs": runs, "before": args.before,
-                                                           "device": args.device, "threads": args.threads}, indent=1))
+        for name, part in (("", {"stages": rows}), ("_runs", {"runs": runs})):
+            if next(iter(part.values())):
+                (res / f"cryoem_speed{tag}{name}.json").write_text(json.dumps(
+                    {**part, "before": args.before, "device": args.device, "threads": args.threads,
+                     "measured": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
+                (res / f"cryoem_speed{tag}{name}.md").write_text(
+                    markdown(part.get("stages", []), part.get("runs", []), chosen, args))
     return 0
 
 
 def markdown(rows: list[dict], runs: list[dict], chosen: list[str], args) -> str:
     lines = [f"## Engine speed, {args.device}, {args.threads} thread(s), after at {args.precision}: "
-             f"before = {args.before}, after = this checkout",
-             f"Measured {time.strftime('%Y-%m-%d %H:%M')}; seconds per batch (mean of {args.batches} after a warm-up).", "",
-             "\"data\" is per batch before (FFT and CTF of every batch) and once per stage after (the stage's spectra "
-             "and CTFs of the timed particles, kept on the device), so the batch total leaves it out for both.", "",
-             "| D | stage | batch | engine | data (s) | structure (s) | pose (s) | batch total (s) | peak memory (MiB) | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"before = {args.before}, after = this checkout", f"Measured {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    if rows:
+        lines += [f"Seconds per batch (mean of {args.batches} after a warm-up).", "",
+                  "\"data\" is per batch before (FFT and CTF of every batch) and once per stage after (the stage's "
+                  "spectra and CTFs of the timed particles, kept on the device), so the batch total leaves it out "
+                  "for both.", "",
+                  "| D | stage | batch | engine | data (s) | structure (s) | pose (s) | batch total (s) | peak memory (MiB) | speed-up |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
     for cell in rows:
         base = cell.get("before")
         for name in chosen:
@@ -292,15 +298,22 @@ def markdown(rows: list[dict], runs: list[dict], chosen: list[str], args) -> str
             lines.append(f"| {r['D']} | {r['stage']} | {r['batch']} | {name} | {data} | {r['structure_s']:.3f} | "
                          f"{r['pose_s']:.3f} | {total:.3f} | {r['peak_mib']:.0f} | {up} |")
     if runs:
-        lines += ["", "| run | engine | wall (min) | FSC₀.₅ vs truth (Å) | pose median (°) | poses < 5° | gold standard (Å) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| run | engine | wall (min) | FSC₀.₅ vs truth (Å) | pose median (°) | poses < 5° | "
+                  "gold standard (Å) | speed-up | ΔFSC (Å) |", "|---|---|---|---|---|---|---|---|---|"]
+        before = {r["run"]: r for r in runs if r["engine"] == "before" and "error" not in r}
         for r in runs:
             if "error" in r:
-                lines.append(f"| {r['run']} | {r['engine']} | failed: {r['error'].splitlines()[-1]} | | | | |")
+                lines.append(f"| {r['run']} | {r['engine']} | failed: {r['error'].splitlines()[-1]} | | | | | | |")
                 continue
+            up = delta = ""
+            b = before.get(r["run"])
+            if b is not None and r["engine"] != "before":
+                up = f"{b['wall_s'] / r['wall_s']:.1f}×"
+                if b["fsc_A"] is not None and r["fsc_A"] is not None:
+                    delta = f"{r['fsc_A'] - b['fsc_A']:+.2f}"
             lines.append(f"| {r['run']} | {r['engine']} | {r['wall_s'] / 60:.1f} | {fmt(r['fsc_A'])} | "
                          f"{fmt(r['pose_median_deg'], '.1f')} | {fmt(None if r['frac_under_5deg'] is None else 100 * r['frac_under_5deg'], '.0f')}% | "
-                         f"{fmt(r['gold_standard_A'])} |")
+                         f"{fmt(r['gold_standard_A'])} | {up} | {delta} |")
     return "\n".join(lines) + "\n"
 
 
