@@ -199,6 +199,8 @@ def fmt(v, spec=".2f") -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", default=BEFORE, help=f"commit of the engine before (default {BEFORE})")
+    p.add_argument("--after", default=None, help="commit of the engine after (default: this checkout's "
+                   "working tree; a commit keeps long runs safe from edits made meanwhile)")
     p.add_argument("--engines", default="before,after", help="which engines to time")
     p.add_argument("--sizes", default="32,64", help="box sizes D")
     p.add_argument("--batches", type=int, default=2, help="timed batches per stage (after one warm-up)")
@@ -223,7 +225,7 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    engines = {"before": None, "after": ROOT}
+    engines = {"before": None, "after": ROOT if args.after is None else export_engine(args.after, work)}
     chosen = args.engines.split(",")
     if "before" in chosen:
         engines["before"] = export_engine(args.before, work)
@@ -276,7 +278,8 @@ def main(argv=None) -> int:
 
 def markdown(rows: list[dict], runs: list[dict], chosen: list[str], args) -> str:
     lines = [f"## Engine speed, {args.device}, {args.threads} thread(s), after at {args.precision}: "
-             f"before = {args.before}, after = this checkout", f"Measured {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+             f"before = {args.before}, after = {args.after or 'this checkout'}",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     if rows:
         lines += [f"Seconds per batch (mean of {args.batches} after a warm-up).", "",
                   "\"data\" is per batch before (FFT and CTF of every batch) and once per stage after (the stage's "
