@@ -2,20 +2,21 @@
 
 The layer's ``scale`` (Å per voxel, napari axis order ``[z, y, x]``) becomes the MRC header's
 voxel size, and its ``translate`` (Å) the header origin, so that reading the file back with
-:mod:`rmfn_napari._reader` gives the same layer geometry. The file is written to a temporary
-file in the target directory and moved into place with :func:`os.replace`, so a crash or a
-full disk never leaves a half-written file under the requested name.
+:mod:`rmfn_napari._reader` gives the same layer geometry. The file is written atomically
+(:func:`rmfn_napari.engine.atomic.atomic_path`: a temporary file in the target directory,
+fsynced and moved into place), so a crash or a full disk never leaves a half-written file
+under the requested name.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .engine.atomic import atomic_path
 from .errors import InputError
 
 #: Extensions this writer produces; another suffix gets ``.mrc`` appended.
@@ -70,21 +71,13 @@ def write_mrc(path: str | os.PathLike, data: Any, meta: dict) -> list[str]:
     origin = (translate[-1], translate[-2], translate[-3] if arr.ndim == 3 else 0.0)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
+        # mrcfile creates the temp with open(): the usual 0666 & ~umask (no chmod needed)
+        with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(arr))
             mrc.voxel_size = (vx, vy, vz)
             mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
             mrc.update_header_stats()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
     except OSError as exc:
         raise InputError(f"could not write MRC file ({exc})", path=path) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return [str(path)]

@@ -15,3 +15,12 @@ class InputError(ValueError):
     def __init__(self, message: str, path=None):
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class OutputDirError(InputError):
+    """An output folder cannot be used: a file, not writable, too little free space, locked
+    by another run, or a write into it failed (disk full). The message names the folder.
+
+    Raised by :mod:`rmfn_napari.engine.outdir` (and imported from there), by the run lock
+    (:mod:`~rmfn_napari.engine.runlock`) and by the atomic writes
+    (:mod:`~rmfn_napari.engine.atomic`)."""

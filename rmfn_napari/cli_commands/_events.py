@@ -13,27 +13,53 @@ from ..engine.events import (
 )
 
 
+class SignalStop:
+    """The signal that asked a run to stop, if any, and the exit status it calls for: 128 + its
+    number, as a shell reports a process ended by it (130 for SIGINT, 143 for SIGTERM)."""
+
+    signum: int | None = None
+
+    @property
+    def exit_status(self) -> int:
+        return 0 if self.signum is None else 128 + int(self.signum)
+
+
 @contextmanager
-def stop_on_interrupt(control: RunControl):
-    """First Ctrl-C asks the run to stop cleanly (outputs are written); a second one aborts."""
-    previous = signal.getsignal(signal.SIGINT)
+def stop_on_interrupt(control: RunControl) -> Iterator[SignalStop]:
+    """First Ctrl-C (SIGINT) or SIGTERM asks the run to stop cleanly (its outputs are written,
+    marked stopped); a second one aborts (KeyboardInterrupt for SIGINT, exit 143 for SIGTERM).
+
+    Yields a :class:`SignalStop`: the command returns its ``exit_status``."""
+    received = SignalStop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def restore():
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
     def handler(signum, frame):
         if control.stop_requested:
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
-        print("\nstopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+            restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        received.signum = signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{signal.Signals(signum).name}: stopping after this step, writing the outputs "
+              f"({again} again to abort)...", file=sys.stderr)
         control.request_stop()
 
     try:
-        signal.signal(signal.SIGINT, handler)
+        for s in signals:
+            signal.signal(s, handler)
     except ValueError:  # not in the main thread
-        yield
+        yield received
         return
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore()
 
 
 def _gold_text(values: dict) -> str:

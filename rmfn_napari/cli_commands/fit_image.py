@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..engine.control import RunControl
+from ..engine.outdir import estimate_fit_image_bytes, prepare_run_dir
 from ..errors import InputError
 from ..fitting import FitImageConfig, fit_image, load_image
 from ..fitting.image_fitting import PAPER_SCHEDULE
@@ -40,18 +41,33 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _image_shape(path) -> tuple:
+    """The image's shape from its header alone (() when it cannot be told: the API checks
+    the space again once the image is read)."""
+    try:
+        import imageio.v3 as iio
+
+        return tuple(iio.improps(path).shape)
+    except Exception:  # unreadable: load_image says why, one line
+        return ()
+
+
 def run(args: argparse.Namespace) -> int:
-    image = load_image(args.image)
     config = FitImageConfig(method=args.method, schedule=tuple(args.schedule), hidden=args.hidden,
                             lr=args.lr, lambdas=tuple(args.lambdas), downsample=args.downsample,
                             device=args.device, seed=args.seed)
     config.validate()
-    if min(image.shape[:2]) // args.downsample < 8:
-        raise InputError(f"image of {image.shape[0]}x{image.shape[1]} is too small for --downsample "
-                         f"{args.downsample}", args.image)
-    control = RunControl()
-    with stop_on_interrupt(control):
-        result = consume(fit_image(image, config, control, out_dir=args.out), quiet=args.quiet)
-    summary = {k: result.metrics[k] for k in ("method", "psnr_db", "spectrum_drift")}
+    shape = _image_shape(args.image)
+    need = estimate_fit_image_bytes(shape, args.downsample, len(config.schedule)) if len(shape) >= 2 else 0
+    # --out checked, locked and cleared of dead runs' temps before the image is read
+    with prepare_run_dir(args.out, need, f"fit-image ({len(config.schedule)} scales)"):
+        image = load_image(args.image)
+        if min(image.shape[:2]) // args.downsample < 8:
+            raise InputError(f"image of {image.shape[0]}x{image.shape[1]} is too small for "
+                             f"--downsample {args.downsample}", args.image)
+        control = RunControl()
+        with stop_on_interrupt(control) as signalled:
+            result = consume(fit_image(image, config, control, out_dir=args.out), quiet=args.quiet)
+    summary = {k: result.metrics[k] for k in ("method", "psnr_db", "spectrum_drift", "stopped")}
     print(json.dumps(summary))
-    return 0
+    return signalled.exit_status  # 130 after Ctrl-C, 143 after SIGTERM (a clean stop), else 0

@@ -8,6 +8,8 @@ import sys
 
 from ..cryoem.reconstruct import MODES, POSE_INITS, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, reconstruct
 from ..engine.control import RunControl
+from ..errors import InputError
+from ..engine.outdir import estimate_reconstruct_bytes, prepare_run_dir
 from ..model.precision import PRECISIONS
 from ._args import positive_ints
 from ._events import consume, stop_on_interrupt
@@ -99,14 +101,20 @@ def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
-    control = RunControl()
-    with stop_on_interrupt(control):
-        result = consume(reconstruct(args.star, cfg, control, reference=args.reference,
-                                     out_dir=args.out, resume=args.resume, true_poses=args.true_poses),
-                         quiet=args.quiet)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    # --out checked (a file, not writable, too little space), locked against a second run and
+    # cleared of dead runs' temps before the data are read; the box is known here only with --box
+    need = estimate_reconstruct_bytes(box=cfg.box, n_layers=cfg.n_layers, hidden=cfg.hidden)
+    with prepare_run_dir(args.out, need, "reconstruct"):
+        control = RunControl()
+        with stop_on_interrupt(control) as signalled:
+            result = consume(reconstruct(args.star, cfg, control, reference=args.reference,
+                                         out_dir=args.out, resume=args.resume, true_poses=args.true_poses),
+                             quiet=args.quiet)
     m = result.metrics
     summary = {"mode": m.get("mode"), "gold_standard_resolution_A": m.get("gold_standard_resolution_A"),
                "resolution_A": m.get("resolution_A"), "stopped": result.stopped,
@@ -118,4 +126,4 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     if not args.quiet:
         print(f"outputs in {args.out}", file=sys.stderr)
-    return 0
+    return signalled.exit_status  # 130 after Ctrl-C, 143 after SIGTERM (a clean stop), else 0

@@ -43,6 +43,17 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Run the simulation described by parsed ``args``; returns the exit code."""
+    from ..cryoem.io import read_mrc_header
+    from ..engine.outdir import estimate_simulate_bytes, prepare_run_dir
+
+    box = max(read_mrc_header(args.map).shape)  # the header only (1 KiB), for the estimate
+    need = estimate_simulate_bytes(args.n, box) if args.n > 0 else 0
+    # --out checked, locked and cleared of dead runs' temps before the map is read
+    with prepare_run_dir(args.out, need, f"simulate ({args.n} particles of {box} px)"):
+        return _simulate(args)
+
+
+def _simulate(args) -> int:
     from ..cryoem.simulate import simulate_particles
 
     t0 = time.perf_counter()

@@ -11,19 +11,21 @@
   Angles, origins, CTF and pixel-size columns must hold finite numbers.
 * Every problem with an input file raises :class:`rmfn_napari.errors.InputError` naming the
   file and the problem. Every writer writes to a temporary name in the destination
-  directory and renames it into place with :func:`os.replace`, so an interrupted write never
-  leaves a half-written file under the final name.
+  directory (``.NAME.tmp-PID``), fsyncs it and renames it into place
+  (:func:`rmfn_napari.engine.atomic.atomic_path`), so an interrupted write never leaves a
+  half-written file under the final name.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from ..engine.atomic import atomic_path as _atomic_path
+from ..engine.atomic import temp_path_for
 from ..errors import InputError
 from .ctf import CTFParams
 from .mrc import MrcLayout, _stack_transposed, read_mrc_data, read_mrc_header
@@ -47,27 +49,15 @@ __all__ = [
 
 # --------------------------------------------------------------------------- atomic writing
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``.NAME.tmp-PID`` next to ``path``: the pid tells a dead run's leftover from a live
+    run's temp (:func:`rmfn_napari.engine.atomic.clean_stale_temps`)."""
+    return temp_path_for(path)
 
 
-@contextmanager
-def atomic_path(path):
-    """Context manager yielding a temporary path next to ``path``; renamed onto it on success.
-
-    On any exception (including KeyboardInterrupt) the temporary file is removed and
-    ``path`` is left untouched.
-    """
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+#: ``with atomic_path(path) as tmp:`` yields ``_tmp_name(path)``; on success the file is fsynced
+#: and renamed onto ``path``; on any exception (KeyboardInterrupt too) the temp is removed and
+#: ``path`` is left untouched.
+atomic_path = _atomic_path
 
 
 # --------------------------------------------------------------------------------- maps

@@ -47,9 +47,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..engine.atomic import fsync_dir, replace_no_clobber, replace_synced
+from ..engine.outdir import estimate_simulate_bytes, prepare_run_dir
 from ..errors import InputError
 from .ctf import CTFParams
-from .io import StackWriter, _tmp_name, read_map, star_round, write_map, write_star
+from .io import StackWriter, _tmp_name, read_map, read_mrc_header, star_round, write_map, write_star
 from .offsets import centring_phase
 from .projector import fourier_slices, slices_to_images, volume_fourier
 from .rotations import euler_to_matrix, matrix_to_euler, random_rotations
@@ -248,6 +250,18 @@ def _simulate_batch(vol_ft, R, origins_px, ctf, idx, box, apix, apply_ctf, noise
     return noise
 
 
+def _check_finite_images(images: np.ndarray, first: int, snr: float, noise_free: bool, map_path) -> None:
+    """Refuse images (particles ``first``, ...) that are not finite in float32, the stack's type:
+    nothing of the run is then written."""
+    ok = (np.abs(images) <= np.finfo(np.float32).max).all(axis=(1, 2))  # False for NaN too
+    if ok.all():
+        return
+    bad = first + int(np.flatnonzero(~ok)[0])
+    why = "" if noise_free else (f" (--snr {snr:g} is too small: the noise std, std(image)/sqrt(snr), "
+                                 f"overflows float32)")
+    raise InputError(f"simulated particle {bad + 1} has NaN/Inf pixels{why}; nothing written", map_path)
+
+
 def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, seed: int = 0,
                        noise_free: bool = False, apply_ctf: bool = True, chunk: int = 1000,
                        defocus_range=(15000.0, 20000.0), astig_range=(100.0, 500.0),
@@ -284,7 +298,9 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
         Place each particle off-centre by an origin drawn uniformly in the disc of this radius
         (px, < D/4); the origins go to ``true_poses.star`` (Å). 0: every particle centred.
     overwrite : bool
-        Replace existing outputs (otherwise any existing output file is an error).
+        Replace existing outputs. Otherwise an existing output file is an error, checked
+        before any work and again, under the folder's lock, right before the files are moved
+        into place (one another run finished meanwhile is never replaced).
     progress : callable(done, total), optional
         Called after each chunk with the number of particles written.
 
@@ -294,20 +310,36 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
         Paths of ``particles.star``, ``true_poses.star``, ``particles.mrcs``, ``reference.mrc``,
         ``simulation.json``. All files are written under temporary names and renamed at the
         very end (the STARs last), so an interrupted run leaves none of them half-written.
+
+    Raises
+    ------
+    InputError
+        A bad parameter or map. :class:`~rmfn_napari.engine.outdir.OutputDirError` (a subclass)
+        before any work when ``out_dir`` is a file, is not writable, has too little free space
+        (:func:`~rmfn_napari.engine.outdir.estimate_simulate_bytes`) or is locked by another
+        run; and when the disk fills up while writing (no output of this run is left).
     """
     cfg = SimulationConfig(n=n, snr=snr, seed=seed, noise_free=noise_free, apply_ctf=apply_ctf,
                            chunk=chunk, defocus_min=defocus_range[0], defocus_max=defocus_range[1],
                            astig_min=astig_range[0], astig_max=astig_range[1], voltage=voltage,
                            cs=cs, amp_contrast=amp_contrast, max_shift=max_shift)
     cfg.validate()
+    # the output folder before any work: a file, not writable, too little space, another run
+    lay = read_mrc_header(map_path)  # 1 KiB: the box size for the estimate
+    out_dir = Path(out_dir)
+    need = estimate_simulate_bytes(int(n), max(lay.shape))
+    with prepare_run_dir(out_dir, need, f"simulate ({int(n)} particles of {max(lay.shape)} px)"):
+        return _simulate_into(out_dir, map_path, cfg, overwrite, progress)
+
+
+def _simulate_into(out_dir: Path, map_path, cfg: SimulationConfig, overwrite: bool,
+                   progress) -> SimulationResult:
+    """The simulation proper, in a folder this run holds the lock of."""
+    n, snr, seed, noise_free, apply_ctf, chunk = (cfg.n, cfg.snr, cfg.seed, cfg.noise_free,
+                                                  cfg.apply_ctf, cfg.chunk)
     volume, apix = read_map(map_path)
     box = volume.shape[0]
     cfg.validate(box)
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create output directory ({exc})", out_dir) from exc
     finals = {k: out_dir / name for k, name in (("stack", "particles.mrcs"), ("star", "particles.star"),
                                                   ("true_poses", "true_poses.star"),
                                                   ("reference", "reference.mrc"),
@@ -330,6 +362,7 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
 
     vol_ft = volume_fourier(torch.from_numpy(volume), pad=cfg.pad)
     tmps = {k: _tmp_name(p) for k, p in finals.items()}
+    placed: list[Path] = []
     try:
         writer = StackWriter(tmps["stack"], n, box, apix)
         try:
@@ -338,9 +371,10 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
                 buf = np.empty((j - i, box, box), dtype=np.float32)
                 for a in range(i, j, _COMPUTE_BATCH):  # bounded temporaries, whatever the chunk
                     b = min(a + _COMPUTE_BATCH, j)
-                    buf[a - i:b - i] = _simulate_batch(vol_ft, R[a:b], origins_px[a:b], ctf,
-                                                       np.arange(a, b), box, apix, apply_ctf,
-                                                       noise_free, snr, rng_noise, map_path)
+                    images = _simulate_batch(vol_ft, R[a:b], origins_px[a:b], ctf, np.arange(a, b), box,
+                                             apix, apply_ctf, noise_free, snr, rng_noise, map_path)
+                    _check_finite_images(images, a, snr, noise_free, map_path)
+                    buf[a - i:b - i] = images
                 writer.write(buf)
                 del buf
                 if progress is not None:
@@ -360,15 +394,33 @@ def simulate_particles(map_path, out_dir, n: int = 1000, snr: float = 0.1, *, se
                     ctf_convention="RELION (CTF(0)=+amplitude contrast)",
                     origin_convention="RELION: the particle's centre sits at -origin, I(x) = P(x + o)")
         tmps["metadata"].write_text(json.dumps(meta, indent=2))
-        # the STARs last: they name the rest
-        for k in ("stack", "reference", "metadata", "true_poses", "star"):
-            os.replace(tmps[k], finals[k])
+        # the STARs last: they name the rest. Without overwrite, a file another run finished
+        # meanwhile is never replaced: checked again now, and each move fails if the name exists
+        order = ("stack", "reference", "metadata", "true_poses", "star")
+        if not overwrite:
+            existing = [str(finals[k]) for k in order if os.path.lexists(finals[k])]
+            if existing:
+                raise InputError(f"output exists: {', '.join(existing)}, written by another run "
+                                 f"meanwhile; nothing replaced (use overwrite)", out_dir)
+        for k in order:
+            if overwrite:
+                replace_synced(tmps[k], finals[k])
+            else:
+                replace_no_clobber(tmps[k], finals[k])
+            placed.append(finals[k])
+        fsync_dir(out_dir)
     except BaseException:
         for p in tmps.values():
             try:
                 p.unlink()
             except FileNotFoundError:
                 pass
+        if not overwrite:  # a partial set would mix this run's files with another's
+            for p in placed:
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
         raise
     return SimulationResult(star=finals["star"], true_poses=finals["true_poses"], stack=finals["stack"],
                             reference=finals["reference"], metadata=finals["metadata"], n=n, box=box,

@@ -13,8 +13,7 @@ training images) and evaluated on the original grid (2x finer) for PSNR, the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from ..engine.events import (
     Event, Log, Metrics, Progress, RunFinished, RunStarted, ScaleSnapshot, StageFinished,
     StageStarted,
 )
+from ..engine.atomic import fsync_dir, fsync_file, replace_synced, temp_path_for
+from ..engine.outdir import estimate_fit_image_bytes, prepare_run_dir
 from ..errors import InputError
 from ..model import METHODS, ResidualMFN
 from .images import downsample, normalize_image
@@ -65,6 +66,13 @@ class FitImageConfig:
             raise InputError(f"schedule needs one positive step count per stage, got {self.schedule}")
         if self.hidden < 1 or self.lr <= 0 or self.downsample < 1:
             raise InputError("hidden, lr and downsample must be positive")
+        if not math.isfinite(self.lr):
+            raise InputError(f"--lr must be a finite number > 0, got {self.lr}")
+        if len(self.lambdas) != 2 or not all(math.isfinite(v) and v >= 0 for v in self.lambdas) \
+                or sum(self.lambdas) <= 0:
+            raise InputError(f"--lambdas must be two finite numbers >= 0, not both 0, got {tuple(self.lambdas)}")
+        if math.isnan(self.snapshot_interval_s) or self.snapshot_interval_s < 0:
+            raise InputError(f"snapshot_interval_s must be >= 0 s, got {self.snapshot_interval_s}")
 
 
 def _axis_for_upsampled(n_train: int, factor: int, device) -> torch.Tensor:
@@ -92,6 +100,11 @@ def fit_image(
 ) -> Iterator[Event]:
     """Fit ``image`` coarse to fine; yield engine events as training goes.
 
+    With ``out_dir``, the folder is checked before training (a file, not writable, less free
+    space than :func:`~rmfn_napari.engine.outdir.estimate_fit_image_bytes`: one
+    :class:`~rmfn_napari.engine.outdir.OutputDirError` line) and locked for the run (another
+    run on it is refused); the outputs are written all or none.
+
     Parameters
     ----------
     image : ndarray
@@ -117,6 +130,15 @@ def fit_image(
     """
     config = config or FitImageConfig()
     config.validate()
+    if out_dir is None:
+        return (yield from _fit_image_events(image, config, control, None))
+    need = estimate_fit_image_bytes(np.shape(image), config.downsample, len(config.schedule))
+    with prepare_run_dir(out_dir, need, f"fit-image ({len(config.schedule)} scales)"):
+        return (yield from _fit_image_events(image, config, control, out_dir))
+
+
+def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterator[Event]:
+    """The fit proper (see :func:`fit_image`); ``out_dir`` is checked and locked."""
     control = control or RunControl()
     original = normalize_image(image)
     train = downsample(original, config.downsample)
@@ -133,6 +155,7 @@ def fit_image(
     ).to(device)
     fair_bacon = not net.residual
     target = torch.as_tensor(train if train.ndim == 3 else train[..., None], device=device)
+    empty_loss = float((target ** 2).mean())  # the loss of a black image: the scale of the losses
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     total = int(sum(config.schedule))
     yield RunStarted("fit-image", n_scales, total, str(device), config=asdict(config))
@@ -175,6 +198,9 @@ def fit_image(
                 loss = sum(((y - target) ** 2).mean() for y in outs)
             else:
                 loss = ((outs[-1] - target) ** 2).mean()
+            value = float(loss.detach())  # checked before the step: a diverged loss changes nothing
+            check_loss(value, empty_loss * (len(outs) if fair_bacon else 1), config,
+                       f"stage {stage + 1}, step {stage_step} ({step + 1} of the run)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -182,7 +208,7 @@ def fit_image(
             done = stage_step
             elapsed = time.perf_counter() - t0
             eta = elapsed / step * (total - step)
-            yield Progress(stage, step, total, stage_step, int(n_steps), float(loss.detach()), elapsed, eta)
+            yield Progress(stage, step, total, stage_step, int(n_steps), value, elapsed, eta)
             now = time.perf_counter()
             if now - last_snap >= config.snapshot_interval_s and stage_step < n_steps:
                 last_snap = now
@@ -224,38 +250,64 @@ def fit_image(
     yield RunFinished(stopped, step, time.perf_counter() - t0, outputs, metrics)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# A loss above this many times the loss of a black image (the target's mean square; images
+# are normalised to [0, 1]) means the fit has blown up: a sound fit scores below 1x, and
+# --lr 1e9 scores ~1e17x after one step.
+EXPLOSION_FACTOR = 1e6
+
+
+def check_loss(value: float, empty_loss: float, config: FitImageConfig, where: str) -> None:
+    """Stop a diverged fit at its step (InputError naming the step and the learning rate) when
+    the loss is not finite or exceeds :data:`EXPLOSION_FACTOR` x the loss of a black image."""
+    if math.isfinite(value) and value <= EXPLOSION_FACTOR * max(empty_loss, 1e-12):
+        return
+    what = f"is {value:.3g}, over {EXPLOSION_FACTOR:g} x that of a black image" if math.isfinite(value) \
+        else f"is {value} (not finite)"
+    raise InputError(f"{where}: the loss {what}: the fit diverged (learning rate too high? try a "
+                     f"smaller --lr than {config.lr:g}); stopped, nothing written")
 
 
 def write_fit_outputs(out_dir: str | Path, images: dict[int, np.ndarray], metrics: dict) -> dict[str, str]:
     """Write ``scale_k.tif``, ``spectrum_k.tif`` (log-amplitude, centred) and ``metrics.json``.
 
-    Each file is written atomically (temp file + rename). Returns name -> path.
+    All or none: every file is first written to a temp name in ``out_dir``
+    (``.NAME.tmp-PID``) and fsynced; only when all are written are they renamed into place.
+    On any failure (a full disk) the temps, and any file this call already renamed, are
+    removed. Returns name -> path.
     """
     import tifffile
 
+    for k, img in images.items():  # before any file: never a NaN/Inf image
+        if not np.all(np.isfinite(img)):
+            raise InputError(f"refusing to write scale {k}: its image has NaN/Inf pixels", out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, str] = {}
+    jobs: list[tuple[str, Path, object]] = []
     for k, img in images.items():
         for name, arr in ((f"scale_{k}", img), (f"spectrum_{k}", log_spectrum(img))):
-            path = out / f"{name}.tif"
-            _atomic_write(path, lambda p, a=arr: tifffile.imwrite(p, np.asarray(a, np.float32)))
-            written[name] = str(path)
-    path = out / "metrics.json"
+            jobs.append((name, out / f"{name}.tif",
+                         lambda p, a=arr: tifffile.imwrite(p, np.asarray(a, np.float32))))
     clean = json.loads(json.dumps(metrics, default=float), parse_constant=lambda c: None)
-    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(clean, indent=2, allow_nan=True)))
-    written["metrics"] = str(path)
-    return written
+    jobs.append(("metrics", out / "metrics.json",
+                 lambda p: Path(p).write_text(json.dumps(clean, indent=2, allow_nan=True))))
+    temps = [temp_path_for(path) for _, path, _ in jobs]
+    placed: list[Path] = []
+    try:
+        for (_, _, write), tmp in zip(jobs, temps):
+            write(tmp)
+            fsync_file(tmp)  # every temp on disk before the first move (fsynced again: a no-op)
+        for (_, path, _), tmp in zip(jobs, temps):
+            replace_synced(tmp, path)
+            placed.append(path)
+        fsync_dir(out)
+    except BaseException:
+        for p in [*temps, *placed]:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+        raise
+    return {name: str(path) for name, path, _ in jobs}
 
 
 def run_to_completion(events: Iterator[Event]) -> RunFinished:

@@ -15,9 +15,9 @@ import torch
 from ...engine.control import RunControl, honour_requests
 from ...engine.devices import resolve_device
 from ...engine.events import (
-    Event, Log, Metrics, Progress, RunFinished, RunStarted, StageFinished, StageStarted,
-    VolumeSnapshot,
+    Event, Metrics, Progress, RunFinished, RunStarted, StageFinished, StageStarted, VolumeSnapshot,
 )
+from ...engine.outdir import check_output_dir, estimate_reconstruct_bytes, prepare_run_dir
 from ...errors import InputError
 from ...model import ResidualMFN
 from ...model.precision import supports_precision
@@ -26,10 +26,11 @@ from ..io import write_map
 from ..pose_search import global_pose_search
 from ..validation import gold_standard_values, half_maps, half_sets
 from .data import check_contrast, image_scale, load_dataset, load_reference
+from .divergence import check_finite, check_losses, empty_map_loss
 from .forward import ForwardModel, stage_sigma
 from .outputs import (
-    RunState, evaluate, final_metrics, load_checkpoint, save_checkpoint, snapshot, summarise,
-    write_outputs,
+    RunLog, RunState, check_resume, evaluate, final_metrics, finished_run, read_resume_checkpoint,
+    resume_state, run_identity, save_checkpoint, snapshot, summarise, write_outputs,
 )
 from .poses import (
     clamp_offsets, estimates_shifts, initial_rotations, initial_shifts, moves_poses, search_offsets,
@@ -66,9 +67,14 @@ def reconstruct(
         ``half_map_1.mrc``, ``half_map_2.mrc``, ``map.mrc`` and ``mask_auto.mrc`` (at each stage
         end), ``poses.star`` (angles, origins in Å and half-sets for the original images;
         ``poses_subset.npz`` when ``max_particles`` leaves particles out), ``metrics.json``,
-        ``checkpoint.pt`` (every epoch) and ``run.log`` are written there.
+        ``checkpoint.pt`` (every epoch) and ``run.log`` (appended to as the run goes, never
+        replaced) are written there.
     resume : bool
-        Continue from ``out_dir/checkpoint.pt`` (same data and settings).
+        Continue the run saved in ``out_dir/checkpoint.pt``: only the same run. A changed
+        setting or dataset (STAR path, size, rows, pixels, true poses) is refused with an
+        InputError naming it; :data:`~.outputs.RESUME_SAFE_SETTINGS` and more epochs from the
+        current stage on are applied and logged (:func:`~.outputs.check_resume`). On a finished
+        run it says so (Log, RunFinished with its metrics) and writes nothing.
     true_poses : path to a STAR, or None
         The true angles and origins of these particles (e.g. ``true_poses.star`` from
         ``rmfn simulate``). Pose and offset errors are reported only when it is given.
@@ -80,6 +86,13 @@ def reconstruct(
         ScaleSnapshot (3D volumes, voxel size in Å), Metrics ("fsc" per scale against the
         reference, "pose_errors" against the true poses, "gold_standard"), VolumeSnapshot
         (the half-maps and the full backprojected map), StageFinished, RunFinished.
+
+    Raises
+    ------
+    InputError
+        Bad input or settings; a refused resume; a diverged training (:func:`check_losses`,
+        :func:`check_finite`: the run stops within the batch, keeping the last checkpoint and
+        writing no map of the diverged state).
     """
     cfg = config or ReconstructConfig()
     cfg.validate()
@@ -88,20 +101,27 @@ def reconstruct(
     if why_not is not None:
         raise InputError(f"--precision {cfg.precision}: {why_not}")
     control = control or RunControl()
+    if out_dir is None:
+        return (yield from _run(dataset, cfg, device, control, reference, None, resume, true_poses))
+    # the folder checked (a file? writable? space?), locked for this run, dead runs' temps removed
+    with prepare_run_dir(out_dir, estimate_reconstruct_bytes(cfg.box, None, cfg.n_layers, cfg.hidden),
+                         "reconstruct"):
+        return (yield from _run(dataset, cfg, device, control, reference, Path(out_dir), resume, true_poses))
+
+
+def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference, out: Path | None,
+         resume: bool, true_poses) -> Iterator[Event]:
+    """The body of :func:`reconstruct` (settings checked, output folder locked)."""
     ds = load_dataset(dataset, cfg.box)
     box, apix = ds.box, ds.apix
     n = ds.n if cfg.max_particles is None else min(ds.n, int(cfg.max_particles))
     ref = load_reference(reference, ds)
     truth = read_true_poses(true_poses, ds, n) if true_poses is not None else None
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt" if out is not None else None
-    log_lines: list[str] = []
-
-    def log(msg: str) -> Log:
-        log_lines.append(msg)
-        return Log(msg)
+    saved = read_resume_checkpoint(ckpt_path) if resume else None
+    if out is not None:  # now that the box and the particle count are known
+        check_output_dir(out, estimate_reconstruct_bytes(box, n, cfg.n_layers, cfg.hidden),
+                         f"reconstruct ({n} particles of {box} px)")
 
     torch.manual_seed(cfg.seed)
     net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
@@ -116,21 +136,25 @@ def reconstruct(
     start_shifts = initial_shifts(ds, n, cfg, truth)  # offsets are searched within ±range of these
     shifts_px = start_shifts.clone()
     halves, halves_origin = half_sets(ds, n, cfg.seed)  # fixed for the whole run: the half-maps
-    state = RunState()
-    if resume:
-        if ckpt_path is None:
-            raise InputError("resume needs the output directory of the interrupted run")
-        payload = load_checkpoint(ckpt_path)
-        if payload["net_config"] != net.config() or payload["rotations"].shape[0] != n:
-            raise InputError("checkpoint was made with other settings or data", ckpt_path)
-        net.load_state_dict(payload["net"])
-        opt.load_state_dict(payload["opt"])
-        rotations = payload["rotations"].to(torch.float64)
-        shifts_px = payload["shifts_px"].to(torch.float64)
-        state = RunState(**payload["state"])
+    scale_img = image_scale(ds, n, cfg)
+    identity = run_identity(ds, n, truth, scale_img)  # what a resume must find again
+    state, applied = RunState(), []
+    if saved is not None:
+        applied = check_resume(saved, cfg, identity)  # refuses a changed setting or dataset
+        state = resume_state(saved, cfg)
+        if state.finished:  # nothing to do: say so, write nothing
+            yield from finished_run(out, state)
+            return
+        if saved["net_config"] != net.config() or saved["rotations"].shape[0] != n:
+            raise InputError("--resume: the checkpoint's network or particle count differs", ckpt_path)
+        net.load_state_dict(saved["net"])
+        opt.load_state_dict(saved["opt"])
+        rotations = saved["rotations"].to(torch.float64)
+        shifts_px = saved["shifts_px"].to(torch.float64)
+    log = RunLog(out / "run.log" if out is not None else None,  # appended to, never replaced
+                 header=f"--- {'resumed' if saved else 'new'} run, {time.strftime('%Y-%m-%d %H:%M:%S')} ---")
 
     ctf = ds.ctf
-    scale_img = image_scale(ds, n, cfg)
     plan = cfg.stage_plan()
     batches_per_epoch = int(math.ceil(n / cfg.batch_size))
     total_batches = batches_per_epoch * sum(e for _, e in plan)
@@ -144,18 +168,23 @@ def reconstruct(
               + (f"estimated within ±{cfg.shift_range_px:g} px" if estimates_shifts(cfg) else "fixed at the STAR's origins")
               + ("; pose errors against " + str(truth.path) if truth is not None else "; no true poses given: no pose errors"))
     yield log(halves_origin)
-    if resume:
+    if saved is not None:
         yield log(f"resumed at stage {state.stage + 1}, epoch {state.epoch_in_stage}, batch {state.step}")
+        for change in applied:
+            yield log(f"--resume: applied the change {change}")
     elif cfg.check_contrast:
         yield log(check_contrast(ds, n, ctf, shifts_px, scale_img, cfg, device))
 
     t_start = time.perf_counter() - state.elapsed_s
     stopped = False
-    metrics_out: dict = {"stages": state.history.get("stages", [])}
+    metrics_out: dict = {"stages": state.history.setdefault("stages", [])}  # the checkpoint's list
     last_eval: list[Event] = []
     last_scale = plan[min(state.stage, len(plan) - 1)][0]
 
     for stage_idx in range(state.stage, len(plan)):
+        if control.stop_requested:  # asked before this stage began: it never starts
+            stopped = True
+            break
         scale, epochs = plan[stage_idx]
         last_scale = scale
         band = net.band_limits[scale]
@@ -175,6 +204,7 @@ def reconstruct(
         skipped = False
         start_epoch = state.epoch_in_stage if stage_idx == state.stage else 0
         stage_batches = 0
+        empty_loss = None  # the loss of an empty map on the stage's first batch: the scale of its losses
         for epoch in range(start_epoch, epochs):
             order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
             search_now = searches_poses(cfg, stage_idx, scale) and epoch > 0
@@ -198,8 +228,12 @@ def reconstruct(
                 if command is not None:
                     stopped, skipped = command == "stop", command == "next"
                     break
+                if empty_loss is None:
+                    empty_loss = empty_map_loss(fwd, obs, ctf_b)
                 loss_s, loss_p = train_batch(net, opt, fwd, obs, ctf_b, rotations, shifts_px,
                                               start_shifts, idx, cfg, control, device, moves_poses(cfg, stage_idx))
+                check_losses(loss_s, loss_p, empty_loss, cfg, control, moves_poses(cfg, stage_idx),
+                             f"stage {stage_idx + 1}, epoch {epoch + 1}, batch {b + 1} (step {state.step + 1})")
                 state.step += 1
                 stage_batches += 1
                 elapsed = time.perf_counter() - t_start
@@ -216,11 +250,12 @@ def reconstruct(
                 break
             state.epoch_in_stage = epoch + 1
             state.elapsed_s = time.perf_counter() - t_start
+            check_finite(net, rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end of epoch {epoch + 1}")
             if ckpt_path is not None:
                 state.stage = stage_idx
-                state.history = {"stages": metrics_out["stages"]}
-                save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg)
+                save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg, identity)
         # end of stage: snapshots of every scale so far, FSC, pose errors
+        check_finite(net, rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end")
         for k in range(scale + 1):
             yield snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
         last_eval = evaluate(net, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
@@ -232,6 +267,7 @@ def reconstruct(
         if out is not None:
             write_map(out / "mask_auto.mrc", hm.masks["auto"], apix)
         last_eval.append(Metrics("gold_standard", stage_idx, gold_standard_values(hm)))
+        state.history["final"] = final_metrics(last_eval)
         summary = summarise(last_eval)
         summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
                        seconds=time.perf_counter() - stage_t0, band_cycles=band,
@@ -243,26 +279,32 @@ def reconstruct(
                             {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         yield log("stage {stage}: {s}".format(stage=stage_idx + 1, s=json.dumps(
             {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})))
-        if stopped:
+        if stopped or control.stop_requested:  # also a stop during the evaluation: no next stage
+            stopped = True
             break
         state.stage, state.epoch_in_stage = stage_idx + 1, 0
         if ckpt_path is not None:
             state.elapsed_s = time.perf_counter() - t_start
-            state.history = {"stages": metrics_out["stages"]}
-            save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg)
+            save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg, identity)
         if control.pause_at_stage_end and stage_idx < len(plan) - 1:
             control.pause()
 
     seconds = time.perf_counter() - t_start
-    metrics_out.update(final_metrics(last_eval), mode=cfg.mode, preset=cfg.preset, n_particles=n,
-                       box=box, apix=apix, source_box=getattr(ds, "source_box", box),
+    # the last evaluation: this session's, else the checkpoint's (all stages were done before)
+    final = state.history.get("final") or final_metrics(last_eval)
+    metrics_out.update(final, mode=cfg.mode, preset=cfg.preset, n_particles=n, box=box, apix=apix,
+                       source_box=getattr(ds, "source_box", box),
                        source_apix=getattr(ds, "source_apix", apix), seconds=seconds, stopped=stopped,
                        batches=state.step, band_limits_cycles=net.band_limits,
                        true_poses=None if truth is None else str(truth.path))
     outputs: dict[str, str] = {}
     if out is not None:
         outputs = write_outputs(out, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves,
-                                 metrics_out, log_lines, scale_img, cfg.mask_radius)
-        if ckpt_path is not None and ckpt_path.exists():
+                                 metrics_out, scale_img, cfg.mask_radius)
+        if not stopped:  # every stage ran and the outputs are written: a resume has nothing to do
+            state.finished, state.elapsed_s = True, seconds
+            save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg, identity)
+        if ckpt_path.exists():
             outputs["checkpoint"] = str(ckpt_path)
     yield RunFinished(stopped, state.step, seconds, outputs, metrics_out)
+

@@ -3,17 +3,17 @@ pose and offset errors against the truth), snapshots, metrics and output files."
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ...engine.atomic import atomic_path
 from ...engine.events import (
-    Event, Metrics, ScaleSnapshot,
+    Event, Log, Metrics, RunFinished, ScaleSnapshot,
 )
 from ...errors import InputError
 from ...fitting.metrics import log_spectrum
@@ -34,29 +34,25 @@ class RunState:
     step: int = 0  # batches done over the run
     elapsed_s: float = 0.0
     offsets_searched: bool = False  # the search over the whole offset range has run
+    # "stages": the stage summaries so far; "final": final_metrics() of the last evaluation
     history: dict = field(default_factory=dict)
+    finished: bool = False  # every stage ran and the outputs were written
 
 
-CHECKPOINT_FORMAT = "rmfn-napari/reconstruct/2"
+CHECKPOINT_FORMAT = "rmfn-napari/reconstruct/3"
 
 
-def save_checkpoint(path: Path, net, opt, rotations, shifts_px, state: RunState, cfg: ReconstructConfig) -> None:
-    """Write everything a resume needs (settings, network, optimiser, rotations, offsets,
-    progress) atomically to ``path``."""
+def save_checkpoint(path: Path, net, opt, rotations, shifts_px, state: RunState, cfg: ReconstructConfig,
+                    identity: dict) -> None:
+    """Write everything a resume needs (settings, data identity, network, optimiser, rotations,
+    offsets, progress) atomically to ``path``."""
     payload = {
-        "config": asdict(cfg), "net_config": net.config(), "net": net.state_dict(),
+        "config": asdict(cfg), "identity": identity, "net_config": net.config(), "net": net.state_dict(),
         "opt": opt.state_dict(), "rotations": rotations.cpu(), "shifts_px": shifts_px.cpu(),
         "state": asdict(state), "format": CHECKPOINT_FORMAT,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".checkpoint.", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -74,6 +70,166 @@ def load_checkpoint(path: str | Path) -> dict:
         raise InputError(f"checkpoint format {payload['format']} is from another version "
                          f"(this one reads {CHECKPOINT_FORMAT}); start a new run", path)
     return payload
+
+
+# ---------------------------------------------------------------------------------- resume
+# Settings a resume may change: where and how fast the run goes, not what it computes (a
+# change of device or compile_render continues the same run, though not bit for bit).
+# epochs_per_stage may also grow from the current stage on (see check_resume).
+RESUME_SAFE_SETTINGS = ("device", "snapshot_interval_s", "stage_data_gb", "compile_render")
+
+_IDENTITY_NAMES = {
+    "star": "the particle STAR", "star_bytes": "the STAR's size in bytes",
+    "rows_sha256": "the hash of the particle rows (image names, CTF, angles, origins)",
+    "n_particles": "the number of particles", "box": "the working box (px)", "apix": "the pixel size (Å)",
+    "image_scale": "the images' intensity scale (std of up to 512 particles: their pixels)",
+    "true_poses": "--true-poses", "true_poses_sha256": "the hash of the true poses",
+}
+
+
+def run_identity(ds, n: int, truth, scale_img: float) -> dict:
+    """What the data of a run is, for :func:`check_resume`: the STAR (resolved path, size, a
+    hash of its particle rows; for a dataset object without a STAR, a hash of its image keys),
+    the particle count, the working box and pixel size, a fingerprint of the pixels (the
+    intensity scale, from up to 512 images) and the true poses (path and a hash)."""
+    src = getattr(ds, "source", ds)  # the STAR's dataset under a Fourier crop
+    star = getattr(src, "star_path", None)
+    star = Path(star).resolve() if star is not None else None
+    digest = hashlib.sha256()
+    names = getattr(src, "image_names", None)
+    if star is None and hasattr(src, "image_keys"):
+        names = [f"{p}@{k}" for p, k in src.image_keys()]
+    digest.update("\n".join(map(str, names or [])).encode())
+    ctf = getattr(src, "ctf", None)
+    arrays = [getattr(src, "euler", None), getattr(src, "shifts_A", None)]
+    arrays += [getattr(ctf, f.name) for f in fields(ctf)] if ctf is not None else []
+    for a in arrays:
+        if a is not None:
+            digest.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    ident = {"star": None if star is None else str(star),
+             "star_bytes": star.stat().st_size if star is not None and star.is_file() else None,
+             "rows_sha256": digest.hexdigest(), "n_particles": int(n), "box": int(ds.box),
+             "apix": float(ds.apix), "image_scale": float(scale_img), "true_poses": None,
+             "true_poses_sha256": None}
+    if truth is not None:
+        ident["true_poses"] = str(Path(truth.path).resolve())
+        ident["true_poses_sha256"] = hashlib.sha256(
+            np.ascontiguousarray(truth.rotations, np.float64).tobytes()
+            + np.ascontiguousarray(truth.shifts_A, np.float64).tobytes()).hexdigest()
+    return ident
+
+
+def read_resume_checkpoint(ckpt_path: Path | None) -> dict:
+    """The checkpoint a ``--resume`` continues (InputError when there is none)."""
+    if ckpt_path is None:
+        raise InputError("--resume needs the output directory (--out) of the run to continue")
+    if not ckpt_path.is_file():
+        raise InputError(f"--resume: no checkpoint.pt in {ckpt_path.parent}, so there is no run to "
+                         "continue; drop --resume to start a new one")
+    return load_checkpoint(ckpt_path)
+
+
+def check_resume(saved: dict, cfg: ReconstructConfig, identity: dict) -> list[str]:
+    """Refuse a resume that would not continue the same run; return a note per safe change.
+
+    Raises :class:`InputError` (one line naming every change) when the data differ
+    (:func:`run_identity`) or a setting differs other than those in
+    :data:`RESUME_SAFE_SETTINGS`, or epochs other than more of them from the current stage on
+    (the stages before it are done: their epochs cannot change).
+    """
+    state = RunState(**saved["state"])
+    changes, notes = [], []
+    for key, name in _IDENTITY_NAMES.items():
+        was, now = saved["identity"].get(key), identity.get(key)
+        if was != now:
+            changes.append(f"{name} was {_shown(was)} in the checkpoint, now {_shown(now)}")
+    old = saved["config"]
+    for key, now in asdict(cfg).items():
+        was = old.get(key)
+        if _canon(was) == _canon(now) or key == "epochs_per_stage":
+            continue
+        if key in RESUME_SAFE_SETTINGS:
+            notes.append(f"{key} {_shown(was)} -> {_shown(now)}")
+        else:
+            changes.append(f"{key} was {_shown(was)} in the checkpoint, now {_shown(now)}")
+    if not changes and tuple(old["epochs_per_stage"]) != tuple(cfg.epochs_per_stage):
+        before = [e for _, e in replace(cfg, epochs_per_stage=tuple(old["epochs_per_stage"])).stage_plan()]
+        after = [e for _, e in cfg.stage_plan()]
+        current = min(state.stage, len(after) - 1)  # a finished run may grow its last stage
+        if len(before) != len(after) or before[:current] != after[:current] or \
+                any(a < b for a, b in zip(after[current:], before[current:])):
+            changes.append(f"epochs_per_stage was {tuple(old['epochs_per_stage'])} in the checkpoint, now "
+                           f"{tuple(cfg.epochs_per_stage)} (only more epochs from the current stage, "
+                           f"{current + 1}, on can be resumed)")
+        else:
+            notes.append(f"epochs_per_stage {tuple(old['epochs_per_stage'])} -> {tuple(cfg.epochs_per_stage)}")
+    if changes:
+        raise InputError("--resume: " + "; ".join(changes) + "; start a new --out or drop --resume")
+    return notes
+
+
+def resume_state(saved: dict, cfg: ReconstructConfig) -> RunState:
+    """The progress to continue from. A finished run whose last stage was given more epochs
+    reopens that stage after the epochs it ran (its stage summary is then recomputed)."""
+    state = RunState(**saved["state"])
+    done = replace(cfg, epochs_per_stage=tuple(saved["config"]["epochs_per_stage"])).stage_plan()[-1][1]
+    plan = cfg.stage_plan()
+    if state.finished and plan[-1][1] > done:
+        state.finished = False
+        state.stage, state.epoch_in_stage = len(plan) - 1, done
+        state.history["stages"] = state.history.get("stages", [])[:-1]
+    return state
+
+
+def finished_run(out: Path, state: RunState) -> list[Event]:
+    """What ``--resume`` on a finished run says, touching nothing: a Log line and RunFinished
+    with the run's own outputs and ``metrics.json``."""
+    metrics = state.history.get("final", {})
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        pass
+    names = [p.stem for p in sorted(out.glob("*.mrc"))]
+    outputs = {name: str(out / f"{name}.mrc") for name in names}
+    for name, file in (("poses", "poses.star"), ("poses", "poses_subset.npz"), ("metrics", "metrics.json"),
+                       ("log", "run.log"), ("checkpoint", "checkpoint.pt")):
+        if (out / file).exists():
+            outputs[name] = str(out / file)
+    msg = (f"--resume: this run finished ({state.step} batches, all {state.stage} stages); nothing to "
+           f"do, its outputs in {out} are unchanged (to train longer, resume with more epochs in the "
+           f"last stage)")
+    return [Log(msg), RunFinished(False, state.step, state.elapsed_s, outputs, metrics)]
+
+
+def _canon(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _shown(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return str(tuple(value))
+    return "none" if value is None else str(value)
+
+
+class RunLog:
+    """``run.log``, appended to line by line as the run goes (never replaced: a resumed run
+    adds its lines after those of the run it continues); ``path`` None keeps nothing."""
+
+    def __init__(self, path: Path | None, header: str | None = None):
+        self.path = path
+        if header is not None:
+            self._append(header)
+
+    def __call__(self, msg: str) -> Log:
+        self._append(msg)
+        return Log(msg)
+
+    def _append(self, line: str) -> None:
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
 
 
 def evaluate(net, box, apix, scale, reference, rotations, shifts_px, truth, cfg, stage) -> list[Event]:
@@ -159,9 +315,10 @@ def final_metrics(events: list[Event]) -> dict:
 
 
 def write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves, metrics,
-                   log_lines, scale_img, mask_radius=None):
-    """Write the network's maps (image units), ``poses.star`` (or ``poses_subset.npz``),
-    ``metrics.json`` and ``run.log`` into ``out``; returns their paths by name."""
+                   scale_img, mask_radius=None):
+    """Write the network's maps (image units), ``poses.star`` (or ``poses_subset.npz``) and
+    ``metrics.json`` into ``out``; returns their paths by name, ``run.log`` (written as the
+    run goes, :class:`RunLog`) among them."""
     written: dict[str, str] = {}
     maps = render_all_scales(net, box, last_scale, mask_radius)
     for k, vol in enumerate(maps):
@@ -176,16 +333,16 @@ def write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, shift
         written["poses"] = str(write_particles_star(out / "poses.star", ds, rotations=rotations.numpy(),
                                                     shifts_A=shifts_A, random_subset=halves))
     else:
-        np.savez(out / "poses_subset.npz", rotations=rotations.numpy(), origins_A=shifts_A, random_subset=halves)
+        # np.savez given a file object: a name would get ".npz" appended to the temp's
+        with atomic_path(out / "poses_subset.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, rotations=rotations.numpy(), origins_A=shifts_A, random_subset=halves)
         written["poses"] = str(out / "poses_subset.npz")
     mpath = out / "metrics.json"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_path(mpath) as tmp, open(tmp, "w") as fh:
         json.dump(metrics, fh, indent=1, default=_json_default)
-    os.replace(tmp, mpath)
     written["metrics"] = str(mpath)
-    (out / "run.log").write_text("\n".join(log_lines) + "\n")
-    written["log"] = str(out / "run.log")
+    if (out / "run.log").exists():
+        written["log"] = str(out / "run.log")
     return written
 
 

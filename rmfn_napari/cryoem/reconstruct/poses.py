@@ -185,11 +185,14 @@ def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, s
         new, new_sh, loss_p = pose_steps(vol_ft, fwd, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
                                          cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)
         # fold the float32 correction into the float64 stored pose (on the CPU: one read-back)
-        new = _orthonormalize(new.cpu())
+        new, new_sh = new.cpu(), new_sh.cpu() if lr_shift > 0 else None
+        if not (bool(torch.isfinite(new).all()) and (new_sh is None or bool(torch.isfinite(new_sh).all()))):
+            return float(loss_s), float("nan")  # diverged: the stored poses stay; the caller stops
+        new = _orthonormalize(new)
         delta = new @ R.double().cpu().transpose(-1, -2)
         rotations[idx] = _orthonormalize(delta @ rotations[idx])
         if lr_shift > 0:
-            shifts_px[idx] = new_sh.cpu()
+            shifts_px[idx] = new_sh
             clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px, idx)
     losses = torch.stack([loss_s.float().cpu(), loss_p.float().cpu()]).tolist()
     return losses[0], losses[1]

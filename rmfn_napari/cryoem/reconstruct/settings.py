@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 
 
@@ -157,11 +158,10 @@ class ReconstructConfig:
             raise InputError("structure_steps must be >= 1 and pose_steps >= 0")
         if self.pose_from_stage < 0 or self.search_from_stage < 0:
             raise InputError("pose_from_stage and search_from_stage are stage indices (>= 0)")
-        if self.max_particles is not None and (int(self.max_particles) != self.max_particles
-                                               or self.max_particles < 2):
+        if self.max_particles is not None and not (_whole(self.max_particles) and self.max_particles >= 2):
             raise InputError(f"--max-particles must be an integer >= 2, got {self.max_particles}")
-        if self.box is not None and (int(self.box) != self.box or self.box % 2 or self.box < 8):
-            why = "is odd" if int(self.box) == self.box and self.box % 2 else "is not a box size"
+        if self.box is not None and (not _whole(self.box) or self.box % 2 or self.box < 8):
+            why = "is odd" if _whole(self.box) and self.box % 2 else "is not a box size"
             raise InputError(f"--box {self.box} {why}; an even number of pixels >= 8 is required")
         if not (math.isfinite(self.shift_range_px) and self.shift_range_px >= 0):
             raise InputError(f"shift_range_px must be >= 0 px, got {self.shift_range_px}")
@@ -171,12 +171,59 @@ class ReconstructConfig:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (math.isfinite(self.stage_data_gb) and self.stage_data_gb >= 0):
             raise InputError(f"stage_data_gb must be >= 0 GiB, got {self.stage_data_gb}")
+        self._validate_numbers()
+
+    def _validate_numbers(self) -> None:
+        """Every number is finite and in its range: one line naming it instead of a NaN run or
+        a traceback deep inside torch (issue 14)."""
+        for name, flag in (("lr_structure", "--lr-structure"), ("lr_pose", "--lr-pose")):
+            value = getattr(self, name)
+            if not (_finite(value) and value > 0):
+                raise InputError(f"{flag} must be a finite number > 0, got {value}")
+        if len(self.lambdas) != 2 or not all(_finite(v) and v >= 0 for v in self.lambdas) or sum(self.lambdas) <= 0:
+            raise InputError(f"--lambdas must be two finite numbers >= 0, not both 0, got {tuple(self.lambdas)}")
+        whole = {"n_layers": (self.n_layers, 1), "hidden": (self.hidden, 1), "batch_size": (self.batch_size, 1),
+                 "structure_steps": (self.structure_steps, 1), "pose_steps": (self.pose_steps, 0),
+                 "pad": (self.pad, 1), "search_rotations": (self.search_rotations, 1),
+                 "search_window": (self.search_window, 2), "pose_from_stage": (self.pose_from_stage, 0),
+                 "search_from_stage": (self.search_from_stage, 0), "seed": (self.seed, 0)}
+        for name, (value, least) in whole.items():
+            if not (_whole(value) and value >= least):
+                raise InputError(f"{name} must be an integer >= {least}, got {value}")
+        if not all(_whole(e) and e >= 1 for e in self.epochs_per_stage):
+            raise InputError(f"epochs_per_stage must be integers >= 1, got {tuple(self.epochs_per_stage)}")
+        if len(self.perturb_deg) != 2 or not all(_finite(v) for v in self.perturb_deg) \
+                or not 0 <= self.perturb_deg[0] <= self.perturb_deg[1] <= 180:
+            raise InputError(f"perturb_deg must be (min, max) with 0 <= min <= max <= 180 degrees, "
+                             f"got {tuple(self.perturb_deg)}")
+        if self.mask_radius is not None and not (_finite(self.mask_radius) and 0 < self.mask_radius <= 0.5):
+            raise InputError(f"mask_radius must be in (0, 0.5] (a fraction of the box) or None, got {self.mask_radius}")
+        if len(self.pose_betas) != 2 or not all(_finite(b) and 0 <= b < 1 for b in self.pose_betas):
+            raise InputError(f"pose_betas must be two numbers in [0, 1), got {tuple(self.pose_betas)}")
+        if not (_finite(self.new_head_scale) and self.new_head_scale >= 0):
+            raise InputError(f"new_head_scale must be a finite number >= 0, got {self.new_head_scale}")
+        if not (_real(self.snapshot_interval_s) and self.snapshot_interval_s >= 0):
+            raise InputError(f"snapshot_interval_s must be >= 0 s, got {self.snapshot_interval_s}")
 
     def stage_plan(self) -> list[tuple[int, int]]:
         """``[(scale, epochs), ...]``: which scale each stage trains and for how long."""
         if self.mode == "full-scale":
             return [(self.n_layers - 1, int(sum(self.epochs_per_stage)))]
         return [(s, int(e)) for s, e in enumerate(self.epochs_per_stage)]
+
+
+def _real(value) -> bool:
+    """A real number (bool excluded), NaN not."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _finite(value) -> bool:
+    return _real(value) and math.isfinite(value)
+
+
+def _whole(value) -> bool:
+    """A finite whole number (``3`` or ``3.0``)."""
+    return _finite(value) and float(value).is_integer()
 
 
 PRESETS: dict[str, dict] = {
