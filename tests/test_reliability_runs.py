@@ -433,3 +433,32 @@ def test_stop_during_the_stage_end_evaluation_never_starts_the_next_stage(data, 
     assert not resumed.stopped and resumed.steps_done == 9
     for k in (1, 2, 3):
         assert np.array_equal(read_map(out / f"scale_{k}.mrc")[0], read_map(data["finished"] / f"scale_{k}.mrc")[0])
+
+
+def test_fit_image_refuses_a_training_grid_the_machine_cannot_hold(tmp_path):
+    """An 8000 x 8000 image at the default width would need ~20 x 16M x 256 x 4 bytes: refused
+    from its header (one line naming --downsample, exit 2), the image never decoded, and the
+    refusal's peak memory under 300 MB above the same process's import baseline."""
+    import os
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+
+    path = tmp_path / "huge.png"
+    iio.imwrite(path, np.zeros((8000, 8000), np.uint8))  # compresses to a few hundred KB
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def child(args):
+        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        return os.waitstatus_to_exitcode(status), proc.stderr.read(), usage.ru_maxrss / 1024
+
+    _, _, baseline = child(["-c", "import rmfn_napari.cli, rmfn_napari.fitting, imageio.v3, torch"])
+    code, err, peak = child(["-m", "rmfn_napari.cli", "fit-image", str(path), "--out", str(tmp_path / "out")])
+    lines = [line for line in err.strip().splitlines() if line]
+    assert code == 2 and len(lines) == 1, err
+    assert "--downsample" in lines[0] and "huge.png" in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert peak - baseline < 300, (peak, baseline)

@@ -9,7 +9,7 @@ from ..engine.control import RunControl
 from ..engine.outdir import estimate_fit_image_bytes, prepare_run_dir
 from ..errors import InputError
 from ..fitting import FitImageConfig, fit_image, load_image
-from ..fitting.image_fitting import PAPER_SCHEDULE
+from ..fitting.image_fitting import PAPER_SCHEDULE, check_training_memory
 from ..model import METHODS
 from ._args import positive_ints
 from ._events import consume, stop_on_interrupt
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
                             device=args.device, seed=args.seed)
     config.validate()
     shape = _image_shape(args.image)
+    check_training_memory(shape, config, args.image)  # from the header: before the image is read
     need = estimate_fit_image_bytes(shape, args.downsample, len(config.schedule)) if len(shape) >= 2 else 0
     # --out checked, locked and cleared of dead runs' temps before the image is read
     with prepare_run_dir(args.out, need, f"fit-image ({len(config.schedule)} scales)"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,11 +131,38 @@ def fit_image(
     """
     config = config or FitImageConfig()
     config.validate()
+    check_training_memory(np.shape(image), config)
     if out_dir is None:
         return (yield from _fit_image_events(image, config, control, None))
     need = estimate_fit_image_bytes(np.shape(image), config.downsample, len(config.schedule))
     with prepare_run_dir(out_dir, need, f"fit-image ({len(config.schedule)} scales)"):
         return (yield from _fit_image_events(image, config, control, out_dir))
+
+
+# Measured: a fit's peak memory at its finest stage is ~19 float32 tensors of h x w x hidden
+# (the features, filter outputs and gradients of every scale; 384^2, width 256, 4 scales: 2.7 GiB)
+TRAINING_TENSORS = 20
+
+
+def check_training_memory(shape, config: FitImageConfig, source=None) -> None:
+    """Refuse (one line, before anything is allocated) a fit whose training grid cannot fit in
+    the device's memory: ``TRAINING_TENSORS`` x h x w x hidden x 4 bytes, with h x w the image
+    ``shape`` after ``config.downsample``, against 80% of the machine's RAM (CPU) or 90% of the
+    GPU's memory."""
+    if len(shape) < 2:
+        return
+    h, w = int(shape[0]) // config.downsample, int(shape[1]) // config.downsample
+    need = TRAINING_TENSORS * h * w * config.hidden * 4
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        have = 0.9 * torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        factor = config.downsample * max(2, math.ceil(math.sqrt(need / have)))
+        raise InputError(f"training on {h}x{w} at width {config.hidden} needs about {need / 2**30:.0f} GiB, "
+                         f"more than the {have / 2**30:.0f} GiB this {device.type} offers; use "
+                         f"--downsample {factor} (or a smaller --hidden)", source)
 
 
 def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterator[Event]:
