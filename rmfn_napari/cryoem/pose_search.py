@@ -90,7 +90,8 @@ def global_pose_search(fwd, vol_ft, batches, rotations, shifts_px, n_candidates:
     S = fwd.slices(vol_ft, cand.to(device=device, dtype=torch.float32), k)
     S_power = (S.real**2 + S.imag**2).T
     # exp(−2πi k·(c + t)/D) = exp(−2πi k·c/D) exp(−2πi k·t/D): one (T, K) table of offsets
-    offset_phase = centring_phase_at(fwd.box, offsets_px.to(device=device, dtype=torch.float32), k)
+    offsets = offsets_px.to(device=device, dtype=torch.float32)
+    offset_phase = centring_phase_at(fwd.box, offsets, k)
     improved = scored = 0
     for idx, obs, ctf_b in batches:
         obs_k, c = obs[:, sub], ctf_b[:, sub]
@@ -114,7 +115,7 @@ def global_pose_search(fwd, vol_ft, batches, rotations, shifts_px, n_candidates:
         better = (best < now).cpu()
         sel = torch.as_tensor(idx)[better]
         rotations[sel] = cand[best_rot.cpu()[better]]
-        new_shift = base + offsets_px.to(device=device, dtype=torch.float32)[best_off]
+        new_shift = base + offsets[best_off]
         shifts_px[sel] = new_shift.cpu().to(shifts_px.dtype)[better]
         improved += int(better.sum())
         scored += len(idx)
