@@ -229,7 +229,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args)))
         return 0
 
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # the runs start in the engine's folder
     work.mkdir(parents=True, exist_ok=True)
     engines = {"before": None, "after": ROOT if args.after is None else export_engine(args.after, work)}
     chosen = args.engines.split(",")
