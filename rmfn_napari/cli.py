@@ -13,6 +13,7 @@ import pkgutil
 import sys
 
 from . import __version__, cli_commands
+from .engine.distributed import RankLostError
 from .errors import InputError
 
 
@@ -33,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rank_name() -> str:
+    """`` (rank 1 of 4)`` inside a torchrun process group of more than one process, else ``''``."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f" (rank {os.environ.get('RANK', '?')} of {world})" if world not in ("", "1") else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rmfn`` console script. Returns the process exit code."""
     parser = build_parser()
@@ -40,11 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a command that relaunches itself
+    where = _rank_name()
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
-        print(f"rmfn {args.command}: error: {exc}", file=sys.stderr)
+        print(f"rmfn {args.command}{where}: error: {exc}", file=sys.stderr)
         return 2
+    except RankLostError as exc:
+        print(f"rmfn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rmfn {args.command}: interrupted", file=sys.stderr)
         return 130

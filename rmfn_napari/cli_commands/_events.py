@@ -25,9 +25,10 @@ class SignalStop:
 
 
 @contextmanager
-def stop_on_interrupt(control: RunControl) -> Iterator[SignalStop]:
+def stop_on_interrupt(control: RunControl, announce: bool = True) -> Iterator[SignalStop]:
     """First Ctrl-C (SIGINT) or SIGTERM asks the run to stop cleanly (its outputs are written,
     marked stopped); a second one aborts (KeyboardInterrupt for SIGINT, exit 143 for SIGTERM).
+    ``announce``: say so on stderr (one rank of several stays silent).
 
     Yields a :class:`SignalStop`: the command returns its ``exit_status``."""
     received = SignalStop()
@@ -46,8 +47,9 @@ def stop_on_interrupt(control: RunControl) -> Iterator[SignalStop]:
             raise SystemExit(128 + signum)
         received.signum = signum
         again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        print(f"\n{signal.Signals(signum).name}: stopping after this step, writing the outputs "
-              f"({again} again to abort)...", file=sys.stderr)
+        if announce:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step, writing the outputs "
+                  f"({again} again to abort)...", file=sys.stderr)
         control.request_stop()
 
     try:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
 from ..cryoem.reconstruct import MODES, POSE_INITS, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, reconstruct
 from ..engine.control import RunControl
+from ..engine.distributed import launched_world, start, stop
 from ..errors import InputError
-from ..engine.outdir import estimate_reconstruct_bytes, prepare_run_dir
+from ..engine.outdir import check_output_dir, estimate_reconstruct_bytes, prepare_run_dir
 from ..model.precision import PRECISIONS
 from ._args import positive_ints
 from ._events import consume, stop_on_interrupt
+from ._launch import launch_local, strip_nproc
 
 
 def register(subparsers) -> None:
@@ -69,7 +72,13 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="evaluate the network through torch.compile (for a GPU; the first batch of each "
                    "stage waits for the compiler)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; per process "
+                   "with --nproc)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel over N processes on this machine (torch.distributed: one per GPU "
+                   "with NCCL, else CPU processes with gloo); the same as torchrun --standalone "
+                   "--nproc-per-node N -m rmfn_napari.cli reconstruct ... (use torchrun itself for "
+                   "several machines). --batch is the global batch, split between the processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--quiet", action="store_true")
@@ -106,15 +115,36 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.nproc < 1:
+        raise InputError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and launched_world() == 1:  # launch the ranks; each runs this command
+        if args.nproc > cfg.batch_size:
+            raise InputError(f"--nproc {args.nproc} is more processes than the batch has particles "
+                             f"({cfg.batch_size}); --batch is the global batch")
+        check_output_dir(args.out, 0, "reconstruct")  # a bad --out is said once, before the launch
+        return launch_local(args.nproc, strip_nproc(args.argv), "reconstruct",
+                            f"the last checkpoint in {args.out} is kept (--resume continues it)")
+    ranks = start(cfg.device)
+    try:
+        return _run_rank(args, cfg, ranks)
+    finally:
+        stop(ranks)
+
+
+def _run_rank(args: argparse.Namespace, cfg: ReconstructConfig, ranks) -> int:
+    """The run in this process (one of the ranks of a data-parallel run, or the only one)."""
     # --out checked (a file, not writable, too little space), locked against a second run and
     # cleared of dead runs' temps before the data are read; the box is known here only with --box
     need = estimate_reconstruct_bytes(box=cfg.box, n_layers=cfg.n_layers, hidden=cfg.hidden)
-    with prepare_run_dir(args.out, need, "reconstruct"):
+    with prepare_run_dir(args.out, need, "reconstruct") if ranks.is_main else contextlib.nullcontext():
         control = RunControl()
-        with stop_on_interrupt(control) as signalled:
+        with stop_on_interrupt(control, announce=ranks.is_main) as signalled:
             result = consume(reconstruct(args.star, cfg, control, reference=args.reference,
-                                         out_dir=args.out, resume=args.resume, true_poses=args.true_poses),
-                             quiet=args.quiet)
+                                         out_dir=args.out, resume=args.resume, true_poses=args.true_poses,
+                                         ranks=ranks),
+                             quiet=args.quiet or not ranks.is_main)
+    if not ranks.is_main:
+        return signalled.exit_status
     m = result.metrics
     summary = {"mode": m.get("mode"), "gold_standard_resolution_A": m.get("gold_standard_resolution_A"),
                "resolution_A": m.get("resolution_A"), "stopped": result.stopped,

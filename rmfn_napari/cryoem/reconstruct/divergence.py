@@ -27,11 +27,15 @@ from .settings import ReconstructConfig
 EXPLOSION_FACTOR = 1e8
 
 
-def empty_map_loss(fwd: ForwardModel, obs, ctf_b) -> float:
+def empty_map_loss(fwd: ForwardModel, obs, ctf_b, loss_scale: float | None = None, reduce=None) -> float:
     """Mean loss of an all-zero map on one batch (sum of w² |obs|² per image; offsets, being
-    phases, do not change it). Read back once per stage."""
+    phases, do not change it). Read back once per stage. In a data-parallel run, ``loss_scale``
+    and ``reduce`` make it the global batch's mean, as in :func:`~.poses.train_batch`."""
+    if loss_scale is None:
+        loss_scale = 1.0 / max(1, obs.shape[0])
     with torch.no_grad():
-        return float(fwd.loss(torch.zeros_like(obs), obs, ctf_b).mean())
+        loss = fwd.loss(torch.zeros_like(obs), obs, ctf_b).sum() * loss_scale
+        return float(loss if reduce is None else reduce(loss.reshape(1))[0])
 
 
 def check_losses(loss_s: float, loss_p: float, empty_loss: float, cfg: ReconstructConfig,

@@ -14,6 +14,7 @@ import torch
 
 from ...engine.control import RunControl, honour_requests
 from ...engine.devices import resolve_device
+from ...engine.distributed import SINGLE, Ranks
 from ...engine.events import (
     Event, Metrics, Progress, RunFinished, RunStarted, StageFinished, StageStarted, VolumeSnapshot,
 )
@@ -48,6 +49,7 @@ def reconstruct(
     out_dir: str | Path | None = None,
     resume: bool = False,
     true_poses=None,
+    ranks: Ranks | None = None,
 ) -> Iterator[Event]:
     """Reconstruct a map and the poses from a particle stack, coarse to fine.
 
@@ -78,6 +80,14 @@ def reconstruct(
     true_poses : path to a STAR, or None
         The true angles and origins of these particles (e.g. ``true_poses.star`` from
         ``rmfn simulate``). Pose and offset errors are reported only when it is given.
+    ranks : Ranks, optional
+        This process's place in a data-parallel run (:func:`rmfn_napari.engine.distributed.start`;
+        default: one process). Every rank trains the one network (in ``DistributedDataParallel``)
+        on its shard of the particles — their images, poses, offsets and global search; the
+        global batch (``config.batch_size``) and its order do not depend on the number of ranks,
+        so a run resumes with any number. Poses are gathered at every epoch's end; rank 0 alone
+        evaluates and writes files; a stop is agreed between batches (pause and next stage are
+        one-process controls).
 
     Yields
     ------
@@ -96,22 +106,25 @@ def reconstruct(
     """
     cfg = config or ReconstructConfig()
     cfg.validate()
-    device = resolve_device(cfg.device, needs_float64=True)
+    ranks = ranks or SINGLE
+    device = ranks.device if ranks.active else resolve_device(cfg.device, needs_float64=True)
     why_not = supports_precision(cfg.precision, device)
     if why_not is not None:
         raise InputError(f"--precision {cfg.precision}: {why_not}")
     control = control or RunControl()
-    if out_dir is None:
-        return (yield from _run(dataset, cfg, device, control, reference, None, resume, true_poses))
+    if out_dir is None or not ranks.is_main:  # the other ranks only read (a resume's checkpoint)
+        out = None if out_dir is None else Path(out_dir)
+        return (yield from _run(dataset, cfg, device, control, reference, out, resume, true_poses, ranks))
     # the folder checked (a file? writable? space?), locked for this run, dead runs' temps removed
     with prepare_run_dir(out_dir, estimate_reconstruct_bytes(cfg.box, None, cfg.n_layers, cfg.hidden),
                          "reconstruct"):
-        return (yield from _run(dataset, cfg, device, control, reference, Path(out_dir), resume, true_poses))
+        return (yield from _run(dataset, cfg, device, control, reference, Path(out_dir), resume, true_poses,
+                                ranks))
 
 
 def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference, out: Path | None,
-         resume: bool, true_poses) -> Iterator[Event]:
-    """The body of :func:`reconstruct` (settings checked, output folder locked)."""
+         resume: bool, true_poses, ranks: Ranks) -> Iterator[Event]:
+    """The body of :func:`reconstruct` (settings checked, output folder locked on rank 0)."""
     ds = load_dataset(dataset, cfg.box)
     box, apix = ds.box, ds.apix
     n = ds.n if cfg.max_particles is None else min(ds.n, int(cfg.max_particles))
@@ -119,7 +132,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     truth = read_true_poses(true_poses, ds, n) if true_poses is not None else None
     ckpt_path = out / "checkpoint.pt" if out is not None else None
     saved = read_resume_checkpoint(ckpt_path) if resume else None
-    if out is not None:  # now that the box and the particle count are known
+    writes = out is not None and ranks.is_main  # files: rank 0 only
+    if writes:  # now that the box and the particle count are known
         check_output_dir(out, estimate_reconstruct_bytes(box, n, cfg.n_layers, cfg.hidden),
                          f"reconstruct ({n} particles of {box} px)")
 
@@ -151,7 +165,17 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         opt.load_state_dict(saved["opt"])
         rotations = saved["rotations"].to(torch.float64)
         shifts_px = saved["shifts_px"].to(torch.float64)
-    log = RunLog(out / "run.log" if out is not None else None,  # appended to, never replaced
+    if ranks.world > n:
+        raise InputError(f"{ranks.world} processes for {n} particles: at most one process per particle",
+                         ds.star_path)
+    model = None  # the network trained: in DistributedDataParallel across ranks, wrapped per stage
+    owned = ranks.shard(n)  # this rank's particles: their images, poses, offsets and search
+    is_owned = np.zeros(n, dtype=bool)
+    is_owned[owned] = True
+    sync_poses = lambda: (ranks.gather_rows(rotations, owned, "gathering the poses"),  # noqa: E731
+                          ranks.gather_rows(shifts_px, owned, "gathering the offsets"))
+    step_control = None if ranks.active else control  # every rank takes every step of a batch
+    log = RunLog(out / "run.log" if writes else None,  # appended to, never replaced
                  header=f"--- {'resumed' if saved else 'new'} run, {time.strftime('%Y-%m-%d %H:%M:%S')} ---")
 
     ctf = ds.ctf
@@ -168,6 +192,9 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
               + (f"estimated within ±{cfg.shift_range_px:g} px" if estimates_shifts(cfg) else "fixed at the STAR's origins")
               + ("; pose errors against " + str(truth.path) if truth is not None else "; no true poses given: no pose errors"))
     yield log(halves_origin)
+    if ranks.active:
+        yield log(f"data parallel: {ranks.world} processes ({ranks.backend}), global batch {cfg.batch_size} "
+                  f"(~{cfg.batch_size / ranks.world:.0f} per rank), ~{n // ranks.world} particles per rank")
     if saved is not None:
         yield log(f"resumed at stage {state.stage + 1}, epoch {state.epoch_in_stage}, batch {state.step}")
         for change in applied:
@@ -182,7 +209,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     last_scale = plan[min(state.stage, len(plan) - 1)][0]
 
     for stage_idx in range(state.stage, len(plan)):
-        if control.stop_requested:  # asked before this stage began: it never starts
+        if ranks.any(control.stop_requested):  # asked before this stage began: it never starts
             stopped = True
             break
         scale, epochs = plan[stage_idx]
@@ -191,12 +218,14 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         sigma = stage_sigma(scale, cfg.n_layers, box, cfg.lambdas)
         fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad, cfg.mask_radius, device,
                            compile=cfg.compile_render)
+        model = None  # the last stage's wrapper (and its gradient hooks) goes first
+        model = ranks.wrap(net, uses_every_parameter=scale == cfg.n_layers - 1)
         yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band)
         yield log(f"stage {stage_idx + 1}: scale {scale + 1}, band {band:.2f} cycles/box "
                   f"({box * apix / max(band, 1e-9):.1f} Å), low-pass sigma {sigma:.2f} px, "
                   f"window {fwd.window} ({len(fwd.freqs)} frequencies), render grid {fwd.render_n}^3 "
                   f"({len(fwd.support)} voxels in the mask)")
-        data = StageData(ds, n, fwd.freqs, scale_img, cfg, device, cfg.stage_data_gb * 2**30)
+        data = StageData(ds, owned, fwd.freqs, scale_img, cfg, device, cfg.stage_data_gb * 2**30)
         yield log(f"  data: {n} x {len(fwd.freqs)} spectra and CTFs, {data.bytes / 2**20:.0f} MiB, "
                   + ("kept on the " + device.type if data.resident else "computed batch by batch (over the budget)"))
         stage_t0 = time.perf_counter()
@@ -208,7 +237,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         for epoch in range(start_epoch, epochs):
             order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
             search_now = searches_poses(cfg, stage_idx, scale) and epoch > 0
-            if search_now and not control.stop_requested:
+            if search_now and not ranks.any(control.stop_requested):
                 t_search = time.perf_counter()
                 gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch)
                 offsets, whole_range = search_offsets(cfg, fwd, whole_range=not state.offsets_searched)
@@ -217,21 +246,33 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 moved, total = global_pose_search(fwd, vol_ft, data.all_chunks(), rotations, shifts_px,
                                                   cfg.search_rotations, cfg.search_window, offsets,
                                                   gen, device, centres=centres)
+                moved, total = (int(v) for v in ranks.total([moved, total], "counting the search's moves"))
                 clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px)
                 state.offsets_searched = state.offsets_searched or (whole_range and estimates_shifts(cfg))
                 yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
                           f"({len(offsets)} offsets, {time.perf_counter() - t_search:.1f} s)")
-            batch_indices = [np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-                             for b in range(batches_per_epoch)]
+            global_batches = [np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+                              for b in range(batches_per_epoch)]
+            # this rank's part of each global batch; its losses are scaled so that the ranks'
+            # average is the global batch's mean (and so is DistributedDataParallel's gradient)
+            batch_indices = [g[is_owned[g]] for g in global_batches]
             for b, (idx, obs, ctf_b) in enumerate(data.batches(batch_indices)):
-                command = yield from honour_requests(control, state.step)
-                if command is not None:
-                    stopped, skipped = command == "stop", command == "next"
-                    break
+                if ranks.active:
+                    if ranks.any(control.stop_requested):
+                        stopped = True
+                        break
+                else:
+                    command = yield from honour_requests(control, state.step)
+                    if command is not None:
+                        stopped, skipped = command == "stop", command == "next"
+                        break
+                loss_scale = ranks.world / len(global_batches[b])
                 if empty_loss is None:
-                    empty_loss = empty_map_loss(fwd, obs, ctf_b)
-                loss_s, loss_p = train_batch(net, opt, fwd, obs, ctf_b, rotations, shifts_px,
-                                              start_shifts, idx, cfg, control, device, moves_poses(cfg, stage_idx))
+                    empty_loss = empty_map_loss(fwd, obs, ctf_b, loss_scale, ranks.mean)
+                with ranks.guard(f"stage {stage_idx + 1}, batch {state.step + 1}"):
+                    loss_s, loss_p = train_batch(model, opt, fwd, obs, ctf_b, rotations, shifts_px,
+                                                 start_shifts, idx, cfg, step_control, device,
+                                                 moves_poses(cfg, stage_idx), loss_scale, ranks.mean)
                 check_losses(loss_s, loss_p, empty_loss, cfg, control, moves_poses(cfg, stage_idx),
                              f"stage {stage_idx + 1}, epoch {epoch + 1}, batch {b + 1} (step {state.step + 1})")
                 state.step += 1
@@ -243,47 +284,51 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                                epochs * batches_per_epoch, loss_s, elapsed, eta,
                                {"epoch": epoch + 1, "pose_loss": loss_p})
                 now = time.perf_counter()
-                if now - last_snap >= cfg.snapshot_interval_s:
+                if now - last_snap >= cfg.snapshot_interval_s and ranks.is_main:
                     last_snap = now
                     yield snapshot(net, box, apix, scale, stage_idx, final=False, mask_radius=cfg.mask_radius)
             if stopped or skipped:
                 break
             state.epoch_in_stage = epoch + 1
             state.elapsed_s = time.perf_counter() - t_start
+            sync_poses()
             check_finite(net, rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end of epoch {epoch + 1}")
-            if ckpt_path is not None:
+            if writes:
                 state.stage = stage_idx
                 save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg, identity)
-        # end of stage: snapshots of every scale so far, FSC, pose errors
+        # end of stage: snapshots of every scale so far, FSC, pose errors (rank 0, all poses gathered)
+        sync_poses()
         check_finite(net, rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end")
-        for k in range(scale + 1):
-            yield snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
-        last_eval = evaluate(net, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
-        hm = half_maps(ds, n, rotations, shifts_px, halves, cfg.mask_radius, cfg.invert_contrast, device, cfg.seed)
-        for name, vol in (("half_map_1", hm.half1), ("half_map_2", hm.half2), ("map", hm.full)):
-            if out is not None:
-                write_map(out / f"{name}.mrc", vol, apix)  # unmodified: what EMDB deposition needs
-            yield VolumeSnapshot(name, vol, apix, stage_idx)
-        if out is not None:
-            write_map(out / "mask_auto.mrc", hm.masks["auto"], apix)
-        last_eval.append(Metrics("gold_standard", stage_idx, gold_standard_values(hm)))
-        state.history["final"] = final_metrics(last_eval)
-        summary = summarise(last_eval)
-        summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
-                       seconds=time.perf_counter() - stage_t0, band_cycles=band,
-                       band_resolution_A=box * apix / band)
-        metrics_out["stages"].append(summary)
-        for ev in last_eval:
-            yield ev
-        yield StageFinished(stage_idx, stage_batches, time.perf_counter() - stage_t0, skipped,
-                            {k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        yield log("stage {stage}: {s}".format(stage=stage_idx + 1, s=json.dumps(
-            {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})))
-        if stopped or control.stop_requested:  # also a stop during the evaluation: no next stage
+        if ranks.is_main:
+            for k in range(scale + 1):
+                yield snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
+            last_eval = evaluate(net, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
+            hm = half_maps(ds, n, rotations, shifts_px, halves, cfg.mask_radius, cfg.invert_contrast, device,
+                           cfg.seed)
+            for name, vol in (("half_map_1", hm.half1), ("half_map_2", hm.half2), ("map", hm.full)):
+                if writes:
+                    write_map(out / f"{name}.mrc", vol, apix)  # unmodified: what EMDB deposition needs
+                yield VolumeSnapshot(name, vol, apix, stage_idx)
+            if writes:
+                write_map(out / "mask_auto.mrc", hm.masks["auto"], apix)
+            last_eval.append(Metrics("gold_standard", stage_idx, gold_standard_values(hm)))
+            state.history["final"] = final_metrics(last_eval)
+            summary = summarise(last_eval)
+            summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
+                           seconds=time.perf_counter() - stage_t0, band_cycles=band,
+                           band_resolution_A=box * apix / band)
+            metrics_out["stages"].append(summary)
+            for ev in last_eval:
+                yield ev
+            yield StageFinished(stage_idx, stage_batches, time.perf_counter() - stage_t0, skipped,
+                                {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            yield log("stage {stage}: {s}".format(stage=stage_idx + 1, s=json.dumps(
+                {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})))
+        if stopped or ranks.any(control.stop_requested):  # also a stop during the evaluation: no next stage
             stopped = True
             break
         state.stage, state.epoch_in_stage = stage_idx + 1, 0
-        if ckpt_path is not None:
+        if writes:
             state.elapsed_s = time.perf_counter() - t_start
             save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg, identity)
         if control.pause_at_stage_end and stage_idx < len(plan) - 1:
@@ -296,9 +341,11 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                        source_box=getattr(ds, "source_box", box),
                        source_apix=getattr(ds, "source_apix", apix), seconds=seconds, stopped=stopped,
                        batches=state.step, band_limits_cycles=net.band_limits,
-                       true_poses=None if truth is None else str(truth.path))
+                       true_poses=None if truth is None else str(truth.path),
+                       world_size=ranks.world, global_batch=cfg.batch_size)
     outputs: dict[str, str] = {}
-    if out is not None:
+    sync_poses()
+    if writes:
         outputs = write_outputs(out, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves,
                                  metrics_out, scale_img, cfg.mask_radius)
         if not stopped:  # every stage ran and the outputs are written: a resume has nothing to do

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import torch
 
+from ...engine.distributed import unwrap
 from ...model import ResidualMFN, growth_factor
 from ...model.networks import grid_axis
 from ..offsets import centring_phase_at
@@ -148,17 +149,26 @@ class ForwardModel:
         """Per-image weighted squared error ``(B,)`` of model spectra against centred data."""
         return residual_loss(pred, obs, ctf, self.freqs.weight)
 
-    def structure_backward(self, net, obs: torch.Tensor, ctf: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        """Mean loss of one batch at fixed poses; its gradient is accumulated into the network's
-        ``.grad`` (by one graph, or chunk by chunk: :class:`SupportGrid`). Returns the loss,
-        detached, on the device."""
+    def structure_backward(self, net, obs: torch.Tensor, ctf: torch.Tensor, rotations: torch.Tensor,
+                           loss_scale: float | None = None) -> torch.Tensor:
+        """Loss of one batch at fixed poses, ``loss_scale`` × the sum of the per-image losses
+        (default ``1/B``: the mean); its gradient is accumulated into the network's ``.grad`` (by
+        one graph, or chunk by chunk: :class:`SupportGrid`). Returns the loss, detached, on the
+        device.
+
+        ``net`` may be the network in ``DistributedDataParallel``: its gradients are then
+        all-reduced (averaged over the ranks) once, after the last chunk; a rank's
+        ``loss_scale`` of ``world / global batch`` makes that average the gradient of the global
+        batch's mean loss. A rank with no image in the batch still takes part (zero loss)."""
+        if loss_scale is None:
+            loss_scale = 1.0 / max(1, obs.shape[0])
         if self.support.single_chunk:
             values = self.support.values(net, self.scale, grad=True)
-            loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).mean()
+            loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).sum() * loss_scale
             loss.backward()
             return loss.detach()
-        values = self.support.values(net, self.scale).requires_grad_(True)
-        loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).mean()
+        values = self.support.values(unwrap(net), self.scale).requires_grad_(True)
+        loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).sum() * loss_scale
         loss.backward()
         self.support.backward(net, self.scale, values.grad)
         return loss.detach()

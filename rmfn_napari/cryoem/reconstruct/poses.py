@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...engine.distributed import unwrap
 from ...errors import InputError
 from ..ground_truth import TruePoses
 from ..offsets import shift_grid
@@ -60,19 +61,22 @@ def _orthonormalize(R: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
-def structure_steps(net, opt, fwd: ForwardModel, obs, ctf_b, R, steps: int, control=None) -> torch.Tensor:
+def structure_steps(net, opt, fwd: ForwardModel, obs, ctf_b, R, steps: int, control=None,
+                    loss_scale: float | None = None) -> torch.Tensor:
     """``steps`` Adam steps on the network for one batch at fixed poses ``R`` (B, 3, 3).
 
     ``obs`` are centred spectra at the stage's frequencies (offsets applied). Returns the last
-    mean per-image loss (weighted squared error), a tensor on the device: nothing inside the
-    loop waits for the device.
+    loss (weighted squared error; the mean per image, or ``loss_scale`` × the sum:
+    :meth:`ForwardModel.structure_backward`), a tensor on the device: nothing inside the loop
+    waits for the device. ``net`` may be in ``DistributedDataParallel`` (then ``control`` must be
+    None: every rank takes every step).
     """
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
         if control is not None and control.wait_or_stop():
             break
         opt.zero_grad(set_to_none=True)
-        loss = fwd.structure_backward(net, obs, ctf_b, R)
+        loss = fwd.structure_backward(net, obs, ctf_b, R, loss_scale)
         opt.step()
     return loss
 
@@ -170,29 +174,52 @@ def clamp_offsets(shifts_px: torch.Tensor, start: torch.Tensor, range_px: float,
 
 
 def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, start_shifts, idx, cfg,
-                control, device, move_poses: bool) -> tuple[float, float]:
+                control, device, move_poses: bool, loss_scale: float | None = None,
+                reduce=None) -> tuple[float, float]:
     """One batch: structure steps at the current poses (images centred with their offsets), then
     pose steps that also refine the offsets when they are estimated; the stored rotations
     (float64) and offsets (px, clamped around their starting origins) are updated in place.
-    Returns the last structure and pose losses, read from the device once, here."""
+
+    In a data-parallel run ``net`` is in ``DistributedDataParallel``, ``idx`` is this rank's part
+    of the global batch (possibly empty), ``loss_scale`` is ``world / global batch`` and
+    ``reduce`` averages the two losses over the ranks (:meth:`Ranks.mean`); ``control`` is None
+    there (a stop is agreed between batches). Returns the last structure and pose losses (means
+    over the batch), read from the device once, here."""
+    if loss_scale is None:
+        loss_scale = 1.0 / max(1, len(idx))
     R = rotations[idx].to(device=device, dtype=torch.float32)
     sh = shifts_px[idx].to(device=device, dtype=torch.float32)
-    loss_s = structure_steps(net, opt, fwd, fwd.centre(obs, sh), ctf_b, R, cfg.structure_steps, control)
+    loss_s = structure_steps(net, opt, fwd, fwd.centre(obs, sh), ctf_b, R, cfg.structure_steps, control,
+                             loss_scale)
     loss_p = torch.tensor(float("nan"))
-    if move_poses and not control.stop_requested:
-        vol_ft = fwd.volume_ft(net)
-        lr_shift = cfg.lr_shift if estimates_shifts(cfg) else 0.0
-        new, new_sh, loss_p = pose_steps(vol_ft, fwd, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
-                                         cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)
-        # fold the float32 correction into the float64 stored pose (on the CPU: one read-back)
-        new, new_sh = new.cpu(), new_sh.cpu() if lr_shift > 0 else None
-        if not (bool(torch.isfinite(new).all()) and (new_sh is None or bool(torch.isfinite(new_sh).all()))):
-            return float(loss_s), float("nan")  # diverged: the stored poses stay; the caller stops
-        new = _orthonormalize(new)
-        delta = new @ R.double().cpu().transpose(-1, -2)
-        rotations[idx] = _orthonormalize(delta @ rotations[idx])
-        if lr_shift > 0:
-            shifts_px[idx] = new_sh
-            clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px, idx)
-    losses = torch.stack([loss_s.float().cpu(), loss_p.float().cpu()]).tolist()
-    return losses[0], losses[1]
+    stopping = control is not None and control.stop_requested
+    if move_poses and not stopping:
+        loss_p = torch.zeros(())
+        if len(idx) > 0:
+            loss_p = _pose_batch(unwrap(net), fwd, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts,
+                                 idx, cfg, control) * (len(idx) * loss_scale)
+    losses = torch.stack([loss_s.float().to(device), loss_p.float().to(device)])
+    if reduce is not None:
+        losses = reduce(losses)
+    return tuple(losses.cpu().tolist())
+
+
+def _pose_batch(net, fwd: ForwardModel, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts, idx, cfg,
+                control) -> torch.Tensor:
+    """The pose steps of :func:`train_batch`; returns their last mean loss (NaN: diverged, and
+    the stored poses were left as they were)."""
+    vol_ft = fwd.volume_ft(net)
+    lr_shift = cfg.lr_shift if estimates_shifts(cfg) else 0.0
+    new, new_sh, loss_p = pose_steps(vol_ft, fwd, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
+                                     cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)
+    # fold the float32 correction into the float64 stored pose (on the CPU: one read-back)
+    new, new_sh = new.cpu(), new_sh.cpu() if lr_shift > 0 else None
+    if not (bool(torch.isfinite(new).all()) and (new_sh is None or bool(torch.isfinite(new_sh).all()))):
+        return torch.tensor(float("nan"))  # diverged: the stored poses stay; the caller stops
+    new = _orthonormalize(new)
+    delta = new @ R.double().cpu().transpose(-1, -2)
+    rotations[idx] = _orthonormalize(delta @ rotations[idx])
+    if lr_shift > 0:
+        shifts_px[idx] = new_sh
+        clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px, idx)
+    return loss_p

@@ -15,6 +15,7 @@ support fits in one chunk (a GPU's default), the graph is built once and nothing
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -86,7 +87,7 @@ class SupportGrid:
     def _evaluator(self, net, scale: int):
         def evaluate(coords):
             return net(coords, max_scale=scale)[-1][..., 0]
-        if not self.compile:
+        if not self.compile or hasattr(net, "no_sync"):  # not through DistributedDataParallel
             return evaluate
         key = (id(net), scale)
         if key not in self._compiled:
@@ -119,12 +120,17 @@ class SupportGrid:
 
     def backward(self, net, scale: int, grad_values: torch.Tensor) -> None:
         """Accumulate into the network's ``.grad`` the gradient whose derivative with respect
-        to the voxel values is ``grad_values`` ``(P,)``, one chunk at a time."""
+        to the voxel values is ``grad_values`` ``(P,)``, one chunk at a time.
+
+        A network in ``DistributedDataParallel`` accumulates the chunks locally (``no_sync``)
+        and all-reduces the sum once, in the last chunk's backward pass."""
         fn = self._evaluator(net, scale)
-        for sl in self._chunks():
-            with torch.enable_grad():
+        chunks = list(self._chunks())
+        for i, sl in enumerate(chunks):
+            local = net.no_sync() if hasattr(net, "no_sync") and i < len(chunks) - 1 else contextlib.nullcontext()
+            with local, torch.enable_grad():
                 out = self._evaluate(fn, sl)
-            out.backward(grad_values[sl])
+                out.backward(grad_values[sl])
 
     @property
     def single_chunk(self) -> bool:

@@ -24,12 +24,13 @@ BYTES_PER_SAMPLE = 8 + 4  # complex64 spectrum + float32 CTF
 
 
 class StageData:
-    """Observed spectra (uncentred) and CTFs of particles ``0..n-1`` at ``freqs``, ``(n, K)``.
+    """Observed spectra (uncentred) and CTFs of some particles at ``freqs``, ``(n, K)``.
 
     Parameters
     ----------
     ds : the particle dataset (working box).
-    n : particles used.
+    particles : int ``n`` (particles ``0..n-1``) or the sorted indices of the particles held
+        (a rank's shard in a data-parallel run).
     freqs : the stage's :class:`FrequencySet`.
     scale_img : global intensity scale of the images.
     cfg : the run's settings (``invert_contrast``).
@@ -38,9 +39,11 @@ class StageData:
     chunk : particles read and transformed at once.
     """
 
-    def __init__(self, ds, n: int, freqs: FrequencySet, scale_img: float, cfg, device,
+    def __init__(self, ds, particles, freqs: FrequencySet, scale_img: float, cfg, device,
                  budget_bytes: float, chunk: int = 1000):
-        self.ds, self.n, self.freqs, self.scale_img, self.cfg = ds, int(n), freqs, scale_img, cfg
+        self.particles = (np.arange(int(particles)) if np.ndim(particles) == 0
+                          else np.asarray(particles, dtype=np.int64))
+        self.ds, self.n, self.freqs, self.scale_img, self.cfg = ds, len(self.particles), freqs, scale_img, cfg
         self.device = torch.device(device)
         self.chunk = int(chunk)
         self.bytes = self.n * len(freqs) * BYTES_PER_SAMPLE
@@ -52,10 +55,14 @@ class StageData:
             self.ctf = torch.cat([p[1] for p in parts])
 
     def _chunks(self) -> list[np.ndarray]:
-        return np.array_split(np.arange(self.n), max(1, -(-self.n // self.chunk)))
+        return np.array_split(self.particles, max(1, -(-self.n // self.chunk)))
 
     def compute(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Spectra and CTFs of particles ``idx`` from the images, ``(B, K)`` each, on the device."""
+        if len(idx) == 0:  # a rank with no particle in this batch
+            K = len(self.freqs)
+            return (torch.zeros(0, K, dtype=torch.complex64, device=self.device),
+                    torch.zeros(0, K, dtype=torch.float32, device=self.device))
         obs, ctf = observed_spectra(self.ds, idx, self.ds.ctf, self.freqs.window, self.scale_img,
                                     self.cfg, self.device)
         return self.freqs.take(obs), self.freqs.take(ctf)
@@ -64,7 +71,8 @@ class StageData:
         """Spectra and CTFs of particles ``idx`` (sorted ints), ``(B, K)`` each, on the device."""
         if not self.resident:
             return self.compute(idx)
-        sel = torch.as_tensor(np.asarray(idx), device=self.device)
+        rows = np.searchsorted(self.particles, np.asarray(idx, dtype=np.int64))
+        sel = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         return self.obs[sel], self.ctf[sel]
 
     def batches(self, index_lists: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
