@@ -321,7 +321,7 @@ def markdown(rows: list[dict], runs: list[dict], chosen: list[str], args) -> str
             up = delta = ""
             b = before.get(r["run"])
             if b is not None and r["engine"] != "before":
-                up = f"{b['cpu_s'] / r['cpu_s']:.1f}×"
+                up = f"{b['cpu_s'] / r['cpu_s']:.2f}×"
                 if b["fsc_A"] is not None and r["fsc_A"] is not None:
                     delta = f"{r['fsc_A'] - b['fsc_A']:+.2f}"
             lines.append(f"| {r['run']} | {r['engine']} | {r['cpu_s'] / 60:.1f} | {r['wall_s'] / 60:.1f} | {fmt(r['fsc_A'])} | "

@@ -89,6 +89,7 @@ def global_pose_search(fwd, vol_ft, batches, rotations, shifts_px, n_candidates:
     w2 = (w**2).reshape(1, -1)
     S = fwd.slices(vol_ft, cand.to(device=device, dtype=torch.float32), k)
     S_power = (S.real**2 + S.imag**2).T
+    S_parts = torch.cat([S.real, S.imag], dim=1).T.contiguous()  # (2K, G): Re(a S) = [a.re, -a.im] @ this
     # exp(−2πi k·(c + t)/D) = exp(−2πi k·c/D) exp(−2πi k·t/D): one (T, K) table of offsets
     offsets = offsets_px.to(device=device, dtype=torch.float32)
     offset_phase = centring_phase_at(fwd.box, offsets, k)
@@ -97,12 +98,16 @@ def global_pose_search(fwd, vol_ft, batches, rotations, shifts_px, n_candidates:
         obs_k, c = obs[:, sub], ctf_b[:, sub]
         base = (shifts_px if centres is None else centres)[idx].to(device=device, dtype=torch.float32)
         obs_base = obs_k * centring_phase_at(fwd.box, base, k)
-        quad = (w2 * c * c) @ S_power
+        # the offset-free part, once per chunk: Σ w² c² |S|² + Σ w² |o|² (a phase keeps |o|)
+        fixed = (w2 * c * c) @ S_power + (w2 * (obs_base.real**2 + obs_base.imag**2)).sum(-1, keepdim=True)
+        a_base = w2 * c * obs_base.conj()
         best = torch.full((len(idx),), float("inf"), device=device)
         best_rot = torch.zeros(len(idx), dtype=torch.long, device=device)
         best_off = torch.zeros(len(idx), dtype=torch.long, device=device)
         for t in range(offset_phase.shape[0]):
-            scores = quad + _cross_and_const(S, obs_base * offset_phase[t], c, w2)
+            a = a_base * offset_phase[t].conj()  # w² c conj(o e^{iφ_t})
+            # fixed − 2 Re Σ a S in one matrix product (the cross term of _cross_and_const)
+            scores = torch.addmm(fixed, torch.cat([a.real, -a.imag], dim=1), S_parts, alpha=-2.0)
             value, arg = scores.min(dim=1)
             take = value < best
             best = torch.where(take, value, best)
