@@ -74,12 +74,90 @@ def one_run(star: Path, out: Path, nproc: int, batch: int, seed: int, preset: st
             "pose_median_deg": pe.get("median_deg"), "frac_under_5deg": pe.get("frac_under_5deg")}
 
 
+STEPS_WORKER = """
+import json, sys, time, numpy as np, torch
+torch.set_num_threads(1)
+from rmfn_napari.engine.distributed import start, stop
+from rmfn_napari.cryoem.reconstruct import ForwardModel, ReconstructConfig, StageData, image_scale, load_dataset, stage_sigma
+from rmfn_napari.cryoem.reconstruct.poses import train_batch
+from rmfn_napari.model import ResidualMFN
+star, per_rank, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ranks = start("cpu")
+ds = load_dataset(star, None)
+cfg = ReconstructConfig.from_preset("cpu-small", shift_range_px=3.0)
+n, scale, D = ds.n, 2, ds.box
+net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True, lambdas=cfg.lambdas,
+                  resolution=D, head_activation="relu", seed=0)
+fwd = ForwardModel(D, ds.apix, scale, net.band_limits[scale], stage_sigma(scale, cfg.n_layers, D, cfg.lambdas),
+                   cfg.pad, cfg.mask_radius, "cpu")
+owned = ranks.shard(n)
+data = StageData(ds, owned, fwd.freqs, image_scale(ds, n, cfg), cfg, "cpu", 4 * 2**30)
+model = ranks.wrap(net, uses_every_parameter=True)
+opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_structure)
+rot = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+sh = torch.zeros(n, 2, dtype=torch.float64)
+times = []
+for b in range(batches + 1):
+    idx = owned[(b * per_rank) % (len(owned) - per_rank):][:per_rank]
+    obs, ctf = data.get(idx)
+    t0 = time.perf_counter()
+    train_batch(model, opt, fwd, obs, ctf, rot, sh, sh.clone(), idx, cfg, None, "cpu", True,
+                1.0 / per_rank, ranks.mean)
+    times.append(time.perf_counter() - t0)
+if ranks.is_main:
+    print(json.dumps({"s_per_batch": float(np.mean(times[1:]))}))
+stop(ranks)
+"""
+
+
+def steps(star: Path, per_rank: int, batches: int) -> list[dict]:
+    """Seconds per finest-stage batch (structure + pose steps, ``per_rank`` particles per process):
+    one process; two independent processes at once (what the machine gives two processes that
+    never talk); two ranks of one DistributedDataParallel run."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    worker = star.parent / "steps_worker.py"  # torchrun runs a file
+    worker.write_text(STEPS_WORKER)
+    args = [str(worker), str(star), str(per_rank), str(batches)]
+    script = [sys.executable, *args]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+
+    def run(cmds):
+        procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in cmds]
+        outs = [p.communicate() for p in procs]
+        for p, (o, e) in zip(procs, outs):
+            if p.returncode != 0:
+                raise SystemExit(f"steps worker failed: {e.strip()[-800:]}")
+        return [json.loads(o.strip().splitlines()[-1])["s_per_batch"] for o, _ in outs]
+
+    solo = run([script])[0]
+    pair = run([script, script])
+    dist = run([ddp])[0]
+    rows = [{"how": "1 process", "processes": 1, "s_per_batch": solo, "particles_per_s": per_rank / solo},
+            {"how": "2 independent processes at once", "processes": 2, "s_per_batch": max(pair),
+             "particles_per_s": sum(per_rank / t for t in pair)},
+            {"how": "2 ranks, DistributedDataParallel", "processes": 2, "s_per_batch": dist,
+             "particles_per_s": 2 * per_rank / dist}]
+    for r in rows:
+        r["ratio"] = r["particles_per_s"] / rows[0]["particles_per_s"]
+    return rows
+
+
 def fmt(v, spec=".2f") -> str:
     return "–" if v is None else format(v, spec)
 
 
-def markdown(rows: list[dict], batch: int) -> str:
-    lines = [f"## Data-parallel reconstruction, CPU, 1 thread per process (measured {time.strftime('%Y-%m-%d %H:%M')})",
+def markdown(rows: list[dict], batch: int, step_rows: list[dict] | None = None) -> str:
+    lines = []
+    if step_rows:
+        lines += [f"## One finest-stage batch (32³, {batch} particles per process, structure + pose steps)", "",
+                  "| how | processes | s per batch (slowest) | particles/s | vs 1 process |", "|---|---|---|---|---|"]
+        lines += [f"| {r['how']} | {r['processes']} | {r['s_per_batch']:.3f} | {r['particles_per_s']:.0f} | "
+                  f"{r['ratio']:.2f}× |" for r in step_rows]
+        lines.append("")
+    if not rows:
+        return "\n".join(lines) + "\n"
+    lines += [f"## Data-parallel reconstruction, CPU, 1 thread per process (measured {time.strftime('%Y-%m-%d %H:%M')})",
              "", f"B = {batch}. Runs one after another, each alone on the machine. Particles per second = "
              "particles × epochs / wall time of the whole run (stage-end evaluation included).", "",
              "| run | seed | processes | global batch | wall (min) | particles/s | speed-up vs 1 × B | "
@@ -102,7 +180,9 @@ def main(argv=None) -> int:
     p.add_argument("--spread-seeds", default="", help="more seeds of 1 × 2B alone (the seed-to-seed spread)")
     p.add_argument("--batch", type=int, default=200, help="B, particles per process")
     p.add_argument("--epochs", default=None, help="epochs per stage (default: the preset's)")
-    p.add_argument("--runs", default="1xB,2xB,1x2B", help="which runs")
+    p.add_argument("--runs", default="1xB,2xB,1x2B", help="which end-to-end runs ('' for none)")
+    p.add_argument("--steps", type=int, default=6, help="finest-stage batches timed per process "
+                   "(one process, two independent, two DDP ranks); 0: none")
     p.add_argument("--dry-run", action="store_true", help="a 16³ toy in seconds, nothing written (CI)")
     p.add_argument("--work", default=str(ROOT / "bench_out" / "distributed"))
     args = p.parse_args(argv)
@@ -114,8 +194,11 @@ def main(argv=None) -> int:
     preset, batch = ("tiny", 24) if args.dry_run else ("cpu-small", args.batch)
     extra = ["--epochs", "1,1,1"] if args.dry_run else (["--epochs", args.epochs] if args.epochs else [])
     plan = {"1xB": ("1 × B", 1, batch), "2xB": ("2 × B", 2, 2 * batch), "1x2B": ("1 × 2B", 1, 2 * batch)}
+    step_rows = steps(star, 24 if args.dry_run else batch, 2 if args.dry_run else args.steps) if args.steps else []
+    if step_rows:
+        print(markdown([], batch, step_rows), flush=True)
     rows = []
-    jobs = [(int(s), key) for s in args.seeds.split(",") for key in args.runs.split(",")]
+    jobs = [(int(s), key) for s in args.seeds.split(",") for key in args.runs.split(",") if key]
     jobs += [(int(s), "1x2B") for s in args.spread_seeds.split(",") if s]
     for seed, key in jobs:
         label, nproc, global_batch = plan[key]
@@ -125,14 +208,14 @@ def main(argv=None) -> int:
         r = one_run(star, out, nproc, global_batch, seed, preset, extra)
         rows.append({"label": label, **r})
         print(f"{label} seed {seed}: {r}", flush=True)
-    text = markdown(rows, batch)
+    text = markdown(rows, batch, step_rows)
     print(text)
     if args.dry_run:
         assert all(r["world_size"] == r["processes"] for r in rows)
         print("dry run passed")
         return 0
     res = ROOT / "benchmarks" / "results"
-    (res / "distributed_speed.json").write_text(json.dumps({"rows": rows, "batch": batch,
+    (res / "distributed_speed.json").write_text(json.dumps({"rows": rows, "steps": step_rows, "batch": batch,
                                                              "measured": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
     (res / "distributed_speed.md").write_text(text)
     return 0
