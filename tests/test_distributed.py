@@ -120,23 +120,31 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the ranks through /proc")
-def test_a_killed_rank_stops_every_rank_and_the_checkpoint_resumes(data, tmp_path):
-    out = tmp_path / "run"
+def _start_long_run(data, out: Path):
+    """A 2-rank run of minutes (it is stopped long before its end), once its first checkpoint is
+    written: the process and its arguments."""
     args = _args(data.star, out, "--nproc", "2")
-    args[args.index("--epochs") + 1] = "200,200,200"  # minutes: it is killed long before the end
+    args[args.index("--epochs") + 1] = "200,200,200"
     proc = subprocess.Popen([sys.executable, "-m", "rmfn_napari.cli", *args], cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (out / "checkpoint.pt").exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"no checkpoint within 180 s: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    return proc, args
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the ranks through /proc")
+def test_a_killed_rank_stops_every_rank_and_the_checkpoint_resumes(data, tmp_path):
+    out = tmp_path / "run"
+    proc, args = _start_long_run(data, out)
     try:
-        deadline = time.time() + 180
-        while not (out / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.time() < deadline, "no checkpoint within 180 s"
-            time.sleep(0.2)
-        victim = _rank_pid(proc.pid, 1)
-        assert victim is not None, "rank 1 not found"
-        os.kill(victim, signal.SIGKILL)
+        rank_pids = [_rank_pid(proc.pid, r) for r in (0, 1)]
+        assert None not in rank_pids, "ranks not found"
+        os.kill(rank_pids[1], signal.SIGKILL)
         t0 = time.time()
         _, err = proc.communicate(timeout=120)
         stopped_after = time.time() - t0
@@ -147,7 +155,7 @@ def test_a_killed_rank_stops_every_rank_and_the_checkpoint_resumes(data, tmp_pat
     assert "rank 1 of 2 was killed by SIGKILL; every rank was stopped" in err, err
     assert "Traceback" not in err
     assert stopped_after < 60
-    assert not _children(proc.pid)  # no rank left behind
+    assert not any(Path(f"/proc/{pid}").exists() for pid in rank_pids)  # no rank left behind
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert not ckpt["state"]["finished"] and ckpt["state"]["step"] > 0
     # the checkpoint of 2 ranks continues in 1 process (any number of ranks): a few batches
@@ -169,17 +177,8 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_cleanly(data, tmp_path):
     """The ranks run in sessions of their own (a terminal's Ctrl-C reaches only the launcher):
     the launcher passes SIGINT on; they finish their batch, rank 0 writes the outputs."""
     out = tmp_path / "run"
-    args = _args(data.star, out, "--nproc", "2")
-    args[args.index("--epochs") + 1] = "200,200,200"
-    proc = subprocess.Popen([sys.executable, "-m", "rmfn_napari.cli", *args], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, _ = _start_long_run(data, out)
     try:
-        deadline = time.time() + 180
-        while not (out / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.time() < deadline, "no checkpoint within 180 s"
-            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -211,3 +210,16 @@ def test_nproc_refuses_more_processes_than_the_batch(data, tmp_path):
     assert res.stderr.strip().splitlines() == [
         "rmfn reconstruct: error: --nproc 50 is more processes than the batch has particles (40); "
         "--batch is the global batch"]
+
+
+def test_distributed_benchmark_dry_run(tmp_path):
+    """CI runs the benchmark's dry mode: the same script, a 16³ toy, every row."""
+    proc = subprocess.run([sys.executable, "benchmarks/distributed_speed.py", "--dry-run", "--work", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    for row in ("| 1 process | 1 |", "| 2 independent processes at once | 2 |", "| 2 ranks, DistributedDataParallel | 2 |",
+                "| 1 × B | 0 | 1 | 24 |", "| 2 × B | 0 | 2 | 48 |", "| 1 × 2B | 0 | 1 | 48 |"):
+        assert row in out, out
+    assert "dry run passed" in out

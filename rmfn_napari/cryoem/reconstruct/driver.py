@@ -226,7 +226,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                   f"window {fwd.window} ({len(fwd.freqs)} frequencies), render grid {fwd.render_n}^3 "
                   f"({len(fwd.support)} voxels in the mask)")
         data = StageData(ds, owned, fwd.freqs, scale_img, cfg, device, cfg.stage_data_gb * 2**30)
-        yield log(f"  data: {n} x {len(fwd.freqs)} spectra and CTFs, {data.bytes / 2**20:.0f} MiB, "
+        yield log(f"  data: {data.n} x {len(fwd.freqs)} spectra and CTFs{' per rank' if ranks.active else ''}, "
+                  f"{data.bytes / 2**20:.0f} MiB, "
                   + ("kept on the " + device.type if data.resident else "computed batch by batch (over the budget)"))
         stage_t0 = time.perf_counter()
         last_snap = stage_t0
