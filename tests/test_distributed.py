@@ -223,3 +223,10 @@ def test_distributed_benchmark_dry_run(tmp_path):
                 "| 1 × B | 0 | 1 | 24 |", "| 2 × B | 0 | 2 | 48 |", "| 1 × 2B | 0 | 1 | 48 |"):
         assert row in out, out
     assert "dry run passed" in out
+
+
+def test_nproc_says_a_bad_star_once_before_launching(tmp_path):
+    res = _cli(["reconstruct", str(tmp_path / "missing.star"), "--out", str(tmp_path / "o"), "--nproc", "2"])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.star" in lines[0] and "rank" not in lines[0], res.stderr

@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..cryoem.reconstruct import MODES, POSE_INITS, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, reconstruct
+from ..cryoem.reconstruct.data import load_dataset
 from ..engine.control import RunControl
 from ..engine.distributed import launched_world, start, stop
 from ..errors import InputError
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         if args.nproc > cfg.batch_size:
             raise InputError(f"--nproc {args.nproc} is more processes than the batch has particles "
                              f"({cfg.batch_size}); --batch is the global batch")
-        check_output_dir(args.out, 0, "reconstruct")  # a bad --out is said once, before the launch
+        load_dataset(args.star, cfg.box)  # a bad STAR or stack is said once, before the launch
+        check_output_dir(args.out, 0, "reconstruct")  # and so is a bad --out
         return launch_local(args.nproc, strip_nproc(args.argv), "reconstruct",
                             f"the last checkpoint in {args.out} is kept (--resume continues it)")
     ranks = start(cfg.device)
