@@ -1,4 +1,5 @@
-"""npe2 reader: MRC/MRCS/MAP volumes and RELION ``.star`` particle stacks as napari image layers.
+"""npe2 reader: MRC/MRCS/MAP volumes, RELION ``.star`` particle stacks and finished runs' output
+folders as napari image layers.
 
 Conventions (DESIGN.md §2): arrays are indexed ``[z, y, x]``; the MRC header's voxel size (Å)
 becomes the layer's ``scale``, so a volume of voxel size ``apix`` gets ``scale=(apix,)*3`` and
@@ -41,21 +42,44 @@ def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData
     Parameters
     ----------
     path : str, PathLike or list of them
-        A file path (or a list of paths, all of which must have a supported extension).
+        A file path (or a list of paths, all of which must have a supported extension), or
+        a run's output folder (or a list of them).
 
     Returns
     -------
     callable or None
         :func:`read_layers` when every path ends in ``.mrc``, ``.mrcs``, ``.map`` or ``.star``
-        (case-insensitive); ``None`` otherwise, so napari can try another reader.
+        (case-insensitive); :func:`read_run_folders` when every path is a run folder
+        (``metrics.json`` and ``scale_k.mrc`` or ``scale_k.tif``); ``None`` otherwise (a folder
+        that is not a run, another extension), so napari can try another reader.
     """
     paths = path if isinstance(path, (list, tuple)) else [path]
     if not paths:
         return None
+    if all(Path(str(p)).is_dir() for p in paths):
+        from ._widgets.open_run import is_run_folder  # lazy: keeps napari start-up light
+
+        return read_run_folders if all(is_run_folder(p) for p in paths) else None
     for p in paths:
         if Path(str(p)).suffix.lower() not in MRC_EXTENSIONS + STAR_EXTENSIONS:
             return None
     return read_layers
+
+
+def read_run_folders(path: str | os.PathLike | list) -> list[LayerData]:
+    """Read one or several finished runs' output folders (``rmfn reconstruct/fit-image
+    --out``) into layer data: their maps (or images) named and placed as the live run shows
+    them (:func:`rmfn_napari._widgets.open_run.run_layer_data`).
+
+    Raises
+    ------
+    InputError
+        If a map, image or ``metrics.json`` cannot be read (the message names the file).
+    """
+    from ._widgets.open_run import run_layer_data
+
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    return [layer for p in paths for layer in run_layer_data(p)]
 
 
 def read_layers(path: str | os.PathLike | list) -> list[LayerData]:

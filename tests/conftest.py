@@ -12,6 +12,7 @@ GUI tests
 
 Fixtures
     ``_seed`` (autouse)  numpy's and torch's global RNGs are seeded with 0 before every test.
+    ``_private_home`` (autouse)  default output folders and remembered settings in a temp folder.
     ``tmp_out``          a fresh output directory for a test (a ``tmp_path`` sub-folder).
     ``artifacts_dir``    ``test_artifacts/`` at the repository root (gitignored), for files a
                          person should look at after a run (screenshots, plots).
@@ -33,6 +34,12 @@ if sys.platform.startswith("linux"):
     if os.environ.get("QT_QPA_PLATFORM", "") in ("", "offscreen", "minimal"):
         os.environ["QT_QPA_PLATFORM"] = "xcb"  # a real X connection (Xvfb), so GL works
     os.environ.setdefault("LIBGL_ALWAYS_SOFTWARE", "1")  # Mesa llvmpipe, same on every machine
+
+# --- Qt binding: qtpy (napari) and pytest-qt must use the same one -------------------------
+# PyQt6 unless QT_API names another (scripts/run_tests.sh runs the GUI tests again with
+# QT_API=pyqt5). pytest-qt reads PYTEST_QT_API when it configures, after this file is imported.
+os.environ.setdefault("QT_API", "pyqt6")
+os.environ.setdefault("PYTEST_QT_API", os.environ["QT_API"])
 
 GUI_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot", "qapp", "viewer_model"}
 
@@ -65,6 +72,17 @@ def _seed():
         pass
     else:
         torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path_factory, monkeypatch):
+    """Keep every test away from the real home: the widgets' default output folders
+    (``$RMFN_NAPARI_HOME``) and their remembered settings (under ``$XDG_CONFIG_HOME``) go to a
+    fresh temporary folder per test."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("RMFN_NAPARI_HOME", str(home / "rmfn-napari"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     yield
 
 

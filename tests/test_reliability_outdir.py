@@ -40,7 +40,7 @@ from rmfn_napari.errors import InputError
 REPO = Path(__file__).resolve().parents[1]
 MAP32 = str(REPO / "sample_data/maps/1ol5_32_2.0A.mrc")
 SIM_OUTPUTS = ["particles.mrcs", "particles.star", "reference.mrc", "simulation.json", "true_poses.star"]
-FIT_OUTPUTS_4 = sorted([f"scale_{k}.tif" for k in range(4)] + [f"spectrum_{k}.tif" for k in range(4)]
+FIT_OUTPUTS_4 = sorted([f"scale_{k}.tif" for k in range(1, 5)] + [f"spectrum_{k}.tif" for k in range(1, 5)]
                        + ["metrics.json"])
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 Usage = namedtuple("Usage", "total used free")

@@ -396,7 +396,8 @@ def test_fit_image_signal_stops_cleanly_with_its_exit_status(tmp_path, signum, s
     tifffile.imwrite(img, np.random.default_rng(0).random((64, 64)).astype(np.float32))
     out = tmp_path / "fit"
     proc = subprocess.Popen([sys.executable, "-m", "rmfn_napari.cli", "fit-image", str(img), "--schedule",
-                             "100000,100000", "--hidden", "16", "--device", "cpu", "--out", str(out)],
+                             "100000,100000", "--hidden", "16", "--downsample", "2", "--device", "cpu",
+                             "--out", str(out)],
                             cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     line = ""
@@ -409,7 +410,7 @@ def test_fit_image_signal_stops_cleanly_with_its_exit_status(tmp_path, signum, s
     assert "Traceback" not in err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stopped"] is True and 0 < metrics["steps_done"] < 200000
-    image = tifffile.imread(out / "scale_0.tif")
+    image = tifffile.imread(out / "scale_1.tif")
     assert image.shape == (32, 32) and np.all(np.isfinite(image))
 
 
@@ -456,7 +457,8 @@ def test_fit_image_refuses_a_training_grid_the_machine_cannot_hold(tmp_path):
         return os.waitstatus_to_exitcode(status), proc.stderr.read(), usage.ru_maxrss / 1024
 
     _, _, baseline = child(["-c", "import rmfn_napari.cli, rmfn_napari.fitting, imageio.v3, torch"])
-    code, err, peak = child(["-m", "rmfn_napari.cli", "fit-image", str(path), "--out", str(tmp_path / "out")])
+    code, err, peak = child(["-m", "rmfn_napari.cli", "fit-image", str(path), "--preset", "paper",
+                             "--out", str(tmp_path / "out")])
     lines = [line for line in err.strip().splitlines() if line]
     assert code == 2 and len(lines) == 1, err
     assert "--downsample" in lines[0] and "huge.png" in lines[0] and "Traceback" not in err

@@ -67,7 +67,7 @@ def test_fit_image_run_streams_layers_and_metrics(make_napari_viewer, qtbot, tmp
         assert w.table.value_text(k, 1) != ""
     assert float(w.table.value_text(2, 1)) == pytest.approx(0.0, abs=1e-6)
     files = {p.name for p in Path(tmp_out).iterdir()}
-    assert {"scale_0.tif", "spectrum_2.tif", "metrics.json"} <= files
+    assert {"scale_1.tif", "spectrum_3.tif", "metrics.json"} <= files
     assert str(tmp_out) in w.panel.status.text()
     # one scale at a time, then all
     w.stepper.spin.setValue(2)

@@ -227,16 +227,14 @@ def test_reconstruct_errors_in_status(make_napari_viewer, qtbot, tmp_out, star16
     w.epochs.setText("1,1")  # 3 layers need 3 values
     assert w.start() is None
     assert "epochs_per_stage" in w.panel.status.text()
-    # a reference of the wrong size: the engine's InputError shows in the label
+    # a reference of the wrong size: the engine's InputError, at Start, before any run
     from rmfn_napari._sample_data import map_path
 
     w.epochs.setText("1,1,1")
     w.reference.setCurrentText(REF_FILE)
     w.reference_path.edit.setText(str(map_path("1ol5_32")))
-    with qtbot.waitSignal(w.runner.finished, timeout=30000):
-        w.start()
-    assert w.runner.state == RunState.FAILED
-    assert "reference" in w.panel.status.text() and "Traceback" not in w.panel.status.text()
+    assert w.start() is None and w.runner.state != RunState.FAILED
+    assert "reference map is 32^3 at 2 Å but the particles are 16 px at 4 Å" in w.panel.status.text()
 
 
 def _capture_reconstruct(monkeypatch) -> dict:
@@ -260,7 +258,7 @@ def test_true_poses_reach_the_engine(make_napari_viewer, qtbot, tmp_out, map16, 
 
     seen = _capture_reconstruct(monkeypatch)
     viewer, w = _widget(make_napari_viewer, tmp_out)
-    assert w.form.labelForField(w.true_poses_path).isHidden()  # simulate: no field to fill
+    assert w.row_label(w.true_poses_path).isHidden()  # simulate: no field to fill
     assert "without it no pose errors" in w.true_poses_path.toolTip()
     w.sim_map.setCurrentText(MAP_FILE)
     w.sim_map_path.edit.setText(str(map16))
@@ -289,8 +287,8 @@ def test_true_poses_reach_the_engine(make_napari_viewer, qtbot, tmp_out, map16, 
 
     # a STAR file: the "true poses" field, optional, checked at Start
     w.dataset_kind.setCurrentText(DATASET_STAR)
-    assert not w.form.labelForField(w.true_poses_path).isHidden()
-    assert w.form.labelForField(w.sim_ctf).isHidden()
+    assert not w.row_label(w.true_poses_path).isHidden()
+    assert w.row_label(w.sim_ctf).isHidden()
     w.star_path.edit.setText(str(sim16.star))
     w.true_poses_path.edit.setText(str(Path(tmp_out) / "missing.star"))
     assert w.start() is None and "true poses" in w.panel.status.text()

@@ -1,23 +1,42 @@
-"""The part both dock widgets share: a runner, a layer updater, the run panel and the scale
-stepper, wired to the engine's event stream. Subclasses build the form and the event source.
+"""The part both dock widgets share: a runner, a layer updater, the run panel, the scale
+stepper and the log, wired to the engine's event stream, in one scroll area (so the dock fits a
+small screen). Subclasses build the form and the event source.
+
+Start never overwrites results silently: an output folder that already holds a run's files
+(:func:`~rmfn_napari.engine.outdir.existing_results`) makes it ask "Use a new folder <name-2>"
+/ "Overwrite" / "Cancel". Errors and warnings go to the status line, the log and napari's
+notifications.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
+from pathlib import Path
 
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFormLayout, QVBoxLayout, QWidget
+from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtWidgets import QFormLayout, QScrollArea, QVBoxLayout, QWidget
 
 from ..engine.events import (
     Log, Metrics, Progress, RunFinished, RunPaused, RunResumed, RunStarted, ScaleSnapshot,
     StageFinished, StageStarted, VolumeSnapshot,
 )
+from ..engine.outdir import existing_results, next_free_dir
 from ..errors import InputError
-from .controls import OutDirField, RunPanel, ScaleStepper
+from .controls import (
+    CANCEL, NEW_FOLDER, OutDirField, RunPanel, ScaleStepper, ask_about_results, choose_folder,
+)
 from .layers import LayerUpdater
+from .log_panel import LogPanel
 from .runner import EngineRunner, EventSource, RunFailed, RunState
+
+
+def notify(text: str, level: str = "error") -> None:
+    """Show ``text`` as a napari notification (``level`` ``"error"`` or ``"warning"``)."""
+    from napari.utils.notifications import show_error, show_warning
+
+    (show_warning if level == "warning" else show_error)(text)
 
 
 class RunWidgetBase(QWidget):
@@ -25,11 +44,17 @@ class RunWidgetBase(QWidget):
 
     Subclasses fill ``self.form`` (a ``QFormLayout``) and implement :meth:`build_source`
     (read the form on the GUI thread, return an :data:`~.runner.EventSource` that runs in the
-    worker) and optionally :meth:`on_metrics` / :meth:`on_run_started`.
+    worker) and optionally :meth:`on_metrics` / :meth:`on_run_started`, :meth:`open_run`
+    ("Open run…" is hidden without it) and a ``resume`` keyword of :meth:`build_source`
+    ("Resume…" is hidden without it). Displays go in ``self.extra`` (a ``QVBoxLayout``).
 
     Attributes useful to scripts and tests: ``runner`` (:class:`~.runner.EngineRunner`),
     ``layers`` (:class:`~.layers.LayerUpdater`), ``panel`` (:class:`~.controls.RunPanel`),
+    ``log`` (:class:`~.log_panel.LogPanel`), ``scroll`` (the ``QScrollArea`` around it all),
     ``steps_done`` (last step reported), ``stage`` (0-based current stage), ``events_seen``.
+    The dialogs are attributes so that tests can answer them: ``ask_about_results``
+    (:func:`~.controls.ask_about_results`) and ``choose_folder``
+    (:func:`~.controls.choose_folder`).
     """
 
     task = "run"
@@ -43,6 +68,9 @@ class RunWidgetBase(QWidget):
         self.panel = RunPanel()
         self.stepper = ScaleStepper()
         self.out_dir = OutDirField(self.task)
+        self.log = LogPanel()
+        self.ask_about_results = ask_about_results
+        self.choose_folder = choose_folder
         self.n_stages = 0
         self.steps_done = 0
         self.stage = -1
@@ -52,23 +80,38 @@ class RunWidgetBase(QWidget):
         self.run_config: dict = {}
         self.progress_interval_s = 0.05  # repaint the progress bar at most 20 times a second
         self._last_progress: Progress | None = None
+        self._shown_state = RunState.IDLE.value
         self._last_paint = 0.0
         self._paint_timer = QTimer(self)
         self._paint_timer.setSingleShot(True)
         self._paint_timer.timeout.connect(self._paint_progress)
 
         self.form = QFormLayout()
-        outer = QVBoxLayout(self)
-        outer.addLayout(self.form)
         self.extra = QVBoxLayout()  # subclasses add their displays here
-        outer.addWidget(self.panel)
-        outer.addWidget(self.stepper)
-        outer.addLayout(self.extra)
-        outer.addStretch(1)
+        self.content = QWidget()
+        inner = QVBoxLayout(self.content)
+        inner.addLayout(self.form)
+        inner.addWidget(self.panel)
+        inner.addWidget(self.stepper)
+        inner.addLayout(self.extra)
+        inner.addWidget(self.log)
+        inner.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        self.panel.open_run_button.setVisible(self._implements_open_run())
+        self.panel.resume_button.setVisible(self._implements_resume())
 
         self.panel.start_clicked.connect(self.start)
+        self.panel.open_run_clicked.connect(self.open_run_dialog)
+        self.panel.resume_clicked.connect(self.resume_dialog)
         self.panel.pause_clicked.connect(self._toggle_pause)
-        self.panel.next_clicked.connect(self.runner.next_stage)
+        self.panel.next_clicked.connect(self._next_stage)
         self.panel.stop_clicked.connect(self.stop)
         self.panel.pause_at_stage_end_changed.connect(self.runner.set_pause_at_stage_end)
         self.runner.event.connect(self._on_event)
@@ -96,18 +139,110 @@ class RunWidgetBase(QWidget):
         """Inputs to lock while a run is going (subclass hook)."""
         return []
 
+    def open_run(self, folder: str) -> str | None:
+        """Show the finished run in ``folder`` (maps, plots) in the viewer and return a one-line
+        summary for the status line (subclass hook; raise
+        :class:`~rmfn_napari.errors.InputError` for a folder that is not a run)."""
+        raise NotImplementedError
+
+    def _implements_open_run(self) -> bool:
+        return type(self).open_run is not RunWidgetBase.open_run
+
+    def _implements_resume(self) -> bool:
+        try:
+            return "resume" in inspect.signature(self.build_source).parameters
+        except (TypeError, ValueError):  # pragma: no cover - a builtin
+            return False
+
+    # ---- layout -----------------------------------------------------------------------
+    def minimumSizeHint(self):  # noqa: N802 - Qt name
+        """Small in height (the content scrolls), never narrower than the form needs."""
+        hint = super().minimumSizeHint()
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        return QSize(max(hint.width(), self.content.minimumSizeHint().width() + bar),
+                     hint.height())
+
+    def sizeHint(self):  # noqa: N802 - Qt name
+        """At least as wide as :meth:`minimumSizeHint`."""
+        hint = super().sizeHint()
+        return QSize(max(hint.width(), self.minimumSizeHint().width()), hint.height())
+
+    # ---- messages ---------------------------------------------------------------------
+    def show_error(self, text: str, level: str = "error") -> None:
+        """An error (or, with ``level="warning"``, a warning): status line, log, napari
+        notification."""
+        self.panel.set_status(text, error=True)
+        self.log.add(text, level)
+        notify(text, level)
+
     # ---- actions ----------------------------------------------------------------------
     def start(self):
-        """Start a run from the form; errors in the form go to the status line. Returns the
-        worker, or None when nothing started."""
+        """Start a run from the form. An output folder that already holds results asks first
+        (``ask_about_results``); form errors go to the status line and napari's notifications.
+        Returns the worker, or None when nothing started."""
         if self.runner.busy:
             return None
         out_dir = self.out_dir.for_new_run()
+        overwriting = False
+        found = existing_results(out_dir)
+        if found:
+            alternative = str(next_free_dir(out_dir))
+            answer = self.ask_about_results(self, out_dir, found, alternative)
+            if answer == CANCEL:
+                self.panel.set_status(f"Not started: {out_dir} holds results; choose another "
+                                      "output folder.")
+                return None
+            if answer == NEW_FOLDER:
+                self.out_dir.set_path(alternative)
+                out_dir = alternative
+            else:
+                overwriting = True
         try:
             source = self.build_source(out_dir)
         except InputError as exc:
-            self.panel.set_status(str(exc), error=True)
+            self.show_error(str(exc))
             return None
+        worker = self._launch(source, out_dir, f"Starting… outputs will go to {out_dir}")
+        if overwriting:
+            self.log.add(f"overwriting the results in {out_dir}", "warning")
+        return worker
+
+    def resume_dialog(self):
+        """"Resume…": ask for a stopped run's folder (it must hold ``checkpoint.pt``) and
+        continue that run in the same folder. Returns the worker, or None."""
+        if self.runner.busy:
+            return None
+        folder = self.choose_folder(self, "Resume the run in folder", self.out_dir.path())
+        if not folder:
+            return None
+        if not (Path(folder) / "checkpoint.pt").is_file():
+            self.show_error(f"{folder}: no checkpoint.pt, so there is no run to resume there")
+            return None
+        try:
+            source = self.build_source(str(folder), resume=True)
+        except InputError as exc:
+            self.show_error(str(exc))
+            return None
+        self.out_dir.set_path(str(folder))
+        return self._launch(source, str(folder), f"Resuming the run in {folder}…")
+
+    def open_run_dialog(self) -> bool:
+        """"Open run…": ask for a run's folder and show it (:meth:`open_run`). Returns True
+        when it was shown."""
+        folder = self.choose_folder(self, "Open the run in folder", self.out_dir.path())
+        if not folder:
+            return False
+        try:
+            summary = self.open_run(str(folder))
+        except (InputError, OSError, ValueError) as exc:
+            self.show_error(str(exc))
+            return False
+        self.log.set_folder(str(folder))
+        self.log.add(f"opened the run in {folder}" + (f": {summary}" if summary else ""))
+        self.panel.set_status(summary or f"Showing the run in {folder}")
+        return True
+
+    def _launch(self, source: EventSource, out_dir: str, status: str):
         self.run_out_dir = out_dir
         self.steps_done, self.stage, self.n_stages = 0, -1, 0
         self._last_progress = None
@@ -115,7 +250,10 @@ class RunWidgetBase(QWidget):
         self.last_outputs = {}
         self.layers.reset(self.spatial_ndim)
         self.panel.set_total(1)
-        self.panel.set_status(f"Starting… outputs will go to {out_dir}")
+        self.panel.set_status(status)
+        self.log.clear()
+        self.log.set_folder(out_dir)
+        self.log.add(f"output folder: {out_dir}")
         worker = self.runner.start(source,
                                    pause_at_stage_end=self.panel.pause_at_stage_end.isChecked())
         # if the widget goes away (dock closed, viewer closed) the run must not outlive it,
@@ -124,14 +262,28 @@ class RunWidgetBase(QWidget):
         self.destroyed.connect(lambda *_args, c=control: c.request_stop())
         return worker
 
+    def _bar_step(self) -> int:
+        """The step the progress bar shows (the last Progress event's)."""
+        return self._last_progress.step if self._last_progress is not None else self.steps_done
+
+    def _show_paused(self, step: int) -> None:
+        self.panel.set_status(f"Paused at step {step}. Resume, Next stage or Stop.")
+
     def _toggle_pause(self) -> None:
-        paused = self.runner.state == RunState.PAUSED
         self.runner.toggle_pause()
-        if not paused and self.runner.state == RunState.PAUSED:
-            self.panel.set_status(f"Paused after step {self.steps_done}. "
-                                  "Resume, Next stage or Stop.")
-        elif paused:
-            self.panel.set_status("Resumed.")
+        if self.runner.state == RunState.PAUSED:
+            self._paint_progress()  # the bar and the status show the same step
+            self._show_paused(self._bar_step())
+
+    def _next_stage(self) -> None:
+        if self.runner.state not in (RunState.RUNNING, RunState.PAUSED):
+            return
+        self.runner.next_stage()
+        if 0 <= self.stage < self.n_stages - 1:
+            self.panel.set_status(f"Ending stage {self.stage + 1}; going on with stage "
+                                  f"{self.stage + 2}…")
+        elif self.stage >= 0:
+            self.panel.set_status(f"Ending stage {self.stage + 1} (the last)…")
 
     def stop(self) -> None:
         """Stop the run after its current step; its outputs are still written."""
@@ -160,7 +312,8 @@ class RunWidgetBase(QWidget):
         ev = self._last_progress
         if ev is not None:
             self._last_paint = time.monotonic()
-            self.panel.show_progress(ev, self.n_stages, self._epochs_of_stage(ev.stage))
+            self.panel.show_progress(ev, self.n_stages, self._epochs_of_stage(ev.stage),
+                                     paused=self.runner.state == RunState.PAUSED)
 
     def _epochs_of_stage(self, stage: int) -> int | None:
         epochs = self.run_config.get("epochs_per_stage")
@@ -172,7 +325,12 @@ class RunWidgetBase(QWidget):
         return int(sum(epochs)) if self.n_stages == 1 else None
 
     def _on_state(self, state: str) -> None:
+        was_paused, self._shown_state = self._shown_state == RunState.PAUSED.value, state
         self.panel.set_state(state)
+        if was_paused and state == RunState.RUNNING.value:
+            # resumed (Resume or Next stage): no "Paused" text or "ETA paused" stays behind
+            self._paint_progress()
+            self.panel.set_status(f"Running: resumed at step {self._bar_step()}.")
         running = state in (RunState.STARTING.value, RunState.RUNNING.value,
                             RunState.PAUSED.value, RunState.STOPPING.value)
         for w in self.form_widgets():
@@ -182,11 +340,15 @@ class RunWidgetBase(QWidget):
     def _on_event(self, ev) -> None:
         name = type(ev).__name__
         self.events_seen[name] = self.events_seen.get(name, 0) + 1
+        self.log.handle(ev)
         if isinstance(ev, Progress):
             self.steps_done, self.stage = ev.step, ev.stage
             self._last_progress = ev
             now = time.monotonic()
-            if now - self._last_paint >= self.progress_interval_s or ev.step >= ev.total_steps:
+            if self.runner.state == RunState.PAUSED:  # the step in flight at Pause landed
+                self._paint_progress()
+                self._show_paused(ev.step)
+            elif now - self._last_paint >= self.progress_interval_s or ev.step >= ev.total_steps:
                 self._paint_progress()
             elif not self._paint_timer.isActive():
                 self._paint_timer.start(int(self.progress_interval_s * 1000))
@@ -208,9 +370,10 @@ class RunWidgetBase(QWidget):
             self.steps_done = ev.step
             self._paint_progress()
             if self.runner.state == RunState.PAUSED:
-                self.panel.set_status(f"Paused at step {ev.step}. Resume, Next stage or Stop.")
+                self._show_paused(ev.step)
         elif isinstance(ev, RunResumed):
-            self.panel.set_status(f"Resumed at step {ev.step}.")
+            if self.runner.state != RunState.PAUSED:
+                self.panel.set_status(f"Running: resumed at step {ev.step}.")
         elif isinstance(ev, RunStarted):
             self.n_stages = ev.n_stages
             self.run_config = dict(ev.config or {})
@@ -220,6 +383,8 @@ class RunWidgetBase(QWidget):
             self.on_run_started(ev)
         elif isinstance(ev, Log):
             self.panel.set_status(ev.message, error=ev.level == "warning")
+            if ev.level == "warning":
+                notify(ev.message, "warning")
         elif isinstance(ev, RunFinished):
             self._paint_progress()
             self.layers.flush()
@@ -237,6 +402,7 @@ class RunWidgetBase(QWidget):
         elif isinstance(ev, RunFailed):
             self.panel.progress.setFormat("failed")
             self.panel.set_status(ev.message, error=True)
+            notify(ev.message, "error")
             if ev.details:
                 print(ev.details, file=sys.stderr)
 

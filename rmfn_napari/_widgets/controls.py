@@ -5,18 +5,20 @@ and the scale stepper. They hold no science: every number shown comes from an en
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import time
+from pathlib import Path
 
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
-    QCheckBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
-    QSpinBox, QToolButton, QVBoxLayout, QWidget,
+    QCheckBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QProgressBar,
+    QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget,
 )
 
 from ..engine.events import Progress
+from ..engine.outdir import new_run_dir
 from .runner import RunState
+
+#: Answers of :func:`ask_about_results`.
+NEW_FOLDER, OVERWRITE, CANCEL = "new", "overwrite", "cancel"
 
 
 def format_eta(seconds: float) -> str:
@@ -29,32 +31,65 @@ def format_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
 
 
-def format_progress(ev: Progress, n_stages: int, n_epochs: int | None = None) -> str:
+def format_progress(ev: Progress, n_stages: int, n_epochs: int | None = None,
+                    paused: bool = False) -> str:
     """Progress bar text: ``stage s/S · epoch e/E · step n/N · ETA mm:ss``.
 
     The epoch part appears when the event's ``extra`` holds ``epoch`` (1-based, as the
     engine reports it); ``/E`` when ``n_epochs`` (epochs of the current stage) is known.
+    While ``paused`` the ETA reads ``ETA paused`` (the engine's estimate is stale then).
     """
     parts = [f"stage {ev.stage + 1}/{n_stages}"]
     epoch = (ev.extra or {}).get("epoch")
     if epoch is not None:
         parts.append(f"epoch {int(epoch)}/{int(n_epochs)}" if n_epochs else f"epoch {int(epoch)}")
     parts.append(f"step {ev.step}/{ev.total_steps}")
-    parts.append(f"ETA {format_eta(ev.eta_s)}")
+    parts.append("ETA paused" if paused else f"ETA {format_eta(ev.eta_s)}")
     return " · ".join(parts)
 
 
 def default_out_dir(task: str) -> str:
-    """A fresh (not yet created) folder under the system temp dir for a run's outputs."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(tempfile.gettempdir(), "rmfn-napari", f"{task}-{stamp}")
+    """A fresh (not yet created) folder for a run's outputs:
+    ``~/rmfn-napari/<task>-YYYYmmdd-HHMMSS`` (``$RMFN_NAPARI_HOME`` replaces ``~/rmfn-napari``;
+    see :func:`rmfn_napari.engine.outdir.new_run_dir`)."""
+    return str(new_run_dir(task))
+
+
+def ask_about_results(parent: QWidget | None, folder: str, names: list[str],
+                      new_folder: str) -> str:
+    """Ask what to do with an output folder that already holds results (a modal question).
+
+    Returns :data:`NEW_FOLDER` ("Use a new folder <new_folder>"), :data:`OVERWRITE` or
+    :data:`CANCEL`. Widgets keep this function in an attribute, so tests can replace it.
+    """
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Output folder holds results")
+    box.setText(f"{folder} already holds results ({shown}).")
+    box.setInformativeText("A new run would overwrite them.")
+    new = box.addButton(f"Use a new folder {Path(new_folder).name}",
+                        QMessageBox.ButtonRole.AcceptRole)
+    over = box.addButton("Overwrite", QMessageBox.ButtonRole.DestructiveRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(new)
+    box.setEscapeButton(cancel)
+    box.exec()
+    clicked = box.clickedButton()
+    return NEW_FOLDER if clicked is new else OVERWRITE if clicked is over else CANCEL
+
+
+def choose_folder(parent: QWidget | None, caption: str, start: str = "") -> str:
+    """Ask for an existing folder (a file dialog); "" when cancelled. Replaceable in tests."""
+    return QFileDialog.getExistingDirectory(parent, caption, start)
 
 
 class OutDirField(QWidget):
     """Output folder: a line edit with a folder-picker button.
 
-    Until the user edits it, the field holds an automatic folder under the system temp dir
-    that is renewed for every run (:meth:`for_new_run`), so runs never overwrite each other.
+    Until the user edits it, the field holds an automatic folder under the user's home
+    (:func:`default_out_dir`) that is renewed for every run (:meth:`for_new_run`), so runs
+    never overwrite each other.
     """
 
     def __init__(self, task: str, parent: QWidget | None = None):
@@ -105,9 +140,13 @@ class RunPanel(QWidget):
     Signals
     -------
     start_clicked, pause_clicked, next_clicked, stop_clicked()
+    open_run_clicked, resume_clicked()
+        "Open run…" and "Resume…" (a finished or stopped run's folder).
     pause_at_stage_end_changed(bool)
     """
 
+    open_run_clicked = Signal()
+    resume_clicked = Signal()
     start_clicked = Signal()
     pause_clicked = Signal()
     next_clicked = Signal()
@@ -124,6 +163,11 @@ class RunPanel(QWidget):
         self.pause_button.setToolTip("Pause / resume after the current optimisation step")
         self.next_button.setToolTip("End the current stage now and go on with the next scale")
         self.stop_button.setToolTip("Stop after the current step; outputs are written")
+        self.open_run_button = QPushButton("Open run…")
+        self.open_run_button.setToolTip("Show a finished run's maps and plots from its folder")
+        self.resume_button = QPushButton("Resume…")
+        self.resume_button.setToolTip("Continue a stopped run from the checkpoint in its folder "
+                                      "(it writes into that same folder)")
         self.pause_at_stage_end = QCheckBox("Pause at the end of each stage")
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
@@ -141,6 +185,10 @@ class RunPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addLayout(buttons)
+        runs = QHBoxLayout()
+        runs.addWidget(self.open_run_button)
+        runs.addWidget(self.resume_button)
+        lay.addLayout(runs)
         lay.addWidget(self.pause_at_stage_end)
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
@@ -149,6 +197,8 @@ class RunPanel(QWidget):
         self.pause_button.clicked.connect(self.pause_clicked)
         self.next_button.clicked.connect(self.next_clicked)
         self.stop_button.clicked.connect(self.stop_clicked)
+        self.open_run_button.clicked.connect(self.open_run_clicked)
+        self.resume_button.clicked.connect(self.resume_clicked)
         self.pause_at_stage_end.toggled.connect(self.pause_at_stage_end_changed)
         self.set_state(RunState.IDLE.value)
 
@@ -162,7 +212,10 @@ class RunPanel(QWidget):
         """Enable/disable and relabel the buttons for a :class:`RunState` value."""
         state = RunState(state)
         live = state in (RunState.RUNNING, RunState.PAUSED)
-        self.start_button.setEnabled(state in (RunState.IDLE, RunState.FINISHED, RunState.FAILED))
+        idle = state in (RunState.IDLE, RunState.FINISHED, RunState.FAILED)
+        self.start_button.setEnabled(idle)
+        self.open_run_button.setEnabled(idle)
+        self.resume_button.setEnabled(idle)
         self.pause_button.setEnabled(live)
         self.pause_button.setText("Resume" if state == RunState.PAUSED else "Pause")
         self.next_button.setEnabled(live)
@@ -179,12 +232,13 @@ class RunPanel(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
 
-    def show_progress(self, ev: Progress, n_stages: int, n_epochs: int | None = None) -> None:
-        """Move the bar to ``ev.step`` with the formatted text."""
+    def show_progress(self, ev: Progress, n_stages: int, n_epochs: int | None = None,
+                      paused: bool = False) -> None:
+        """Move the bar to ``ev.step`` with the formatted text (``ETA paused`` while paused)."""
         if self.progress.maximum() != max(1, ev.total_steps):
             self.progress.setMaximum(max(1, ev.total_steps))
         self.progress.setValue(min(ev.step, self.progress.maximum()))
-        self.progress.setFormat(format_progress(ev, n_stages, n_epochs))
+        self.progress.setFormat(format_progress(ev, n_stages, n_epochs, paused))
 
     def percent(self) -> float:
         """The bar's position in percent."""
@@ -253,5 +307,6 @@ class ScaleStepper(QWidget):
         self.show_scale.emit(value - 1)
 
 
-__all__ = ["OutDirField", "RunPanel", "ScaleStepper", "default_out_dir", "format_eta",
+__all__ = ["CANCEL", "NEW_FOLDER", "OVERWRITE", "OutDirField", "RunPanel", "ScaleStepper",
+           "ask_about_results", "choose_folder", "default_out_dir", "format_eta",
            "format_progress"]

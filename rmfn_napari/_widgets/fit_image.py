@@ -8,37 +8,24 @@ stage and the spectrum drift per scale (Table 1's metric) in a small table.
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QLineEdit, QSpinBox, QWidget,
-)
+from qtpy.QtWidgets import QComboBox, QLabel, QWidget
 
 from ..engine.devices import available_devices
 from ..engine.events import Metrics, RunStarted
+from ..engine.settings_spec import overrides_from_values
 from ..errors import InputError
-from ..fitting.image_fitting import PAPER_SCHEDULE, FitImageConfig, fit_image
-from ..model import METHODS
+from ..fitting.image_fitting import FitImageConfig, fit_image
+from ..fitting.presets import default_preset
+from ..fitting.settings_spec import FIT_IMAGE_SETTINGS, SECTIONS
 from .layers import REFERENCE_NAME
 from ._base import RunWidgetBase
 from .plots import ScaleMetricsTable
+from .remembered import load_remembered, save_remembered
+from .settings_form import SettingsForm
 
 OWN_LAYER_PREFIXES = ("rMFN scale ", "rMFN spectrum ")
-
-
-def parse_schedule(text: str, factor: float = 1.0) -> tuple[int, ...]:
-    """``"500,500,1000,8000"`` × ``factor`` -> steps per stage (each at least 1).
-
-    Raises :class:`~rmfn_napari.errors.InputError` naming the field when the text is not a
-    comma-separated list of positive numbers.
-    """
-    try:
-        values = [float(t) for t in text.replace(";", ",").split(",") if t.strip()]
-    except ValueError:
-        raise InputError(f"schedule: expected comma-separated step counts, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise InputError(f"schedule: need one positive step count per stage, got {text!r}")
-    if not factor > 0:
-        raise InputError(f"schedule scale factor must be > 0, got {factor}")
-    return tuple(max(1, int(round(v * factor))) for v in values)
+#: Sections that start folded (the preset fills them).
+FOLDED_SECTIONS = ("run", "advanced")
 
 
 def is_2d_image_layer(layer) -> bool:
@@ -59,9 +46,12 @@ class FitImageWidget(RunWidgetBase):
     napari_viewer : napari.Viewer
         The viewer (npe2 passes it as the first argument).
 
-    Form: image layer (2D grey or RGB), method, schedule (steps per stage, times a scale
-    factor), hidden width, learning rate, training downsampling, device, seed; then the run
-    controls, the scale stepper and the metrics table.
+    Form: the image layer, then the settings of
+    :data:`~rmfn_napari.fitting.settings_spec.FIT_IMAGE_SETTINGS` (preset — ``cpu`` or
+    ``paper``, chosen by the device at first —, method, width, steps per stage, learning
+    rate, training downsampling, device, seed) in folding sections, each input also an
+    attribute (``preset``, ``schedule``, ``hidden``, ``lr``…); then the run controls, the
+    scale stepper and the metrics table. The settings of the last Start are remembered.
     """
 
     task = "fit-image"
@@ -69,53 +59,17 @@ class FitImageWidget(RunWidgetBase):
 
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(napari_viewer, parent)
+        self.settings_form = SettingsForm(FIT_IMAGE_SETTINGS, SECTIONS, folded=FOLDED_SECTIONS,
+                                          choices={"device": available_devices()})
+        for setting in FIT_IMAGE_SETTINGS:
+            inputs = self.settings_form.inputs[setting.name]
+            for attr, widget in zip(setting.attrs, inputs if isinstance(inputs, tuple) else (inputs,)):
+                setattr(self, attr, widget)
         self.layer_combo = QComboBox()
-        self.layer_combo.setToolTip("2D image layer to fit (grey or RGB)")
-        self.method = QComboBox()
-        self.method.addItems(list(METHODS))
-        self.method.setToolTip("rmfn: residual MFN (proposed init); res-bacon: residual with "
-                               "BACON init; bacon: BACON baseline")
-        self.schedule = QLineEdit(",".join(str(s) for s in PAPER_SCHEDULE))
-        self.schedule.setToolTip("Steps of each stage; the number of stages is the number of scales")
-        self.schedule_factor = QDoubleSpinBox()
-        self.schedule_factor.setDecimals(2)
-        self.schedule_factor.setMinimumWidth(80)
-        self.schedule_factor.setRange(0.001, 100.0)
-        self.schedule_factor.setValue(1.0)
-        self.schedule_factor.setPrefix("× ")
-        self.schedule_factor.setToolTip("Multiply every stage's steps (e.g. 0.1 for a quick look)")
-        sched_row = QWidget()
-        row = QHBoxLayout(sched_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.schedule, 3)
-        row.addWidget(self.schedule_factor, 1)
-        self.hidden = QSpinBox()
-        self.hidden.setRange(4, 4096)
-        self.hidden.setValue(256)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(5)
-        self.lr.setRange(1e-5, 1.0)
-        self.lr.setSingleStep(1e-3)
-        self.lr.setValue(5e-3)
-        self.downsample = QSpinBox()
-        self.downsample.setRange(1, 16)
-        self.downsample.setValue(2)
-        self.downsample.setToolTip("Train on the image block-averaged by this factor; PSNR is "
-                                   "measured on the original (the paper: 2)")
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
-        self.seed.setSpecialValueText("0")
-
-        self.form.addRow("image", self.layer_combo)
-        self.form.addRow("method", self.method)
-        self.form.addRow("schedule", sched_row)
-        self.form.addRow("hidden", self.hidden)
-        self.form.addRow("learning rate", self.lr)
-        self.form.addRow("downsample", self.downsample)
-        self.form.addRow("device", self.device)
-        self.form.addRow("seed", self.seed)
+        self.settings_form.add_row("top", "image", self.layer_combo,
+                                   "2D image layer to fit (grey or RGB); it is the PSNR reference",
+                                   index=0)
+        self.form.addRow(self.settings_form)
         self.form.addRow("output folder", self.out_dir)
 
         self.table = ScaleMetricsTable(["PSNR (dB)", "spectrum drift"])
@@ -125,17 +79,40 @@ class FitImageWidget(RunWidgetBase):
         self.extra.addWidget(QLabel("Per scale"))
         self.extra.addWidget(self.table)
 
+        self.preset.currentIndexChanged.connect(lambda *_: self.apply_preset(self.preset.currentText()))
+        self.set_config(FitImageConfig.from_preset(default_preset("auto")))  # every input
         events = napari_viewer.layers.events
         events.inserted.connect(self._refresh_layers)
         events.removed.connect(self._refresh_layers)
         events.reordered.connect(self._refresh_layers)
         self._refresh_layers()
+        self.restore_settings()
 
     # ---- form -------------------------------------------------------------------------
     def form_widgets(self):
         """Inputs locked during a run."""
-        return [self.layer_combo, self.method, self.schedule, self.schedule_factor, self.hidden,
-                self.lr, self.downsample, self.device, self.seed]
+        return [self.layer_combo, *self.settings_form.input_widgets()]
+
+    def apply_preset(self, name: str) -> None:
+        """Fill the settings from preset ``name`` (``cpu``, ``paper``); method, device and
+        seed stay as they are."""
+        self.settings_form.set_config(FitImageConfig.from_preset(name), keep_run_settings=True)
+
+    def set_config(self, cfg: FitImageConfig) -> None:
+        """Fill every setting of the form from a :class:`FitImageConfig`."""
+        self.preset.blockSignals(True)
+        try:
+            self.settings_form.set_config(cfg)
+        finally:
+            self.preset.blockSignals(False)
+
+    def restore_settings(self) -> None:
+        """Fill the form from the settings remembered at the last Start (if any)."""
+        settings = load_remembered(self.task).get("settings") or {}
+        if isinstance(settings, dict) and settings:
+            if "preset" in settings:
+                self.settings_form.set_value("preset", settings["preset"])  # applies the preset
+            self.settings_form.set_values(settings, skip=("preset",))
 
     def _refresh_layers(self, *_args) -> None:
         current = self.layer_combo.currentText()
@@ -149,16 +126,10 @@ class FitImageWidget(RunWidgetBase):
 
     def config(self) -> FitImageConfig:
         """The :class:`FitImageConfig` the form describes (raises InputError when invalid)."""
-        cfg = FitImageConfig(
-            method=self.method.currentText(),
-            schedule=parse_schedule(self.schedule.text(), self.schedule_factor.value()),
-            hidden=int(self.hidden.value()),
-            lr=float(self.lr.value()),
-            downsample=int(self.downsample.value()),
-            device=self.device.currentText(),
-            seed=int(self.seed.value()),
-            snapshot_interval_s=0.5,
-        )
+        values = self.settings_form.values()
+        preset = values.pop("preset")
+        cfg = FitImageConfig.from_preset(preset, snapshot_interval_s=0.5,
+                                         **overrides_from_values(FIT_IMAGE_SETTINGS, values))
         cfg.validate()
         return cfg
 
@@ -180,6 +151,9 @@ class FitImageWidget(RunWidgetBase):
         """Read the form and return the fit-image event source for the worker."""
         cfg = self.config()
         image = self.image()
+        layer = self.viewer.layers[self.layer_combo.currentText()]
+        self.layers.set_data_grid(layer.scale[-2:], layer.translate[-2:])  # results on its grid
+        save_remembered(self.task, {"settings": self.settings_form.values()})
         self.table.clear_values()
 
         def source(control):
@@ -192,6 +166,13 @@ class FitImageWidget(RunWidgetBase):
         """Size the metrics table to the number of scales."""
         self.table.set_rows(ev.n_stages)
 
+    def open_run(self, folder: str) -> str:
+        """"Open run…": a finished run's images and spectra, placed on the original image's grid
+        (:func:`~.open_run.open_run_folder`); returns its one-line summary."""
+        from .open_run import open_run_folder
+
+        return open_run_folder(self.viewer, folder)
+
     def on_metrics(self, ev: Metrics) -> None:
         """PSNR after each stage; spectrum drift per scale at the end."""
         if ev.name == "psnr":
@@ -202,4 +183,4 @@ class FitImageWidget(RunWidgetBase):
                 self.table.set_value(k, 1, value, "{:.4g}")
 
 
-__all__ = ["FitImageWidget", "parse_schedule"]
+__all__ = ["FitImageWidget", "is_2d_image_layer"]

@@ -1,34 +1,55 @@
 """Engine events -> napari layers (GUI thread only).
 
-:class:`LayerUpdater` keeps one image layer per scale, ``"rMFN scale k"`` (k 1-based), and one
-for its centred log-amplitude spectrum, ``"rMFN spectrum k"``. A layer is added the first time
-its scale arrives and afterwards updated in place (``layer.data = ...``), never re-added, so the
-user's display settings survive. Layers get ``scale=(voxel_size,)*ndim`` (Å for cryo-EM volumes,
-1 for images); spectrum layers sit beside their scale (translated along x by 1.15 box widths).
+:class:`LayerUpdater` keeps one image layer per scale, ``"rMFN scale k"`` (k = 1..L, as in the
+files and the CLI), and one for its centred log-amplitude spectrum, ``"rMFN spectrum k"``.
 
-Rate: during a stage at most one heavy update per ``min_interval_s`` (default 0.5 s) is applied;
-a snapshot arriving sooner is held and applied when the interval has passed (only the newest one
-per scale is kept). Stage-end snapshots (``final=True``) are applied at once, always.
+Layers are owned per run. When a run starts (its ``RunStarted``, :meth:`LayerUpdater.begin_run`),
+the layers of *every* scale of the run are made before it trains, one per event-loop pass, as
+hidden 1-pixel placeholders, while the engine waits (:meth:`.runner.EngineRunner.hold`); layers of
+those names from an earlier run are reused and blanked (the user's display settings kept), those
+of scales the new run does not have are removed, so nothing of an earlier run is ever shown as
+this run's; a reconstruction's backprojected maps get placeholders too (blanked, hidden, their
+visibility restored at their first data). Without ``begin_run`` (no runner) the scales' layers
+are made at the run's first snapshot. A run
+that ends before either renames the previous run's layers ``"... (previous run)"`` and hides
+them. Afterwards layers are only updated in place.
 
-Backprojected maps: :meth:`LayerUpdater.handle_volume` shows the engine's
-:class:`~rmfn_napari.engine.events.VolumeSnapshot` s (stage ends) as ``"half map 1"``,
-``"half map 2"`` and ``"map (backprojected)"`` (3D, gray, ``scale=(voxel_size,)*3``, placed
-left of the scale layers by 1.15 box widths); the map is shown and the half-maps hidden when
-first added, and afterwards every stage and every new run updates them in place.
+Placement: on the data's grid. Images: a fit-image snapshot is at training resolution (the
+original block-averaged by f = ``voxel_size``), so its layer gets ``scale=(f, f)`` and a
+translate of ``(f - 1)/2`` original pixels: its pixel centres land on the original image's
+extent (composed with :meth:`LayerUpdater.set_data_grid`, the source layer's own scale and
+translate). Volumes: ``scale=(voxel_size,)*3`` (Å). Spectra sit beside their image, right of it
+by 0.15 of its width (not on it); backprojected maps left of the scale layers.
 
-Scale stepping: :meth:`LayerUpdater.show_scale` makes only that scale's layers visible,
-:meth:`LayerUpdater.show_all` shows every scale; with ``follow`` on, the scale being trained is
-shown as its first snapshot arrives.
+No GUI stall from the plugin: snapshots arrive prepared in the worker
+(:mod:`.display_prep`: float32 contiguous, display size, contrast limits), so applying one only
+assigns arrays. In-stage snapshots are queued (only the newest per scale is kept) and applied at
+most once per ``min_interval_s`` (volumes: :attr:`LayerUpdater.min_interval_3d_s`, as one
+software-OpenGL frame of a volume costs ~0.3 s); a stage-end snapshot (``final``) or a map applies
+the queue at once. Changes made in one event-loop pass cost one redraw (Qt coalesces the canvas'
+repaint requests), so a stage end's burst is drawn once. :attr:`LayerUpdater.gui_seconds`
+accumulates the time spent in these GUI-thread handlers.
+
+Scale stepping: the *trained* scale is the highest scale a snapshot of this run has shown so far
+(a coarse-to-fine stage k sends scales 1..k at its end, a full-scale run's only stage trains the
+finest); :attr:`LayerUpdater.scales_changed` sends it (1-based, the stepper's count and value) and,
+with ``follow`` on, only its layers are visible. :meth:`LayerUpdater.show_scale` (0-based) shows
+one scale, :meth:`LayerUpdater.show_all` every scale.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..engine.events import ScaleSnapshot, VolumeSnapshot
+from ..engine.events import RunStarted, ScaleSnapshot, VolumeSnapshot
+from .display_prep import (
+    DisplayArray, display_of, n_scales_of, prepare_scale_snapshot, prepare_volume_snapshot,
+)
+from .layer_ops import assign_array, clear_stale_extent, ensure_image_layer
 
 SCALE_NAME = "rMFN scale {}"
 SPECTRUM_NAME = "rMFN spectrum {}"
@@ -58,8 +79,22 @@ def spectrum_layer_name(scale: int) -> str:
     return SPECTRUM_NAME.format(scale + 1)
 
 
+PREVIOUS_RUN_SUFFIX = " (previous run)"
+#: Gap between an image and its spectrum, as a fraction of the image's width.
+SPECTRUM_GAP = 0.15
+_OWN_NAME = re.compile(r"^rMFN (scale|spectrum) (\d+)( \(previous run\))?$")
+
+
+def own_layer_scale(name: str) -> int | None:
+    """0-based scale of an ``"rMFN scale k"`` / ``"rMFN spectrum k"`` layer name (also the
+    previous run's renamed ones); None for any other name."""
+    m = _OWN_NAME.match(name)
+    return int(m.group(2)) - 1 if m else None
+
+
 class LayerUpdater(QObject):
-    """Applies :class:`~rmfn_napari.engine.events.ScaleSnapshot` events to a viewer's layers.
+    """Applies :class:`~rmfn_napari.engine.events.ScaleSnapshot` and
+    :class:`~rmfn_napari.engine.events.VolumeSnapshot` events to a viewer's layers.
 
     Parameters
     ----------
@@ -67,12 +102,14 @@ class LayerUpdater(QObject):
     spatial_ndim : int
         2 for images (an ``(H, W, 3)`` snapshot is an RGB image), 3 for volumes.
     min_interval_s : float
-        Minimum time between two heavy updates during a stage.
+        Minimum time between two redraws caused by in-stage snapshots, s (volumes: at least
+        :attr:`min_interval_3d_s`, since one software-OpenGL frame of a volume costs ~0.3 s).
 
     Signals
     -------
     scales_changed(int)
-        The number of scales with layers changed.
+        The scale the engine last trained changed: its 1-based number, which is also the
+        number of scales with results (0: none yet, a new run began).
     """
 
     scales_changed = Signal(int)
@@ -83,54 +120,162 @@ class LayerUpdater(QObject):
         self.viewer = viewer
         self.spatial_ndim = spatial_ndim
         self.min_interval_s = min_interval_s
+        #: Volumes: minimum seconds between two in-stage redraws.
+        self.min_interval_3d_s = 10.0
         self.follow = True
         self.n_applied = 0
         self.n_volumes_applied = 0
+        #: Seconds spent in this object's GUI-thread handlers (queueing and applying).
+        self.gui_seconds = 0.0
         self._shown: int | None = None  # None: all
-        self._last_heavy = -np.inf
-        self._pending: dict[int, ScaleSnapshot] = {}
-        self._layers: dict[int, tuple] = {}
+        self._trained = -1
+        self._last_heavy = -1e9
+        self._queue: dict[tuple, object] = {}
+        self._layers: dict[int, tuple] = {}  # this run's (image, spectrum) per 0-based scale
+        self._run_open = False
+        self._grid_scale: tuple[float, ...] | None = None
+        self._grid_translate: tuple[float, ...] | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self._apply_pending)
+        self._timer.timeout.connect(self._apply_queue)
         self._switched_3d = False
+        self._to_create: list[tuple] = []  # placeholders: (scale, "scale"|"spectrum"), (name, "volume")
+        self._volume_shown: dict[str, bool] = {}  # map placeholders: visibility at their first data
+        self._volumes_framed = False
+        self._release = None  # the runner's hold while placeholders are created
+        self._create_timer = QTimer(self)
+        self._create_timer.setSingleShot(True)
+        self._create_timer.setInterval(0)
+        self._create_timer.timeout.connect(self._create_next)
+        runner = getattr(parent, "runner", None)  # the widget's EngineRunner, when there is one
+        if runner is not None and hasattr(runner, "event"):
+            self.runner = runner
+            runner.event.connect(self._on_runner_event)
+        else:
+            self.runner = None
 
     # ---- public -------------------------------------------------------------------
+    def set_data_grid(self, scale=None, translate=None) -> None:
+        """Place image results on a source layer's grid: its ``scale`` and ``translate``
+        (world units per original pixel, world position of pixel 0). None: pixels, at 0."""
+        self._grid_scale = None if scale is None else tuple(float(v) for v in scale)[-2:]
+        self._grid_translate = None if translate is None else tuple(float(v) for v in translate)[-2:]
+
+    def begin_run(self, ev: RunStarted) -> None:
+        """A run started (its ``RunStarted``): make its layers before it trains.
+
+        The layers of every scale of the run (:func:`~.display_prep.n_scales_of`) are made,
+        one per event-loop pass, as hidden 1-pixel placeholders (existing layers of those names
+        reused and blanked; those of scales the run does not have removed); the view switches
+        to 3D for volumes. While this goes on the engine waits (:meth:`.runner.EngineRunner.hold`).
+        Called by itself when the updater's parent widget has a ``runner``.
+        """
+        n = n_scales_of(ev)
+        self._layers = {}
+        self._retire_leftovers(keep=n, rename=False)
+        self._to_create = [(k, kind) for k in range(n) for kind in ("scale", "spectrum")]
+        if ev.task == "reconstruct":  # its stage ends also send the backprojected maps
+            self._to_create += [(name, "volume") for name in VOLUME_LAYER_NAMES]
+        self._volume_shown, self._volumes_framed = {}, False
+        if self.spatial_ndim == 3 and not self._switched_3d:
+            self._switched_3d = True
+            self.viewer.dims.ndisplay = 3
+        if self.runner is not None and self._to_create:
+            self._release = self.runner.hold()
+        self._create_timer.start()
+
+    def _on_runner_event(self, ev) -> None:
+        if isinstance(ev, RunStarted):
+            t0 = time.perf_counter()
+            self.begin_run(ev)
+            self.gui_seconds += time.perf_counter() - t0
+
+    def _create_next(self) -> None:
+        """Make one placeholder layer, then come back at the next event-loop pass."""
+        t0 = time.perf_counter()
+        if self._to_create:
+            k, kind = self._to_create.pop(0)
+            image, spectrum = self._layers.get(k, (None, None))
+            nd = self.spatial_ndim
+            blank = np.zeros((1,) * nd, np.float32)
+            if kind == "volume":
+                self._blank_volume(k)
+            elif kind == "scale" and image is None:
+                image = ensure_image_layer(self.viewer, scale_layer_name(k), blank, (1.0,) * nd,
+                                           (0.0,) * nd, rgb=False, colormap="gray", blank=True)
+            elif kind == "spectrum" and spectrum is None:
+                spectrum = ensure_image_layer(self.viewer, spectrum_layer_name(k), blank, (1.0,) * nd,
+                                              (0.0,) * nd, rgb=False, colormap="magma", blank=True)
+            if kind != "volume":
+                self._layers[k] = (image, spectrum)
+        if self._to_create:
+            self._create_timer.start()
+        elif self._release is not None:
+            release, self._release = self._release, None
+            release()
+        self.gui_seconds += time.perf_counter() - t0
+
     def reset(self, spatial_ndim: int | None = None) -> None:
-        """Forget pending snapshots (before a new run); existing layers are reused by name."""
+        """Before a new run: forget queued snapshots; the layers are replaced by this run's at
+        its first snapshot (see the module doc)."""
         if spatial_ndim is not None:
             self.spatial_ndim = spatial_ndim
-        self._pending.clear()
+        self._queue.clear()
         self._timer.stop()
-        self._last_heavy = -np.inf
-        self._layers.clear()
+        self._last_heavy = -1e9
+        self._layers = {}
+        self._trained = -1
+        self._run_open = True
         self._switched_3d = False
+        self._to_create = []
+        self._volume_shown = {}
+        self._create_timer.stop()
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+        self.scales_changed.emit(0)
 
     @property
     def n_scales(self) -> int:
-        """Number of scales that have layers."""
-        return len(self._layers)
+        """Number of scales with results: the last trained scale, 1-based (0: none yet)."""
+        return self._trained + 1
+
+    @property
+    def trained_scale(self) -> int:
+        """0-based scale the engine last trained (-1: none yet in this run)."""
+        return self._trained
+
+    @property
+    def shown_scale(self) -> int | None:
+        """0-based scale whose layers are shown alone, None when every scale is shown."""
+        return self._shown
 
     def handle(self, snap: ScaleSnapshot) -> None:
-        """Apply ``snap`` now (stage end, or interval passed) or hold it for later."""
-        now = time.monotonic()
-        if snap.final:
-            self._pending.pop(snap.scale, None)
-            self._apply(snap)
-            return
-        wait = self.min_interval_s - (now - self._last_heavy)
-        if wait <= 0 and not self._pending:
-            self._last_heavy = now
-            self._apply(snap)
-            return
-        self._pending[snap.scale] = snap
-        if not self._timer.isActive():
-            self._timer.start(max(1, int(wait * 1000)))
+        """Queue ``snap`` (only the newest per scale is kept); see the module doc for when the
+        queue is applied. A snapshot not prepared in the worker is prepared here."""
+        t0 = time.perf_counter()
+        snap = prepare_scale_snapshot(snap)
+        self._queue[("scale", snap.scale)] = snap
+        self._schedule(urgent=snap.final)
+        self.gui_seconds += time.perf_counter() - t0
+
+    def handle_volume(self, snap: VolumeSnapshot) -> None:
+        """Queue a backprojected map (stage ends), applied like a stage-end snapshot: as
+        ``"half map 1"``, ``"half map 2"``, ``"map (backprojected)"``."""
+        t0 = time.perf_counter()
+        snap = prepare_volume_snapshot(snap)
+        self._queue[("volume", snap.name)] = snap
+        self._schedule(urgent=True)
+        self.gui_seconds += time.perf_counter() - t0
 
     def flush(self) -> None:
-        """Apply held snapshots now (end of run)."""
+        """Apply queued snapshots now (end of run). A run that showed nothing renames the
+        previous run's layers ``"... (previous run)"`` and hides them."""
         self._timer.stop()
-        self._apply_pending()
+        self._apply_queue()
+        if self._run_open and not self._layers:
+            self._retire_leftovers(keep=0, rename=True)
+        self._run_open = False
 
     def show_scale(self, scale: int) -> None:
         """Show only the layers of 0-based ``scale`` (and the reference)."""
@@ -139,13 +284,13 @@ class LayerUpdater(QObject):
         self._update_visibility()
 
     def show_all(self) -> None:
-        """Show the layers of every scale."""
+        """Show the layers of every scale with results."""
         self._shown = None
         self._update_visibility()
 
     def set_reference(self, volume: np.ndarray, voxel_size: float) -> None:
         """Add or update the ``"reference"`` layer (a map the run is compared against)."""
-        data = np.asarray(volume, dtype=np.float32)
+        data = np.ascontiguousarray(volume, dtype=np.float32)
         kwargs = dict(scale=(float(voxel_size),) * data.ndim)
         if REFERENCE_NAME in self.viewer.layers:
             layer = self.viewer.layers[REFERENCE_NAME]
@@ -158,112 +303,182 @@ class LayerUpdater(QObject):
         self.viewer.add_image(data, name=REFERENCE_NAME, colormap="gray", blending="additive",
                               metadata={"voxel_size": float(voxel_size)}, **rendering, **kwargs)
 
-    def handle_volume(self, snap: VolumeSnapshot):
-        """Add or update (in place) the layer of a backprojected map; returns the layer.
+    # ---- queue ----------------------------------------------------------------------
+    def _schedule(self, urgent: bool) -> None:
+        """Stage ends (and maps): apply the whole queue now; in-stage snapshots: once the
+        interval since the last application has passed."""
+        if urgent:
+            self._timer.stop()
+            self._apply_queue()
+            return
+        interval = self.min_interval_s if self.spatial_ndim == 2 else max(
+            self.min_interval_s, self.min_interval_3d_s)
+        ms = max(1, int(1000 * (interval - (time.monotonic() - self._last_heavy))))
+        if not self._timer.isActive() or self._timer.remainingTime() > ms:
+            self._timer.start(ms)
+
+    def _apply_queue(self) -> None:
+        queue, self._queue = self._queue, {}
+        if not queue:
+            return
+        t0 = time.perf_counter()
+        self._last_heavy = time.monotonic()
+        for (kind, _key), snap in queue.items():
+            if kind == "scale":
+                self._apply_scale(snap)
+            else:
+                self._apply_volume(snap)
+        self.gui_seconds += time.perf_counter() - t0
+
+    # ---- scale layers ---------------------------------------------------------------
+    def _world(self, arr: DisplayArray, image: bool) -> tuple[tuple, tuple]:
+        """(scale, translate) of a display array on the data's grid."""
+        nd = len(arr.spatial_shape)
+        s0 = self._grid_scale if image and nd == 2 and self._grid_scale else (1.0,) * nd
+        t0 = self._grid_translate if image and nd == 2 and self._grid_translate else (0.0,) * nd
+        scale = tuple(arr.pixel * s for s in s0)
+        translate = tuple(t + arr.offset * s for t, s in zip(t0, s0))
+        return scale, translate
+
+    def _placement(self, snap) -> tuple[tuple, tuple, tuple]:
+        """Image scale/translate and the spectrum's translate (right of the image)."""
+        image = display_of(snap).image
+        scale, translate = self._world(image, image=True)
+        width = image.spatial_shape[-1] * scale[-1]
+        spec_translate = list(translate)
+        spec_translate[-1] += (1.0 + SPECTRUM_GAP) * width
+        return scale, translate, tuple(spec_translate)
+
+    def _begin_layers(self, snap) -> None:
+        """This run's layers of every scale, made at its first snapshot (placeholders, hidden),
+        when :meth:`begin_run` did not make them."""
+        n = max(int(display_of(snap).n_scales or 0), snap.scale + 1)
+        for k in range(n):
+            self._layers[k] = self._make_pair(k, snap)
+        self._retire_leftovers(keep=n, rename=False)
+
+    def _make_pair(self, k: int, snap) -> tuple:
+        """Scale ``k``'s (image, spectrum) layers, blank, on ``snap``'s grid (existing ones
+        of those names reused)."""
+        scale, translate, spec_translate = self._placement(snap)
+        img, spectrum = display_of(snap).image, display_of(snap).spectrum
+        blank = np.zeros_like(img.data)
+        spec_blank = np.zeros_like(spectrum.data)
+        image_layer = ensure_image_layer(self.viewer, scale_layer_name(k), blank, scale, translate,
+                                         rgb=img.rgb, colormap="gray")
+        spectrum_layer = ensure_image_layer(self.viewer, spectrum_layer_name(k), spec_blank, scale,
+                                            spec_translate, rgb=False, colormap="magma")
+        return image_layer, spectrum_layer
+
+    def _retire_leftovers(self, keep: int, rename: bool) -> None:
+        """Remove (or rename "(previous run)" and hide) own layers that are not this run's:
+        every scale >= ``keep``, and every earlier run's renamed layer."""
+        mine = {id(layer) for pair in self._layers.values() for layer in pair}
+        for layer in list(self.viewer.layers):
+            k = own_layer_scale(layer.name)
+            if k is None or id(layer) in mine:
+                continue
+            if rename and not layer.name.endswith(PREVIOUS_RUN_SUFFIX):
+                layer.name = layer.name + PREVIOUS_RUN_SUFFIX
+                layer.visible = False
+            elif not rename and (k >= keep or layer.name.endswith(PREVIOUS_RUN_SUFFIX)):
+                self.viewer.layers.remove(layer)
+
+    def _apply_scale(self, snap) -> None:
+        if not self._layers:
+            self._begin_layers(snap)
+        pair = self._layers.get(snap.scale)
+        if pair is None or None in pair:
+            self._to_create = [item for item in self._to_create if item[0] != snap.scale]
+            self._layers[snap.scale] = self._make_pair(snap.scale, snap)
+        image_layer, spectrum_layer = self._layers[snap.scale]
+        scale, translate, spec_translate = self._placement(snap)
+        shown = display_of(snap)
+        self._layers[snap.scale] = (
+            assign_array(self.viewer, image_layer, shown.image, scale, translate, colormap="gray"),
+            assign_array(self.viewer, spectrum_layer, shown.spectrum, scale, spec_translate,
+                         colormap="magma"))
+        self.n_applied += 1
+        if len(shown.image.spatial_shape) == 3 and not self._switched_3d:
+            self._switched_3d = True
+            self.viewer.dims.ndisplay = 3
+        first = self._trained < 0
+        if snap.scale > self._trained:
+            self._trained = snap.scale
+            if self.follow:
+                self._shown = snap.scale
+            self.scales_changed.emit(self._trained + 1)
+        self._update_visibility()
+        if first:
+            self.viewer.reset_view()
+
+    def _update_visibility(self) -> None:
+        for k, pair in self._layers.items():
+            visible = k <= self._trained and (self._shown is None or k == self._shown)
+            for layer in pair:
+                if layer is not None and layer in self.viewer.layers and layer.visible != visible:
+                    layer.visible = visible
+
+    # ---- backprojected maps -----------------------------------------------------------
+    def _blank_volume(self, key: str) -> None:
+        """Hidden 1-voxel placeholder of a backprojected map (an existing layer blanked); its
+        visibility (the existing layer's, else :data:`VOLUMES_VISIBLE`) is restored at its first data."""
+        name = volume_layer_name(key)
+        layers = self.viewer.layers
+        if name in layers and type(layers[name]).__name__ == "Image" and layers[name].ndim == 3 \
+                and not getattr(layers[name], "rgb", False):
+            layer = layers[name]
+            self._volume_shown[key] = bool(layer.visible)
+            layer.visible = False
+            layer.data = np.zeros((1, 1, 1), np.float32)
+            clear_stale_extent(layer)
+            return
+        if name in layers:
+            layers.remove(layers[name])
+        self._volume_shown[key] = key in VOLUMES_VISIBLE
+        self.viewer.add_image(np.zeros((1, 1, 1), np.float32), name=name, colormap="gray",
+                              rendering="mip", visible=False, metadata={})
+
+    def _apply_volume(self, snap) -> None:
+        """Add or update (in place) the layer of a backprojected map.
 
         A layer of that name already there (from an earlier stage or run) gets the new data,
         voxel size and placement, keeps its visibility and display settings, and is never
         duplicated. A new one is visible only for the full map.
         """
-        data = np.asarray(snap.data, dtype=np.float32)
+        arr = display_of(snap).image
         name = volume_layer_name(snap.name)
-        voxel = float(snap.voxel_size)
-        scale = (voxel,) * data.ndim
-        translate = [0.0] * data.ndim
-        translate[-1] = -1.15 * data.shape[-1] * voxel  # left of the scale layers
+        scale, translate = self._world(arr, image=False)
+        translate = list(translate)
+        translate[-1] -= (1.0 + SPECTRUM_GAP) * arr.spatial_shape[-1] * scale[-1]  # left of the scale layers
+        translate = tuple(translate)
         layers = self.viewer.layers
         if name in layers:
             layer = layers[name]
-            if type(layer).__name__ == "Image" and layer.data.ndim == data.ndim \
+            if type(layer).__name__ == "Image" and layer.data.ndim == arr.data.ndim \
                     and not getattr(layer, "rgb", False):
-                layer.data = data
-                layer.scale = scale
-                layer.translate = translate
-                layer.metadata["voxel_size"] = voxel
+                assign_array(self.viewer, layer, arr, scale, translate, colormap="gray")
+                layer.metadata["voxel_size"] = float(snap.voxel_size)
                 layer.metadata["stage"] = int(snap.stage)
-                layer.reset_contrast_limits()
                 self.n_volumes_applied += 1
-                return layer
+                if snap.name in self._volume_shown:  # a placeholder's first data
+                    layer.visible = self._volume_shown.pop(snap.name)
+                    if not self._volumes_framed:
+                        self._volumes_framed = True
+                        self.viewer.reset_view()  # the maps lie left of the scale layers
+                return
             layers.remove(layer)  # an incompatible leftover with that name
-        rendering = {"rendering": "mip"} if data.ndim == 3 else {}
-        layer = self.viewer.add_image(
-            data, name=name, scale=scale, translate=translate, colormap="gray",
-            visible=snap.name in VOLUMES_VISIBLE,
-            metadata={"voxel_size": voxel, "stage": int(snap.stage)}, **rendering)
+        rendering = {"rendering": "mip"} if arr.data.ndim == 3 else {}
+        self.viewer.add_image(
+            arr.data, name=name, scale=scale, translate=translate, colormap="gray",
+            contrast_limits=arr.contrast_limits, visible=snap.name in VOLUMES_VISIBLE,
+            metadata={"voxel_size": float(snap.voxel_size), "stage": int(snap.stage)}, **rendering)
         self.n_volumes_applied += 1
-        if data.ndim == 3 and not self._switched_3d:
+        if arr.data.ndim == 3 and not self._switched_3d:
             self._switched_3d = True
             self.viewer.dims.ndisplay = 3
         self.viewer.reset_view()  # bring the new map into the frame (once: it is reused after)
-        return layer
-
-    # ---- internals ----------------------------------------------------------------
-    def _apply_pending(self) -> None:
-        pending, self._pending = self._pending, {}
-        if pending:
-            self._last_heavy = time.monotonic()
-        for snap in pending.values():
-            self._apply(snap)
-
-    def _apply(self, snap: ScaleSnapshot) -> None:
-        data = np.asarray(snap.data, dtype=np.float32)
-        spec = np.asarray(snap.spectrum, dtype=np.float32)
-        rgb = self.spatial_ndim == 2 and data.ndim == 3
-        if rgb:
-            data = np.clip(data, 0.0, 1.0)
-        nd = self.spatial_ndim
-        scale = (float(snap.voxel_size),) * nd
-        width = data.shape[nd - 1]
-        translate = [0.0] * nd
-        translate[-1] = 1.15 * width * float(snap.voxel_size)
-        new = snap.scale not in self._layers
-        img_layer = self._ensure(scale_layer_name(snap.scale), data, scale, None, rgb=rgb,
-                                 colormap="gray")
-        spec_layer = self._ensure(spectrum_layer_name(snap.scale), spec, scale, translate,
-                                  rgb=False, colormap="magma")
-        self._layers[snap.scale] = (img_layer, spec_layer)
-        self.n_applied += 1
-        if nd == 3 and not self._switched_3d:
-            self._switched_3d = True
-            self.viewer.dims.ndisplay = 3
-        if new:
-            if self.follow:
-                self._shown = snap.scale
-            self._update_visibility()
-            if len(self._layers) == 1:
-                self.viewer.reset_view()
-            self.scales_changed.emit(len(self._layers))
-
-    def _ensure(self, name, data, scale, translate, *, rgb, colormap):
-        layers = self.viewer.layers
-        if name in layers:
-            layer = layers[name]
-            same_kind = (getattr(layer, "rgb", False) == rgb and layer.data.ndim == data.ndim
-                         and tuple(layer.scale) == tuple(scale))
-            if same_kind:
-                layer.data = data
-                if not rgb:
-                    layer.reset_contrast_limits()
-                return layer
-            layers.remove(layer)  # an incompatible leftover from an earlier run
-        kwargs = {"name": name, "scale": scale, "rgb": rgb}
-        if translate is not None:
-            kwargs["translate"] = translate
-        if not rgb:
-            kwargs["colormap"] = colormap
-        else:
-            kwargs["contrast_limits"] = (0.0, 1.0)
-        if data.ndim == 3 and not rgb:
-            kwargs["rendering"] = "mip"
-        return self.viewer.add_image(data, **kwargs)
-
-    def _update_visibility(self) -> None:
-        for k, pair in self._layers.items():
-            visible = self._shown is None or k == self._shown
-            for layer in pair:
-                if layer in self.viewer.layers:
-                    layer.visible = visible
 
 
-__all__ = ["LayerUpdater", "REFERENCE_NAME", "VOLUME_LAYER_NAMES", "scale_layer_name",
-           "spectrum_layer_name", "volume_layer_name"]
+__all__ = ["LayerUpdater", "PREVIOUS_RUN_SUFFIX", "REFERENCE_NAME", "SPECTRUM_GAP", "VOLUME_LAYER_NAMES",
+           "own_layer_scale", "scale_layer_name", "spectrum_layer_name", "volume_layer_name"]

@@ -1,9 +1,10 @@
 """Live plots and tables for the dock widgets (GUI thread only).
 
 Plots are vispy ``SceneCanvas`` es (napari already ships vispy; matplotlib is not a
-dependency): a line plot of FSC curves — the gold-standard curves between half-maps
-(unmasked, sphere and auto mask, threshold 0.143) and the curves against a reference, one
-per scale (threshold 0.5), together — and a bar histogram of pose errors in degrees (0–180).
+dependency; the shared frame and PNG/CSV export: :mod:`.plot_base`): a line plot of FSC
+curves — the gold-standard curves between half-maps (unmasked, sphere and auto mask,
+threshold 0.143) and the curves against a reference, one per scale (threshold 0.5),
+together — and a bar histogram of pose errors in degrees (0–180, :mod:`.pose_plot`).
 Each redraw only swaps vertex data of existing visuals and asks vispy for an update, so it
 is cheap and never blocks the event loop. The legend (colours, thresholds and resolutions in
 Å, or "not resolved") is a Qt label under the canvas.
@@ -16,7 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from qtpy.QtWidgets import QLabel, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QTableWidget, QTableWidgetItem, QWidget
+
+from .plot_base import NB_HYPHEN, VispyPlot, hex_color
+from .pose_plot import PoseHistogram  # noqa: F401 - re-exported: the plots live here for users
 
 #: Colours of scales 1, 2, 3, ... (RGB in [0, 1]); the last repeats.
 SCALE_COLORS = [
@@ -33,91 +37,6 @@ def scale_color(scale: int) -> tuple[float, float, float]:
     return SCALE_COLORS[min(scale, len(SCALE_COLORS) - 1)]
 
 
-def _hex(rgb) -> str:
-    return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgb[:3])
-
-
-class _VispyPlot(QWidget):
-    """A vispy 2D plot: title, axes, a pan-zoom view, and a Qt legend label below."""
-
-    def __init__(self, title: str, x_label: str, y_label: str, parent: QWidget | None = None):
-        super().__init__(parent)
-        from vispy import scene
-
-        self._scene = scene
-        self.canvas = scene.SceneCanvas(keys=None, show=False, size=(360, 240),
-                                        bgcolor=(0.15, 0.16, 0.19, 1.0))
-        grid = self.canvas.central_widget.add_grid(margin=6)
-        self.title = scene.Label(title, color="white", font_size=9)
-        self.title.height_max = 22
-        grid.add_widget(self.title, row=0, col=0, col_span=2)
-        self.y_axis = scene.AxisWidget(orientation="left", axis_label=y_label, axis_font_size=8,
-                                       tick_label_margin=4, axis_label_margin=34,
-                                       text_color="white", axis_color="white", tick_color="white")
-        self.y_axis.width_max = 52
-        grid.add_widget(self.y_axis, row=1, col=0)
-        self.x_axis = scene.AxisWidget(orientation="bottom", axis_label=x_label, axis_font_size=8,
-                                       tick_label_margin=12, axis_label_margin=28,
-                                       text_color="white", axis_color="white", tick_color="white")
-        self.x_axis.height_max = 44
-        grid.add_widget(self.x_axis, row=2, col=1)
-        self.view = grid.add_view(row=1, col=1, border_color=(0.6, 0.6, 0.6, 1.0))
-        self.view.camera = "panzoom"
-        self.x_axis.link_view(self.view)
-        self.y_axis.link_view(self.view)
-        self.legend = QLabel("")
-        self.legend.setWordWrap(True)
-        native = self.canvas.native
-        native.setMinimumHeight(200)
-        native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(native, 1)
-        lay.addWidget(self.legend)
-        self.n_redraws = 0
-
-    def set_legend(self, html: str) -> None:
-        """Show ``html`` under the canvas, with the height its wrapped text needs (a word-
-        wrapped QLabel's size hint ignores its width, so a dock could squeeze it over the
-        canvas)."""
-        self.legend.setText(html)
-        self._fit_legend()
-
-    def legend_text(self) -> str:
-        """The legend as a person reads it (plain text, ordinary spaces)."""
-        from qtpy.QtGui import QTextDocument
-
-        doc = QTextDocument()
-        doc.setHtml(self.legend.text())
-        return doc.toPlainText().replace("\xa0", " ").replace(NB_HYPHEN, "-")
-
-    def _fit_legend(self) -> None:
-        width = self.legend.width() if self.legend.width() > 50 else max(self.width() - 4, 300)
-        self.legend.setMinimumHeight(max(0, self.legend.heightForWidth(width)))
-
-    def resizeEvent(self, event):  # noqa: N802 - Qt name
-        """Keep the legend's height right for the new width."""
-        super().resizeEvent(event)
-        self._fit_legend()
-
-    def set_x_label(self, text: str) -> None:
-        """Change the x-axis label."""
-        self.x_axis.axis.axis_label = text
-
-    def set_range(self, x, y) -> None:
-        """Show ``x = (x0, x1)``, ``y = (y0, y1)``."""
-        self.view.camera.set_range(x=x, y=y, margin=0.02)
-
-    def redraw(self) -> None:
-        """Ask vispy to repaint at the next event-loop pass (like matplotlib's draw_idle)."""
-        self.n_redraws += 1
-        self.canvas.update()
-
-    def grab_image(self) -> np.ndarray:
-        """Render the canvas to an RGBA array (for screenshots)."""
-        return self.canvas.render()
-
-
 #: Gold-standard (half-map) curves: mask key -> (legend label, colour). Distinct from the
 #: scale colours, so a half-map curve is never mistaken for a reference curve.
 GOLD_STANDARD_CURVES = {
@@ -129,10 +48,13 @@ GOLD_STANDARD_CURVES = {
 GOLD_THRESHOLD_COLOR = (1.00, 0.60, 0.60, 0.85)
 REFERENCE_THRESHOLD_COLOR = (0.80, 0.80, 0.80, 0.80)
 NOT_RESOLVED = "not resolved"
-#: Legend entries never break inside (Qt ignores ``white-space: nowrap`` on a span).
-NB_HYPHEN = "\u2011"
-#: The legend before any FSC arrives (true with or without a reference map).
+#: The legend before any FSC arrives, when no reference map was chosen.
 EMPTY_LEGEND = "no FSC yet: the half-map FSC comes at the end of each stage"
+#: The legend before any FSC arrives, with a reference map.
+EMPTY_LEGEND_WITH_REFERENCE = ("no FSC yet: the half-map FSC and each scale's FSC against the "
+                               "reference come at the end of each stage")
+#: A legend row while half-map curves are shown and the reference's have not come yet.
+REFERENCE_PENDING = "vs reference: at the end of the stage"
 
 
 def resolution_text(res_A) -> str:
@@ -165,6 +87,15 @@ def _line_data(freq, fsc) -> tuple[np.ndarray, np.ndarray | None]:
     return pos, connect
 
 
+def _points(freq, fsc) -> tuple[np.ndarray, np.ndarray]:
+    """A curve's points as float arrays of one length (None -> NaN), for export."""
+    x = np.asarray(freq, dtype=np.float64).ravel()
+    y = np.asarray([np.nan if v is None else v for v in np.asarray(fsc, dtype=object).ravel()],
+                   dtype=np.float64)
+    n = min(x.size, y.size)
+    return x[:n], y[:n]
+
+
 def _dashed(x0: float, x1: float, y: float, n_dashes: int = 40) -> np.ndarray:
     """Vertex pairs of a horizontal dashed line (draw with ``connect="segments"``)."""
     edges = np.linspace(x0, x1, 2 * n_dashes + 1)
@@ -172,7 +103,7 @@ def _dashed(x0: float, x1: float, y: float, n_dashes: int = 40) -> np.ndarray:
     return np.column_stack([xs, np.full(xs.size, y)]).astype(np.float32)
 
 
-class FSCPlot(_VispyPlot):
+class FSCPlot(VispyPlot):
     """FSC curves: the gold-standard curves between half-maps (threshold 0.143) and the
     curves against a reference, one per scale (threshold 0.5), on one plot.
 
@@ -206,7 +137,11 @@ class FSCPlot(_VispyPlot):
         self.gold_curves: dict[str, object] = {}
         self.gold_resolutions: dict[str, float] = {}
         self.gold_headline: str | None = None
+        #: Whether the run compares against a reference map (the legend then says when its
+        #: curves come; it never asks for a reference, :meth:`set_reference_expected`).
+        self.reference_expected = False
         self._x_ends: dict[object, float] = {}
+        self._points: dict[object, tuple[np.ndarray, np.ndarray]] = {}
         self._x_max = 1.0
         self.set_range((0, 1), (-0.2, 1.05))
         self._update_lines()
@@ -234,6 +169,7 @@ class FSCPlot(_VispyPlot):
 
     def _draw(self, store: dict, key, freq, fsc, color, width: int) -> None:
         pos, connect = _line_data(freq, fsc)
+        self._points[key] = _points(freq, fsc)
         rgba = tuple(color[:3]) + (1.0,)
         line = store.get(key)
         if line is None:
@@ -283,6 +219,7 @@ class FSCPlot(_VispyPlot):
             self.gold_curves.pop(label).parent = None
             self.gold_resolutions.pop(label, None)
             self._x_ends.pop(label, None)
+            self._points.pop(label, None)
         head = None if headline is None else GOLD_STANDARD_CURVES.get(
             str(headline), (f"gold-standard {headline}", None))[0]
         for label, (fsc, color, res, _mask) in wanted.items():
@@ -305,10 +242,47 @@ class FSCPlot(_VispyPlot):
         self.gold_resolutions.clear()
         self.gold_headline = None
         self._x_ends.clear()
+        self._points.clear()
         self._x_max = 1.0
         self._update_lines()
         self._update_legend()
         self.redraw()
+
+    def set_reference_expected(self, expected: bool) -> None:
+        """Say whether this run has a reference map (set at Start): the legend then tells
+        when the curves against it come, and says nothing about a reference otherwise."""
+        self.reference_expected = bool(expected)
+        self._update_legend()
+
+    # ---- export -------------------------------------------------------------------
+    export_stem = "fsc"
+
+    def curve_columns(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Every curve shown, by its CSV column name (``"gold-standard auto"`` ...,
+        ``"scale 1 vs reference"`` ...): (frequencies in the x-axis unit, FSC; NaN where the
+        engine gave none)."""
+        columns = {label: self._points[label] for label in self._gold_order()}
+        for k in sorted(self.curves):
+            columns[f"scale {k + 1} vs reference"] = self._points[k]
+        return columns
+
+    def frequency_unit(self) -> str:
+        """The unit of the x axis: ``"1/Å"`` or ``"cycles/box"``."""
+        label = self.x_label
+        return label[label.rfind("(") + 1:label.rfind(")")] if "(" in label else label
+
+    def csv_rows(self) -> list[list]:
+        """Header ``frequency (<unit>), <curve>, ...``, then one row per frequency (the union
+        of the curves' frequencies, ascending); a curve without that frequency (or with
+        None/NaN there) leaves its cell empty."""
+        columns = self.curve_columns()
+        freqs = sorted({float(f) for x, _y in columns.values() for f in x})
+        rows: list[list] = [[f"frequency ({self.frequency_unit()})", *columns]]
+        lookup = [dict(zip(map(float, x), map(float, y))) for x, y in columns.values()]
+        for f in freqs:
+            values = [table.get(f) for table in lookup]
+            rows.append([f, *[None if v is None or math.isnan(v) else v for v in values]])
+        return rows
 
     # ---- internals ----------------------------------------------------------------
     def _after_update(self, x_label: str | None) -> None:
@@ -351,9 +325,14 @@ class FSCPlot(_VispyPlot):
             entries.append(f"— FSC = {self.threshold:g} (vs reference)")
             for k in sorted(self.curves):
                 entries.append(f"■ scale {k + 1}: {resolution_text(self.resolutions.get(k))}")
+        elif entries and self.reference_expected:
+            entries.append(REFERENCE_PENDING)
         if not entries:
-            entries.append(EMPTY_LEGEND)
+            entries.append(self._empty_legend())
         return entries
+
+    def _empty_legend(self) -> str:
+        return EMPTY_LEGEND_WITH_REFERENCE if self.reference_expected else EMPTY_LEGEND
 
     def _gold_order(self) -> list[str]:
         order = [lab for lab, _c in GOLD_STANDARD_CURVES.values() if lab in self.gold_curves]
@@ -368,7 +347,7 @@ class FSCPlot(_VispyPlot):
 
         def span(text: str, rgb, bold: bool = False) -> str:
             weight = "font-weight:bold;" if bold else ""
-            return (f"<span style='color:{_hex(rgb)};white-space:nowrap;{weight}'>"
+            return (f"<span style='color:{hex_color(rgb)};white-space:nowrap;{weight}'>"
                     f"{text.replace(' ', '&nbsp;').replace('-', NB_HYPHEN)}</span>")
 
         rows = []
@@ -386,58 +365,11 @@ class FSCPlot(_VispyPlot):
                 parts.append(span(f"■ scale {k + 1}: "
                                   f"{resolution_text(self.resolutions.get(k))}", scale_color(k)))
             rows.append(" &nbsp; ".join(parts))
+        elif rows and self.reference_expected:
+            rows.append(span(REFERENCE_PENDING, REFERENCE_THRESHOLD_COLOR))
         if not rows:
-            rows.append(EMPTY_LEGEND)
+            rows.append(self._empty_legend())
         self.set_legend("<br>".join(rows))
-
-
-class PoseHistogram(_VispyPlot):
-    """Histogram of pose errors in degrees over 0–180°, redrawn in place.
-
-    Call :meth:`set_counts` with bin counts and edges (from the engine), or
-    :meth:`set_errors` with per-image errors (binned here for display only).
-    """
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__("pose errors", "angular error (°)", "particles", parent)
-        self.counts = np.zeros(0, dtype=np.int64)
-        self.edges = np.linspace(0, 180, 37)
-        self._mesh = self._scene.Mesh(parent=self.view.scene, color=(0.35, 0.65, 1.0, 0.9))
-        self.set_range((0, 180), (0, 1))
-        self.set_legend("no pose errors yet")
-
-    @property
-    def total(self) -> int:
-        """Number of particles in the histogram."""
-        return int(self.counts.sum())
-
-    def set_errors(self, errors_deg, n_bins: int = 36, summary: str = "") -> None:
-        """Bin per-image errors (degrees) into ``n_bins`` over 0–180° and draw them."""
-        e = np.clip(np.asarray(errors_deg, dtype=np.float64).ravel(), 0.0, 180.0)
-        counts, edges = np.histogram(e, bins=n_bins, range=(0.0, 180.0))
-        self.set_counts(counts, edges, summary)
-
-    def set_counts(self, counts, edges, summary: str = "", color=None) -> None:
-        """Draw bars of ``counts`` between consecutive ``edges`` (degrees)."""
-        counts = np.asarray(counts, dtype=np.float64)
-        edges = np.asarray(edges, dtype=np.float64)
-        self.counts, self.edges = counts.astype(np.int64), edges
-        n = counts.size
-        x0, x1 = edges[:-1], edges[1:]
-        gap = 0.08 * (x1 - x0)
-        verts = np.zeros((n, 4, 3), np.float32)
-        verts[:, 0, :2] = np.column_stack([x0 + gap, np.zeros(n)])
-        verts[:, 1, :2] = np.column_stack([x1 - gap, np.zeros(n)])
-        verts[:, 2, :2] = np.column_stack([x1 - gap, counts])
-        verts[:, 3, :2] = np.column_stack([x0 + gap, counts])
-        base = (np.arange(n) * 4)[:, None]
-        faces = np.concatenate([base + [0, 1, 2], base + [0, 2, 3]]).astype(np.uint32)
-        kwargs = {"color": color + (0.9,)} if color is not None else {}
-        if n:
-            self._mesh.set_data(vertices=verts.reshape(-1, 3), faces=faces, **kwargs)
-        self.set_range((0, 180), (0, max(1.0, float(counts.max()) * 1.08 if n else 1.0)))
-        self.set_legend(summary or f"{self.total} particles")
-        self.redraw()
 
 
 class ScaleMetricsTable(QTableWidget):
@@ -475,5 +407,6 @@ class ScaleMetricsTable(QTableWidget):
         self.clearContents()
 
 
-__all__ = ["FSCPlot", "GOLD_STANDARD_CURVES", "NOT_RESOLVED", "PoseHistogram", "ScaleMetricsTable",
+__all__ = ["EMPTY_LEGEND", "EMPTY_LEGEND_WITH_REFERENCE", "FSCPlot", "GOLD_STANDARD_CURVES",
+           "NOT_RESOLVED", "PoseHistogram", "REFERENCE_PENDING", "ScaleMetricsTable",
            "resolution_text", "scale_color"]

@@ -9,8 +9,15 @@ optimisation runs in a ``QThreadPool`` thread; every event travels to the GUI th
 worker's ``yielded`` signal (a queued connection) and is re-emitted there as
 :attr:`EngineRunner.event`. Nothing here touches a layer or a widget from the worker thread.
 
+GUI set-up before training: after the engine's ``RunStarted`` the worker waits (at most
+:data:`SETUP_HOLD_S`, or until stopped) until the GUI has handled that event and released every
+:meth:`EngineRunner.hold` taken meanwhile, e.g. by the layer updater while it creates the run's
+layers one per event-loop pass, so no layer is created while the engine trains.
+
 Pause, resume, next stage and stop go through the ``RunControl``; the engine blocks *itself*
-while paused (inside the worker thread), so the GUI thread never waits.
+while paused (inside the worker thread), so the GUI thread never waits. While a run is alive
+Python's thread switch interval is lowered to :data:`RUN_SWITCH_INTERVAL_S`, so the GUI thread
+gets the GIL back quickly from the engine's thread.
 
 Every event is delivered (counters stay exact at pauses and stops); the widgets repaint the
 progress bar at a bounded rate and heavy layer updates are throttled in :mod:`.layers`. Any
@@ -22,6 +29,9 @@ from __future__ import annotations
 
 import enum
 import gc
+import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -33,6 +43,40 @@ from ..engine.events import (
     Event, Progress, RunFinished, RunPaused, RunResumed, RunStarted, StageStarted,
 )
 from ..errors import InputError
+from .display_prep import DisplayPreparer
+
+#: Longest wait of the worker for the GUI's set-up after ``RunStarted`` (s).
+SETUP_HOLD_S = 30.0
+#: Python's thread switch interval while a run is alive (s; Python's default is 0.005). The
+#: engine's thread holds the GIL between torch calls; the GUI thread, which needs it for every
+#: slot and gives it up in every Qt call, waited up to the interval each time: with 5 ms an
+#: in-stage 256² layer update cost ~86 ms of GUI time during a fit, ~25 ms without a run
+#: (benchmarks/results/gui_responsiveness.md).
+RUN_SWITCH_INTERVAL_S = 0.001
+
+
+class _SwitchInterval:
+    """Lowers ``sys.setswitchinterval`` while at least one run is alive; restores it after."""
+
+    def __init__(self):
+        self.active = 0
+        self.saved: float | None = None
+
+    def enter(self) -> None:
+        if self.active == 0:
+            self.saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.saved, RUN_SWITCH_INTERVAL_S))
+        self.active += 1
+
+    def leave(self) -> None:
+        if self.active == 0:
+            return
+        self.active -= 1
+        if self.active == 0 and self.saved is not None:
+            sys.setswitchinterval(self.saved)
+
+
+_switch_interval = _SwitchInterval()
 
 EventSource = Callable[[RunControl], Iterator[Event]]
 """A callable that builds an engine event stream for a given ``RunControl``.
@@ -78,16 +122,34 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def drive(source: EventSource, control: RunControl) -> Iterator[Event]:
-    """Worker-side generator: run ``source(control)`` and yield its events unchanged.
+def _wait_for_setup(gate: threading.Event, control: RunControl, limit_s: float) -> None:
+    """Block (worker thread) until ``gate`` is set, the run is stopped, or ``limit_s`` passed."""
+    deadline = time.monotonic() + limit_s
+    while not gate.wait(0.05):
+        if control.stop_requested or time.monotonic() > deadline:
+            return
 
-    Runs in the worker thread. Exceptions become a final :class:`RunFailed` event. The engine
-    generator is closed and device memory released when it ends, however it ends.
+
+def drive(source: EventSource, control: RunControl,
+          setup_gate: threading.Event | None = None) -> Iterator[Event]:
+    """Worker-side generator: run ``source(control)`` and yield its events.
+
+    Runs in the worker thread. With ``setup_gate``, the engine is not resumed after its
+    ``RunStarted`` until the gate is set (the GUI's set-up; at most :data:`SETUP_HOLD_S`, or
+    until a stop is asked). Snapshots are made ready for display here
+    (:class:`~.display_prep.DisplayPreparer`: float32 contiguous arrays at display size, their
+    contrast limits and grid), so the GUI thread only assigns them; other events pass
+    unchanged. Exceptions become a final :class:`RunFailed` event. The engine generator is
+    closed and device memory released when it ends, however it ends.
     """
     gen = None
+    prepare = DisplayPreparer()
     try:
         gen = source(control)
-        yield from gen
+        for ev in gen:
+            yield prepare(ev)
+            if setup_gate is not None and isinstance(ev, RunStarted):
+                _wait_for_setup(setup_gate, control, SETUP_HOLD_S)
     except InputError as exc:
         yield RunFailed(str(exc), user_error=True)
     except Exception as exc:  # noqa: BLE001 - reported in the GUI, not swallowed
@@ -127,6 +189,8 @@ class EngineRunner(QObject):
         self.finished_event: RunFinished | None = None
         self.failure: RunFailed | None = None
         self._stage_boundary = False
+        self._setup_gate: threading.Event | None = None
+        self._holds = 0
 
     # ---- queries -------------------------------------------------------------------
     @property
@@ -149,14 +213,37 @@ class EngineRunner(QObject):
         self.failure = None
         self.last_event = None
         self._stage_boundary = False
-        worker = create_worker(drive, source, self.control,
+        self._setup_gate, self._holds = threading.Event(), 0
+        worker = create_worker(drive, source, self.control, self._setup_gate,
                                _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_state(RunState.STARTING)
+        _switch_interval.enter()
         worker.start()
         return worker
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the engine waiting after its ``RunStarted`` (GUI set-up, e.g. creating layers)
+        until the returned ``release()`` is called (once; later calls do nothing). Call it while
+        handling ``RunStarted``; the worker waits at most :data:`SETUP_HOLD_S`."""
+        gate = self._setup_gate
+        if gate is None:  # no run: nothing to hold
+            return lambda: None
+        self._holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released or gate is not self._setup_gate:
+                return
+            released = True
+            self._holds -= 1
+            if self._holds <= 0:
+                gate.set()
+
+        return release
 
     def set_pause_at_stage_end(self, on: bool) -> None:
         """Change "pause at the end of each stage" (also while running)."""
@@ -241,8 +328,11 @@ class EngineRunner(QObject):
         elif isinstance(ev, Progress):
             self._stage_boundary = False
         self.event.emit(ev)
+        if isinstance(ev, RunStarted) and self._holds <= 0 and self._setup_gate is not None:
+            self._setup_gate.set()  # nobody set anything up: go on at once
 
     def _on_finished(self) -> None:
+        _switch_interval.leave()
         self.worker = None
         if self.failure is not None:
             self._set_state(RunState.FAILED)

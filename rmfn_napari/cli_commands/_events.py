@@ -75,11 +75,22 @@ def _gold_text(values: dict) -> str:
     return f"FSC0.143 {fmt(res[head])} ({head} mask; {others})"
 
 
+def printed_values(ev: Metrics) -> dict:
+    """The scalar values of a Metrics event as the stage line prints them: a ``scale`` (the
+    engine's 0-based index) is shown 1-based, like the files and layers (``scale=1`` is the
+    coarsest)."""
+    vals = {k: v for k, v in ev.values.items() if isinstance(v, (int, float, str))}
+    if isinstance(vals.get("scale"), int) and not isinstance(vals["scale"], bool):
+        vals["scale"] += 1
+    return vals
+
+
 def consume(events: Iterator[Event], quiet: bool = False) -> RunFinished:
     """Drive an engine run to its end, showing progress; return its RunFinished event.
 
     The bar is drawn only on a terminal (tqdm disables itself otherwise); stage summaries
-    and warnings always go to stderr.
+    and warnings always go to stderr. Stages and scales are printed 1-based (``stage 1:``,
+    ``scale=1``), as the files and layers are named.
     """
     from tqdm import tqdm
 
@@ -100,8 +111,7 @@ def consume(events: Iterator[Event], quiet: bool = False) -> RunFinished:
         elif isinstance(ev, Metrics) and ev.name == "gold_standard":
             stage_metrics.setdefault(ev.stage, {})["gold_standard"] = _gold_text(ev.values)
         elif isinstance(ev, Metrics):
-            stage_metrics.setdefault(ev.stage, {}).update(
-                {k: v for k, v in ev.values.items() if isinstance(v, (int, float, str))})
+            stage_metrics.setdefault(ev.stage, {}).update(printed_values(ev))
         elif isinstance(ev, StageFinished) and not quiet:
             vals = {**stage_metrics.get(ev.stage, {}), **{k: v for k, v in ev.summary.items()
                                                         if isinstance(v, (int, float, str))}}

@@ -9,9 +9,10 @@ from ..engine.control import RunControl
 from ..engine.outdir import estimate_fit_image_bytes, prepare_run_dir
 from ..errors import InputError
 from ..fitting import FitImageConfig, fit_image, load_image
-from ..fitting.image_fitting import PAPER_SCHEDULE, check_training_memory
-from ..model import METHODS
-from ._args import positive_ints
+from ..engine.settings_spec import add_arguments, overrides_from_args
+from ..fitting.image_fitting import check_training_memory
+from ..fitting.presets import default_preset
+from ..fitting.settings_spec import FIT_IMAGE_SETTINGS
 from ._events import consume, stop_on_interrupt
 
 
@@ -24,18 +25,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("image", help="PNG/TIFF/JPEG image; it is the PSNR reference, training uses it "
                    "block-averaged by --downsample")
-    p.add_argument("--method", choices=sorted(METHODS), default="rmfn",
-                   help="rmfn (residual + proposed init), res-bacon (residual + BACON init), "
-                   "bacon (staged 'fair' BACON); default rmfn")
-    p.add_argument("--schedule", type=positive_ints, default=PAPER_SCHEDULE,
-                   help="steps per stage, one stage per scale (default 500,500,1000,8000)")
-    p.add_argument("--hidden", type=int, default=256, help="hidden width (default 256)")
-    p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 5e-3)")
-    p.add_argument("--lambdas", type=float, nargs=2, default=(0.3, 2.0), metavar=("L1", "L2"),
-                   help="lambda1 lambda2 of the init (default 0.3 2.0)")
-    p.add_argument("--downsample", type=int, default=2, help="training image = image / this (default 2)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
-    p.add_argument("--seed", type=int, default=0)
+    # every setting of FitImageConfig the widget offers too: one spec, the same help text
+    add_arguments(p, FIT_IMAGE_SETTINGS)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
@@ -52,23 +43,31 @@ def _image_shape(path) -> tuple:
         return ()
 
 
-def run(args: argparse.Namespace) -> int:
-    config = FitImageConfig(method=args.method, schedule=tuple(args.schedule), hidden=args.hidden,
-                            lr=args.lr, lambdas=tuple(args.lambdas), downsample=args.downsample,
-                            device=args.device, seed=args.seed)
+def config_from_args(args: argparse.Namespace) -> FitImageConfig:
+    """The fit's settings: the preset (``--preset``, else the device's: ``paper`` on CUDA, else
+    ``cpu``) with the flags that were given."""
+    overrides = overrides_from_args(args, FIT_IMAGE_SETTINGS)
+    preset = overrides.pop("preset", None) or default_preset(overrides.get("device", "auto"))
+    config = FitImageConfig.from_preset(preset, **overrides)
     config.validate()
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
     shape = _image_shape(args.image)
     check_training_memory(shape, config, args.image)  # from the header: before the image is read
-    need = estimate_fit_image_bytes(shape, args.downsample, len(config.schedule)) if len(shape) >= 2 else 0
+    need = estimate_fit_image_bytes(shape, config.downsample, len(config.schedule)) if len(shape) >= 2 else 0
     # --out checked, locked and cleared of dead runs' temps before the image is read
     with prepare_run_dir(args.out, need, f"fit-image ({len(config.schedule)} scales)"):
         image = load_image(args.image)
-        if min(image.shape[:2]) // args.downsample < 8:
+        if min(image.shape[:2]) // config.downsample < 8:
             raise InputError(f"image of {image.shape[0]}x{image.shape[1]} is too small for "
-                             f"--downsample {args.downsample}", args.image)
+                             f"--downsample {config.downsample}", args.image)
         control = RunControl()
         with stop_on_interrupt(control) as signalled:
             result = consume(fit_image(image, config, control, out_dir=args.out), quiet=args.quiet)
     summary = {k: result.metrics[k] for k in ("method", "psnr_db", "spectrum_drift", "stopped")}
+    summary.update(preset=config.preset, seconds=round(result.seconds, 1))
     print(json.dumps(summary))
     return signalled.exit_status  # 130 after Ctrl-C, 143 after SIGTERM (a clean stop), else 0

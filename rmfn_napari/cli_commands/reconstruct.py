@@ -7,14 +7,14 @@ import contextlib
 import json
 import sys
 
-from ..cryoem.reconstruct import MODES, POSE_INITS, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, reconstruct
+from ..cryoem.reconstruct import PRESETS, ReconstructConfig, reconstruct
+from ..cryoem.reconstruct.settings_spec import DEFAULT_PRESET, RECONSTRUCT_SETTINGS
 from ..cryoem.reconstruct.data import load_dataset
 from ..engine.control import RunControl
 from ..engine.distributed import launched_world, start, stop
 from ..errors import InputError
 from ..engine.outdir import check_output_dir, estimate_reconstruct_bytes, prepare_run_dir
-from ..model.precision import PRECISIONS
-from ._args import positive_ints
+from ..engine.settings_spec import add_arguments, overrides_from_args
 from ._events import consume, stop_on_interrupt
 from ._launch import launch_local, strip_nproc
 
@@ -34,45 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--true-poses", metavar="STAR",
                    help="STAR with the true angles and origins of these particles (rmfn simulate writes "
                    "true_poses.star); pose and offset errors are reported only with it")
-    p.add_argument("--box", type=int, metavar="D",
-                   help="Fourier-crop the particles to D px (even, <= their box) on read; the pixel size "
-                   "grows by box/D and maps are written at D")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small",
-                   help="cpu-small (default: minutes on a CPU, 32^3 data), paper (the paper's "
-                   "protocol, for a GPU), tiny (seconds, smoke test)")
-    p.add_argument("--mode", choices=MODES, default="coarse-to-fine",
-                   help="coarse-to-fine (default); full-scale (finest scale only, from scratch); "
-                   "oracle-poses (poses and offsets fixed at --true-poses, else at the STAR's)")
-    p.add_argument("--pose-init", choices=POSE_INITS, default=None,
-                   help="initial poses: auto (default: the STAR's angles if it has them, else random), "
-                   "star, perturb (45-90 deg from the true poses or the STAR's: the paper's protocol; "
-                   "needs angles), random")
-    p.add_argument("--shift-range", type=float, metavar="PX",
-                   help="estimate in-plane offsets within +-PX px of the working box (global search "
-                   "grid and pose steps); 0 keeps the STAR's origins (cpu-small: 3)")
-    p.add_argument("--epochs", type=positive_ints, help="epochs per stage, e.g. 15,15,70")
-    p.add_argument("--batch", type=int, help="particles per batch")
-    p.add_argument("--layers", type=int, help="network layers (= scales = stages)")
-    p.add_argument("--hidden", type=int, help="network width")
-    p.add_argument("--lambdas", type=float, nargs=2, metavar=("L1", "L2"), help="init lambda1 lambda2")
-    p.add_argument("--lr-structure", type=float, help="Adam lr of the network")
-    p.add_argument("--lr-pose", type=float, help="Adam lr of the poses")
-    p.add_argument("--pose-search", choices=tuple(POSE_SEARCH_MODES), default=None,
-                   help="per-epoch global pose search: in the coarse stages only, then local "
-                   "gradient refinement at the finest (so never in a full-scale run); in every "
-                   "stage including the finest (cpu-small); or off, gradient steps only (paper)")
-    p.add_argument("--max-particles", type=int, help="use only the first N particles")
-    p.add_argument("--invert-contrast", action="store_true", help="multiply images by -1 (dark particles)")
-    p.add_argument("--no-align", action="store_true", help="FSC without aligning to the reference first")
-    p.add_argument("--device", default="auto", help="auto (default: a CUDA GPU if there is one, else the "
-                   "CPU), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="precision of the hidden layers' matrix products only: float32 (default), tf32 "
-                   "(CUDA), bf16 (CUDA, or a CPU with bfloat16 units)")
-    p.add_argument("--compile", action="store_true",
-                   help="evaluate the network through torch.compile (for a GPU; the first batch of each "
-                   "stage waits for the compiler)")
+    # every setting of ReconstructConfig the widget offers too: one spec, the same help text
+    add_arguments(p, RECONSTRUCT_SETTINGS, defaults={"preset": DEFAULT_PRESET})
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; per process "
                    "with --nproc)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -80,29 +44,19 @@ def register(subparsers) -> None:
                    "with NCCL, else CPU processes with gloo); the same as torchrun --standalone "
                    "--nproc-per-node N -m rmfn_napari.cli reconstruct ... (use torchrun itself for "
                    "several machines). --batch is the global batch, split between the processes")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
-    """Build the run settings from the preset and the explicit flags."""
-    overrides = {"mode": args.mode, "device": args.device, "seed": args.seed,
-                 "invert_contrast": args.invert_contrast, "align_for_fsc": not args.no_align}
-    mapping = {"pose_init": args.pose_init, "epochs_per_stage": args.epochs, "batch_size": args.batch,
-               "n_layers": args.layers, "hidden": args.hidden,
-               "lambdas": tuple(args.lambdas) if args.lambdas else None,
-               "lr_structure": args.lr_structure, "lr_pose": args.lr_pose,
-               "max_particles": args.max_particles, "box": args.box,
-               "shift_range_px": args.shift_range, "precision": args.precision,
-               "compile_render": True if args.compile else None}
-    overrides.update({k: v for k, v in mapping.items() if v is not None})
-    if args.pose_search is not None:
-        overrides.update(POSE_SEARCH_MODES[args.pose_search])
-    if args.layers and not args.epochs:
+    """Build the run settings from the preset and the explicit flags (see
+    :data:`~rmfn_napari.cryoem.reconstruct.settings_spec.RECONSTRUCT_SETTINGS`)."""
+    overrides = overrides_from_args(args, RECONSTRUCT_SETTINGS)
+    overrides.pop("preset", None)
+    if args.n_layers and not args.epochs_per_stage:  # --layers alone: the preset's epochs, extended
         base = PRESETS[args.preset]["epochs_per_stage"]
-        overrides["epochs_per_stage"] = tuple(base[min(i, len(base) - 1)] for i in range(args.layers))
+        overrides["epochs_per_stage"] = tuple(base[min(i, len(base) - 1)] for i in range(args.n_layers))
     cfg = ReconstructConfig.from_preset(args.preset, **overrides)
     cfg.validate()
     return cfg

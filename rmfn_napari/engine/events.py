@@ -5,8 +5,12 @@ into layer and plot updates on the GUI thread. Events are small, except
 :class:`ScaleSnapshot`, which carries one scale's array and its spectrum and is sent at
 stage ends and at a bounded rate during a stage.
 
-Conventions: ``stage`` and ``scale`` are 0-based (stage k trains scale k); arrays are
-numpy, float32, indexed ``[y, x]`` (images) or ``[z, y, x]`` (volumes).
+Conventions: ``stage`` and ``scale`` are 0-based inside events (stage k trains scale k in a
+coarse-to-fine run), also a ``"scale"`` entry of :attr:`Metrics.values`; arrays are numpy,
+float32, indexed ``[y, x]`` (images) or ``[z, y, x]`` (volumes). Everything a user reads is
+1-based: files (``scale_1.tif``, ``scale_1.mrc``), layers ("rMFN scale 1"), the CLI's lines
+(``stage 1``, ``scale=1``) and ``metrics.json`` (``"scale1": {"scale": 1}``); the writers and
+printers add 1. (:attr:`StageFinished.summary` mirrors ``metrics.json`` and is 1-based.)
 """
 
 from __future__ import annotations
@@ -71,9 +75,15 @@ class Progress(Event):
 class ScaleSnapshot(Event):
     """The current output of one scale.
 
-    ``data`` is the image (2D) or volume (3D) of scale ``scale``; ``spectrum`` is its
+    ``scale`` is the 0-based index of the scale shown (shown to users as ``scale + 1``);
+    ``stage`` the 0-based stage that sent it. A stage-end snapshot (``final``) of scale k may
+    come from a later stage (every scale so far is sent again at each stage end), and a
+    full-scale run's single stage 0 trains the finest scale. ``data`` is the image (2D) or volume (3D) of scale ``scale``; ``spectrum`` is its
     centred log-amplitude Fourier spectrum, ``log(1 + |FFT|)``, same shape.
-    ``voxel_size`` is in Å for cryo-EM volumes and 1.0 (pixels) for images. ``final``
+    ``voxel_size`` is in Å for cryo-EM volumes; for images it is the size of one pixel in
+    pixels of the original image (fit-image trains on the image block-averaged by its
+    ``downsample`` factor f, so ``voxel_size`` is f and pixel j's centre sits at original
+    pixel ``f*j + (f-1)/2``). ``final``
     is True when the snapshot is taken at the end of the stage that trains this scale
     or at the end of the run.
     """
@@ -109,7 +119,9 @@ class VolumeSnapshot(Event):
 class Metrics(Event):
     """Named evaluation results.
 
-    ``name`` is e.g. ``"fsc"``, ``"pose_errors"``, ``"spectrum_drift"``, ``"psnr"``.
+    ``name`` is e.g. ``"fsc"``, ``"pose_errors"``, ``"spectrum_drift"``, ``"psnr"``;
+    ``values["scale"]``, where present, is 0-based like every index in events (``metrics.json``
+    and the CLI show it 1-based).
     ``values`` is JSON-like (floats, lists); large arrays such as per-image pose errors
     in degrees go in ``arrays``.
     """

@@ -39,6 +39,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,8 +49,9 @@ from .atomic import clean_stale_temps
 from .runlock import RunLock, _hostname
 
 __all__ = [
-    "OutputDirError", "check_output_dir", "estimate_fit_image_bytes", "estimate_reconstruct_bytes",
-    "estimate_simulate_bytes", "prepare_run_dir",
+    "OutputDirError", "RESULT_PATTERNS", "check_output_dir", "estimate_fit_image_bytes",
+    "estimate_reconstruct_bytes", "estimate_simulate_bytes", "existing_results", "new_run_dir",
+    "next_free_dir", "prepare_run_dir", "runs_home",
 ]
 
 _MRC_HEADER = 1024
@@ -206,3 +208,47 @@ def prepare_run_dir(path, needed_bytes: int = 0, what: str = "the outputs"):
             except OSError:
                 pass
         raise
+
+
+# ------------------------------------------------------------------- where runs go by default
+#: File names (glob patterns) that mark a folder as holding a run's results.
+RESULT_PATTERNS = (
+    "metrics.json", "run.log", "checkpoint.pt", "poses.star", "map.mrc", "half_map_*.mrc",
+    "mask_auto.mrc", "scale_*.mrc", "scale_*.tif", "spectrum_*.tif",
+)
+
+
+def runs_home() -> Path:
+    """The folder that holds the runs' default output folders: ``$RMFN_NAPARI_HOME`` when set,
+    else ``~/rmfn-napari`` (not created here)."""
+    env = os.environ.get("RMFN_NAPARI_HOME", "").strip()
+    return Path(env).expanduser() if env else Path.home() / "rmfn-napari"
+
+
+def next_free_dir(folder) -> Path:
+    """``folder`` if nothing exists there, else the first free ``<folder>-2``, ``-3``, …"""
+    folder = Path(folder)
+    if not folder.exists():
+        return folder
+    k = 2
+    while (folder.parent / f"{folder.name}-{k}").exists():
+        k += 1
+    return folder.parent / f"{folder.name}-{k}"
+
+
+def new_run_dir(task: str, when: float | None = None) -> Path:
+    """A fresh (not yet created) output folder for a run of ``task`` starting at ``when``
+    (seconds since the epoch, default now): ``runs_home() / "<task>-YYYYmmdd-HHMMSS"``, with
+    ``-2``, ``-3``… appended if that name is taken."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    return next_free_dir(runs_home() / f"{task}-{stamp}")
+
+
+def existing_results(folder, patterns=RESULT_PATTERNS) -> list[str]:
+    """Sorted names of the files in ``folder`` that a run would write or overwrite (those
+    matching ``patterns``); empty when the folder does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = {p.name for pattern in patterns for p in folder.glob(pattern) if p.is_file()}
+    return sorted(found)

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +25,7 @@ import torch
 
 from ..engine.control import RunControl, honour_requests
 from ..engine.devices import resolve_device
+from ..engine.eta import EtaEstimator
 from ..engine.events import (
     Event, Log, Metrics, Progress, RunFinished, RunStarted, ScaleSnapshot, StageFinished,
     StageStarted,
@@ -35,20 +36,23 @@ from ..errors import InputError
 from ..model import METHODS, ResidualMFN
 from .images import downsample, normalize_image
 from .metrics import log_spectrum, psnr, spectrum_drift
-
-PAPER_SCHEDULE = (500, 500, 1000, 8000)
+from .presets import PAPER_SCHEDULE, PRESETS
 
 
 @dataclass
 class FitImageConfig:
-    """Settings of a coarse-to-fine image fit.
+    """Settings of a coarse-to-fine image fit. ``from_preset`` gives the named defaults
+    (:mod:`rmfn_napari.fitting.presets`: ``cpu``, ``paper``); the plain constructor's
+    defaults are the paper's.
 
     ``schedule`` gives the steps of each stage; its length is the number of scales
     (network layers). ``downsample`` is the factor between the original image (PSNR
     reference) and the training image. ``snapshot_interval_s`` bounds how often the
-    current scale's image is sent during a stage (stage ends always send one).
+    current scale's image is sent during a stage (stage ends always send one). ``preset``
+    records the preset these settings started from.
     """
 
+    preset: str = "paper"
     method: str = "rmfn"
     schedule: tuple[int, ...] = PAPER_SCHEDULE
     hidden: int = 256
@@ -59,8 +63,20 @@ class FitImageConfig:
     seed: int = 0
     snapshot_interval_s: float = 2.0
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "FitImageConfig":
+        """Settings of preset ``name`` (``cpu``, ``paper``) with keyword overrides."""
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InputError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return replace(cls(**PRESETS[name]), preset=name, **overrides)
+
     def validate(self) -> None:
         """Raise :class:`InputError` for settings that cannot run."""
+        if self.preset not in PRESETS:
+            raise InputError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.method not in METHODS:
             raise InputError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         if len(self.schedule) < 1 or any(int(s) < 1 for s in self.schedule):
@@ -117,7 +133,8 @@ def fit_image(
         Pause / next stage / stop requests, honoured between steps.
     out_dir : path, optional
         When given, each scale's image and log-amplitude spectrum (``scale_k.tif``,
-        ``spectrum_k.tif``) and ``metrics.json`` are written there when the run ends.
+        ``spectrum_k.tif``, k = 1..L as everywhere a user reads it) and ``metrics.json`` are
+        written there when the run ends.
 
     Yields
     ------
@@ -190,6 +207,8 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
     yield Log(f"training on {h}x{w} ({channels} channel(s)), PSNR on {original.shape[0]}x{original.shape[1]}")
 
     t0 = time.perf_counter()
+    # stage k evaluates scales 0..k, so a step costs about k + 1 times a first-stage step
+    eta_clock = EtaEstimator(config.schedule, relative_cost=[k + 1 for k in range(len(config.schedule))])
     step = 0
     stopped = False
     after_stage: dict[int, np.ndarray] = {}
@@ -203,9 +222,11 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
         return psnr(np.clip(fine, 0, 1), ref)
 
     def snapshot(scale: int, stage: int, final: bool) -> ScaleSnapshot:
+        # on the training grid: one pixel is `factor` original pixels (the snapshot's voxel_size)
         with torch.no_grad():
-            img = _to_numpy(net.render_grid((h, w), max_scale=scale)[-1])
-        return ScaleSnapshot(scale, img, log_spectrum(img), 1.0, stage, final)
+            img = np.ascontiguousarray(_to_numpy(net.render_grid((h, w), max_scale=scale)[-1]),
+                                       dtype=np.float32)
+        return ScaleSnapshot(scale, img, log_spectrum(img), float(factor), stage, final)
 
     for stage, n_steps in enumerate(config.schedule):
         if stopped:
@@ -216,7 +237,7 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
         done = 0
         skipped = False
         for stage_step in range(1, int(n_steps) + 1):
-            command = yield from honour_requests(control, step)
+            command = yield from eta_clock.around_pauses(honour_requests(control, step))
             if command is not None:
                 stopped, skipped = command == "stop", command == "next"
                 break
@@ -235,7 +256,8 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
             step += 1
             done = stage_step
             elapsed = time.perf_counter() - t0
-            eta = elapsed / step * (total - step)
+            eta_clock.step_done(stage, stage_step)
+            eta = eta_clock.remaining_s()
             yield Progress(stage, step, total, stage_step, int(n_steps), value, elapsed, eta)
             now = time.perf_counter()
             if now - last_snap >= config.snapshot_interval_s and stage_step < n_steps:
@@ -298,6 +320,10 @@ def check_loss(value: float, empty_loss: float, config: FitImageConfig, where: s
 def write_fit_outputs(out_dir: str | Path, images: dict[int, np.ndarray], metrics: dict) -> dict[str, str]:
     """Write ``scale_k.tif``, ``spectrum_k.tif`` (log-amplitude, centred) and ``metrics.json``.
 
+    ``images`` maps the 0-based scale index of the engine events to its image; files and
+    output names are numbered 1..L (``scale_1.tif`` is the coarsest), like the napari layers
+    ("rMFN scale 1") and the CLI's lines.
+
     All or none: every file is first written to a temp name in ``out_dir``
     (``.NAME.tmp-PID``) and fsynced; only when all are written are they renamed into place.
     On any failure (a full disk) the temps, and any file this call already renamed, are
@@ -307,12 +333,12 @@ def write_fit_outputs(out_dir: str | Path, images: dict[int, np.ndarray], metric
 
     for k, img in images.items():  # before any file: never a NaN/Inf image
         if not np.all(np.isfinite(img)):
-            raise InputError(f"refusing to write scale {k}: its image has NaN/Inf pixels", out_dir)
+            raise InputError(f"refusing to write scale {k + 1}: its image has NaN/Inf pixels", out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, Path, object]] = []
     for k, img in images.items():
-        for name, arr in ((f"scale_{k}", img), (f"spectrum_{k}", log_spectrum(img))):
+        for name, arr in ((f"scale_{k + 1}", img), (f"spectrum_{k + 1}", log_spectrum(img))):
             jobs.append((name, out / f"{name}.tif",
                          lambda p, a=arr: tifffile.imwrite(p, np.asarray(a, np.float32))))
     clean = json.loads(json.dumps(metrics, default=float), parse_constant=lambda c: None)

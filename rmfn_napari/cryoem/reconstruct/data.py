@@ -27,18 +27,22 @@ def load_dataset(dataset, box: int | None):
     return crop_dataset(ds, box)
 
 
-def load_reference(reference, ds) -> np.ndarray | None:
+def load_reference(reference, ds, apix: float | None = None) -> np.ndarray | None:
     """The reference map at the working box: a map at the particles' original box and pixel
-    size is Fourier-cropped like the particles; one already at the working box is kept."""
+    size is Fourier-cropped like the particles; one already at the working box is kept.
+
+    ``reference`` is a map file (its header gives the voxel size) or a 3D array; ``apix`` is
+    an array's voxel size in Å (a napari layer's), checked like a file's header (None: the
+    array's size alone is checked)."""
     if reference is None:
         return None
-    box, apix = ds.box, ds.apix
-    src_box, src_apix = getattr(ds, "source_box", box), getattr(ds, "source_apix", apix)
+    box, ds_apix = ds.box, ds.apix
+    src_box, src_apix = getattr(ds, "source_box", box), getattr(ds, "source_apix", ds_apix)
     path = Path(reference) if isinstance(reference, (str, Path)) else None
     if path is not None:
         vol, ref_apix = read_map(path)
     else:
-        vol, ref_apix = np.asarray(reference, dtype=np.float32), None
+        vol, ref_apix = np.asarray(reference, dtype=np.float32), None if apix is None else float(apix)
         if vol.ndim != 3 or not np.all(np.isfinite(vol)):
             raise InputError(f"reference map must be a finite 3D array, got shape {vol.shape}")
 
@@ -47,11 +51,11 @@ def load_reference(reference, ds) -> np.ndarray | None:
 
     if vol.shape == (src_box,) * 3 and same(ref_apix, src_apix):
         return fourier_crop_volume(vol, box) if src_box != box else vol
-    if vol.shape == (box,) * 3 and same(ref_apix, apix):
+    if vol.shape == (box,) * 3 and same(ref_apix, ds_apix):
         return vol
     got = f"{vol.shape[0]}^3" + ("" if ref_apix is None else f" at {ref_apix:.4g} Å")
     raise InputError(f"reference map is {got} but the particles are {src_box} px at {src_apix:.4g} Å"
-                     + (f" (cropped: {box} px at {apix:.4g} Å)" if src_box != box else ""), path)
+                     + (f" (cropped: {box} px at {ds_apix:.4g} Å)" if src_box != box else ""), path)
 
 
 def image_scale(ds, n: int, cfg: ReconstructConfig) -> float:

@@ -15,6 +15,7 @@ import torch
 from ...engine.control import RunControl, honour_requests
 from ...engine.devices import resolve_device
 from ...engine.distributed import SINGLE, Ranks
+from ...engine.eta import EtaEstimator
 from ...engine.events import (
     Event, Metrics, Progress, RunFinished, RunStarted, StageFinished, StageStarted, VolumeSnapshot,
 )
@@ -207,6 +208,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     metrics_out: dict = {"stages": state.history.setdefault("stages", [])}  # the checkpoint's list
     last_eval: list[Event] = []
     last_scale = plan[min(state.stage, len(plan) - 1)][0]
+    # time left from each stage's measured cost per batch, pauses excluded (engine/eta.py)
+    eta_clock = EtaEstimator([epochs * batches_per_epoch for _scale, epochs in plan])
 
     for stage_idx in range(state.stage, len(plan)):
         if ranks.any(control.stop_requested):  # asked before this stage began: it never starts
@@ -263,7 +266,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                         stopped = True
                         break
                 else:
-                    command = yield from honour_requests(control, state.step)
+                    command = yield from eta_clock.around_pauses(honour_requests(control, state.step))
                     if command is not None:
                         stopped, skipped = command == "stop", command == "next"
                         break
@@ -279,8 +282,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 state.step += 1
                 stage_batches += 1
                 elapsed = time.perf_counter() - t_start
-                done_frac = state.step / total_batches
-                eta = elapsed / max(done_frac, 1e-9) * (1 - done_frac) if state.step > 0 else float("nan")
+                eta_clock.step_done(stage_idx, epoch * batches_per_epoch + b + 1)
+                eta = eta_clock.remaining_s()
                 yield Progress(stage_idx, state.step, total_batches, epoch * batches_per_epoch + b + 1,
                                epochs * batches_per_epoch, loss_s, elapsed, eta,
                                {"epoch": epoch + 1, "pose_loss": loss_p})

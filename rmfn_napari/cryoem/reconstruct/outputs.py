@@ -278,7 +278,8 @@ def snapshot(net, box, apix, scale, stage, final, mask_radius=None) -> ScaleSnap
 
 
 def summarise(events: list[Event]) -> dict:
-    """The numbers of one stage's evaluation events for the stage summary (``metrics.json``)."""
+    """The numbers of one stage's evaluation events for the stage summary (``metrics.json``;
+    keys name scales 1..L: ``fsc_resolution_A_scale1`` is the coarsest)."""
     out: dict = {}
     for ev in events:
         if isinstance(ev, Metrics) and ev.name == "gold_standard":
@@ -296,19 +297,25 @@ def summarise(events: list[Event]) -> dict:
 
 def final_metrics(events: list[Event]) -> dict:
     """FSC per scale, pose errors and the gold-standard FSC of the last evaluation, for
-    ``metrics.json``."""
+    ``metrics.json``.
+
+    Scales are numbered 1..L here as in every file a user reads (``"scale1": {"scale": 1,
+    ...}`` is the coarsest, like ``scale_1.mrc`` and the layer "rMFN scale 1"); the
+    ``Metrics`` events carry the engine's 0-based index.
+    """
     fsc = {}
     poses = None
     for ev in events:
         if isinstance(ev, Metrics) and ev.name == "fsc":
             v = dict(ev.values)
-            fsc[f"scale{v['scale'] + 1}"] = v
+            v["scale"] = int(ev.values["scale"]) + 1
+            fsc[f"scale{v['scale']}"] = v
         if isinstance(ev, Metrics) and ev.name == "pose_errors":
             poses = ev.values
     gold = next((ev.values for ev in events if isinstance(ev, Metrics) and ev.name == "gold_standard"), None)
     res = {"fsc": fsc, "pose_errors": poses, "gold_standard": gold}
     if fsc:
-        res["resolution_A"] = fsc[max(fsc)]["resolution_A"]
+        res["resolution_A"] = max(fsc.values(), key=lambda v: v["scale"])["resolution_A"]  # the finest
     if gold is not None:
         res["gold_standard_resolution_A"] = gold["resolution_A"][gold["headline"]]
     return res
@@ -316,9 +323,10 @@ def final_metrics(events: list[Event]) -> dict:
 
 def write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves, metrics,
                    scale_img, mask_radius=None):
-    """Write the network's maps (image units), ``poses.star`` (or ``poses_subset.npz``) and
-    ``metrics.json`` into ``out``; returns their paths by name, ``run.log`` (written as the
-    run goes, :class:`RunLog`) among them."""
+    """Write the network's maps (image units) ``scale_1.mrc`` .. ``scale_L.mrc`` (1-based, the
+    coarsest first), ``poses.star`` (or ``poses_subset.npz``) and ``metrics.json`` into
+    ``out``; returns their paths by name, ``run.log`` (written as the run goes,
+    :class:`RunLog`) among them."""
     written: dict[str, str] = {}
     maps = render_all_scales(net, box, last_scale, mask_radius)
     for k, vol in enumerate(maps):

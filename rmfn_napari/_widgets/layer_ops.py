@@ -1,0 +1,90 @@
+"""napari image-layer operations of the layer updater (GUI thread): add or reuse a layer by
+name, put a worker-prepared :class:`~.display_prep.DisplayArray` into it setting only what
+changed, and two workarounds (precomputed contrast limits; napari 0.9's stale extent of a
+hidden layer whose data changed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .display_prep import DisplayArray
+
+
+def assign_array(viewer, layer, arr: DisplayArray, scale, translate, colormap):
+    """Put ``arr`` into ``layer`` (or a new layer where ``layer`` was removed or is of
+    another kind); only what changed is set. Returns the layer holding it."""
+    if layer not in viewer.layers or getattr(layer, "rgb", False) != arr.rgb \
+            or layer.data.ndim != arr.data.ndim:
+        if layer in viewer.layers:
+            viewer.layers.remove(layer)
+        return ensure_image_layer(viewer, layer.name, arr.data, scale, translate, rgb=arr.rgb,
+                                  colormap=colormap, limits=arr.contrast_limits)
+    if not np.allclose(layer.scale, scale):
+        layer.scale = scale
+    if not np.allclose(layer.translate, translate):
+        layer.translate = translate
+    layer.data = arr.data
+    if not arr.rgb:
+        set_contrast(layer, arr.contrast_limits)
+    if not layer.visible:
+        clear_stale_extent(layer)
+    return layer
+
+
+def ensure_image_layer(viewer, name, data, scale, translate, *, rgb, colormap, limits=None,
+                       blank=False):
+    """The layer ``name`` holding ``data`` (a compatible existing one reused, else added;
+    ``blank``: a placeholder, which also replaces an RGB or 2D/3D leftover)."""
+    layers = viewer.layers
+    if name in layers:
+        layer = layers[name]
+        if blank and type(layer).__name__ == "Image":
+            layer.visible = False
+            if getattr(layer, "rgb", False) or layer.data.ndim != data.ndim:
+                layers.remove(layer)  # an image of another kind: made anew below
+            else:
+                layer.data = data
+                clear_stale_extent(layer)
+                return layer
+        elif getattr(layer, "rgb", False) == rgb and layer.data.ndim == data.ndim \
+                and type(layer).__name__ == "Image":
+            if not np.allclose(layer.scale, scale):
+                layer.scale = scale
+            if not np.allclose(layer.translate, translate):
+                layer.translate = translate
+            layer.data = data
+            if not rgb and limits is not None:
+                set_contrast(layer, limits)
+            return layer
+        layers.remove(layer)  # an incompatible leftover from an earlier run
+    kwargs = {"name": name, "scale": scale, "translate": translate, "rgb": rgb,
+              "visible": False}
+    if not rgb:
+        kwargs["colormap"] = colormap
+        kwargs["contrast_limits"] = limits if limits is not None else (0.0, 1.0)
+    else:
+        kwargs["contrast_limits"] = (0.0, 1.0)
+    if data.ndim == 3 and not rgb:
+        kwargs["rendering"] = "mip"
+    return viewer.add_image(data, **kwargs)
+
+
+def clear_stale_extent(layer) -> None:
+    """napari 0.9 keeps a hidden layer's cached extent when its data change (and showing it
+    refreshes with ``extent=False``): drop the cache, or the layer's extent and the view's
+    bounds stay those of its old data."""
+    clear = getattr(layer, "_clear_extent", None)
+    if callable(clear):
+        clear()
+
+
+def set_contrast(layer, limits) -> None:
+    """Set contrast limits computed in the worker (widening the slider's range when needed)."""
+    lo, hi = (float(v) for v in limits)
+    rlo, rhi = layer.contrast_limits_range
+    if lo < rlo or hi > rhi:
+        layer.contrast_limits_range = (min(lo, rlo), max(hi, rhi))
+    layer.contrast_limits = (lo, hi)
+
+
+__all__ = ["assign_array", "clear_stale_extent", "ensure_image_layer", "set_contrast"]

@@ -1,0 +1,218 @@
+"""The frame every rMFN plot shares (GUI thread only): a vispy canvas with a title, axes and a
+pan-zoom view, a Qt legend under it, and export of what is drawn.
+
+Plots are vispy ``SceneCanvas`` es (napari already ships vispy; matplotlib is not a
+dependency). Export: :meth:`VispyPlot.save_png` writes the canvas with the legend under it
+(pixels: the canvas's size, plus the legend's height); :meth:`VispyPlot.save_csv` writes the
+numbers behind the plot (each plot says which columns, :meth:`VispyPlot.csv_rows`). The
+"Save…" button beside the legend offers both, through a file dialog.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QImage, QPainter
+from qtpy.QtWidgets import (
+    QFileDialog, QHBoxLayout, QLabel, QMenu, QSizePolicy, QToolButton, QVBoxLayout, QWidget,
+)
+
+from ..errors import InputError
+
+#: Legend entries never break inside (Qt ignores ``white-space: nowrap`` on a span).
+NB_HYPHEN = "\u2011"
+#: Smallest canvas height (px): small, so the docked plots never make the window taller than
+#: a 1366x768 screen (the dock can still be enlarged by the user).
+CANVAS_MIN_HEIGHT = 110
+#: Smallest plot width (px).
+PLOT_MIN_WIDTH = 160
+
+
+def hex_color(rgb) -> str:
+    """``"#rrggbb"`` of an RGB(A) colour in [0, 1]."""
+    return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgb[:3])
+
+
+class VispyPlot(QWidget):
+    """A vispy 2D plot: title, axes, a pan-zoom view, a Qt legend label below, and a
+    "Save…" menu (PNG, CSV).
+
+    Subclasses fill :meth:`csv_rows` with the plot's numbers (a header row, then data rows).
+    """
+
+    #: Default file name stem offered by the save dialogs.
+    export_stem = "plot"
+
+    def __init__(self, title: str, x_label: str, y_label: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        from vispy import scene
+
+        self._scene = scene
+        self.canvas = scene.SceneCanvas(keys=None, show=False, size=(360, 240),
+                                        bgcolor=(0.15, 0.16, 0.19, 1.0))
+        grid = self.canvas.central_widget.add_grid(margin=6)
+        self.title = scene.Label(title, color="white", font_size=9)
+        self.title.height_max = 22
+        grid.add_widget(self.title, row=0, col=0, col_span=2)
+        self.y_axis = scene.AxisWidget(orientation="left", axis_label=y_label, axis_font_size=8,
+                                       tick_label_margin=4, axis_label_margin=34,
+                                       text_color="white", axis_color="white", tick_color="white")
+        self.y_axis.width_max = 52
+        grid.add_widget(self.y_axis, row=1, col=0)
+        self.x_axis = scene.AxisWidget(orientation="bottom", axis_label=x_label, axis_font_size=8,
+                                       tick_label_margin=12, axis_label_margin=28,
+                                       text_color="white", axis_color="white", tick_color="white")
+        self.x_axis.height_max = 44
+        grid.add_widget(self.x_axis, row=2, col=1)
+        self.view = grid.add_view(row=1, col=1, border_color=(0.6, 0.6, 0.6, 1.0))
+        self.view.camera = "panzoom"
+        self.x_axis.link_view(self.view)
+        self.y_axis.link_view(self.view)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.save_button = QToolButton()
+        self.save_button.setText("Save…")
+        self.save_button.setToolTip("save this plot as a PNG image or its numbers as CSV")
+        self.save_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(self.save_button)
+        self.save_png_action = menu.addAction("Save PNG…", self._ask_png)
+        self.save_csv_action = menu.addAction("Save CSV…", self._ask_csv)
+        self.save_button.setMenu(menu)
+        native = self.canvas.native
+        native.setMinimumSize(PLOT_MIN_WIDTH, CANVAS_MIN_HEIGHT)
+        native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        below = QHBoxLayout()
+        below.setContentsMargins(0, 0, 0, 0)
+        below.addWidget(self.legend, 1)
+        below.addWidget(self.save_button, 0, Qt.AlignmentFlag.AlignTop)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.addWidget(native, 1)
+        lay.addLayout(below)
+        self.setMinimumWidth(PLOT_MIN_WIDTH)
+        self.n_redraws = 0
+
+    # ---- legend ---------------------------------------------------------------------
+    def set_legend(self, html: str) -> None:
+        """Show ``html`` under the canvas, with the height its wrapped text needs (a word-
+        wrapped QLabel's size hint ignores its width, so a dock could squeeze it over the
+        canvas)."""
+        self.legend.setText(html)
+        self._fit_legend()
+
+    def legend_text(self) -> str:
+        """The legend as a person reads it (plain text, ordinary spaces)."""
+        from qtpy.QtGui import QTextDocument
+
+        doc = QTextDocument()
+        doc.setHtml(self.legend.text())
+        return doc.toPlainText().replace("\xa0", " ").replace(NB_HYPHEN, "-")
+
+    def _fit_legend(self) -> None:
+        width = self.legend.width() if self.legend.width() > 50 else max(self.width() - 60, 300)
+        self.legend.setMinimumHeight(max(0, self.legend.heightForWidth(width)))
+
+    def resizeEvent(self, event):  # noqa: N802 - Qt name
+        """Keep the legend's height right for the new width."""
+        super().resizeEvent(event)
+        self._fit_legend()
+
+    # ---- view -----------------------------------------------------------------------
+    def set_x_label(self, text: str) -> None:
+        """Change the x-axis label."""
+        self.x_axis.axis.axis_label = text
+
+    @property
+    def x_label(self) -> str:
+        """The x-axis label (with its unit)."""
+        return str(self.x_axis.axis.axis_label)
+
+    def set_range(self, x, y) -> None:
+        """Show ``x = (x0, x1)``, ``y = (y0, y1)``."""
+        self.view.camera.set_range(x=x, y=y, margin=0.02)
+
+    def redraw(self) -> None:
+        """Ask vispy to repaint at the next event-loop pass (like matplotlib's draw_idle)."""
+        self.n_redraws += 1
+        self.canvas.update()
+
+    def grab_image(self) -> np.ndarray:
+        """Render the canvas to an RGBA array (for screenshots)."""
+        return self.canvas.render()
+
+    # ---- export ---------------------------------------------------------------------
+    def csv_rows(self) -> list[list]:
+        """The plot's numbers: a header row, then one row per data point (subclasses)."""
+        raise NotImplementedError
+
+    def save_csv(self, path) -> Path:
+        """Write :meth:`csv_rows` to ``path`` (comma-separated, numbers at full precision, an
+        empty cell where a curve has no value). Returns the path; :class:`InputError` naming
+        the file when it cannot be written."""
+        path = Path(path)
+        rows = self.csv_rows()
+        try:
+            with open(path, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                for row in rows:
+                    writer.writerow(["" if v is None else (repr(float(v))
+                                                           if isinstance(v, (float, np.floating))
+                                                           else v) for v in row])
+        except OSError as exc:
+            raise InputError(f"cannot write the CSV ({exc.strerror or exc})", path) from None
+        return path
+
+    def render_image(self) -> QImage:
+        """The canvas as drawn now with the legend under it (width: the canvas's)."""
+        rgba = np.ascontiguousarray(self.canvas.render()[..., :4], dtype=np.uint8)
+        h, w = rgba.shape[:2]
+        canvas_img = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
+        legend = self.legend.grab() if self.legend.text() else None
+        extra = legend.height() if legend is not None else 0
+        image = QImage(w, h + extra, QImage.Format.Format_RGBA8888)
+        # the legend strip in the legend's own background, also right of a narrower legend
+        image.fill(legend.toImage().pixelColor(0, 0) if legend is not None
+                   else Qt.GlobalColor.black)
+        painter = QPainter(image)
+        painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_Source)
+        painter.drawImage(0, 0, canvas_img)  # the canvas's pixels as they are
+        painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceOver)
+        if legend is not None:
+            painter.drawPixmap(0, h, legend)
+        painter.end()
+        return image
+
+    def save_png(self, path) -> Path:
+        """Write :meth:`render_image` to ``path`` as PNG. Returns the path;
+        :class:`InputError` naming the file when it cannot be written."""
+        path = Path(path)
+        if not self.render_image().save(str(path), "PNG"):
+            raise InputError("cannot write the PNG (folder missing or not writable?)", path)
+        return path
+
+    def _ask_png(self) -> None:
+        self._ask_and_save("PNG image (*.png)", ".png", self.save_png)
+
+    def _ask_csv(self) -> None:
+        self._ask_and_save("CSV table (*.csv)", ".csv", self.save_csv)
+
+    def _ask_and_save(self, file_filter: str, suffix: str, save) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, f"Save {self.export_stem}",
+                                              self.export_stem + suffix, file_filter)
+        if not path:
+            return
+        if not path.lower().endswith(suffix):
+            path += suffix
+        try:
+            save(path)
+        except InputError as exc:
+            from napari.utils.notifications import show_error
+
+            show_error(str(exc))
+
+
+__all__ = ["CANVAS_MIN_HEIGHT", "NB_HYPHEN", "PLOT_MIN_WIDTH", "VispyPlot", "hex_color"]

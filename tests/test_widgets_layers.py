@@ -1,0 +1,197 @@
+"""GUI tests of the layers a run owns (issue 15): a new run replaces the previous run's layers,
+fit-image results lie on the original image's grid with their spectrum beside them, and the
+stepper shows the scale the engine last trained (also in a full-scale run)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from rmfn_napari._widgets import FitImageWidget  # noqa: E402
+from rmfn_napari._widgets.display_prep import block_mean, display_array  # noqa: E402
+from rmfn_napari._widgets.layers import LayerUpdater  # noqa: E402
+from rmfn_napari.cryoem.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from rmfn_napari.cryoem.simulate import simulate_particles  # noqa: E402
+from rmfn_napari.engine.events import ScaleSnapshot  # noqa: E402
+from rmfn_napari.fitting.metrics import log_spectrum  # noqa: E402
+
+from analytic_maps import write_sample_map_16  # noqa: E402
+
+
+def _image(n=32):
+    y, x = np.mgrid[0:n, 0:n] / n
+    return np.clip(0.5 + 0.3 * np.sin(2 * np.pi * 3 * x) * np.cos(2 * np.pi * 2 * y), 0, 1).astype(np.float32)
+
+
+def _fit_widget(make_napari_viewer, tmp_out, *, downsample=2):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(), name="target")
+    w = FitImageWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Fit image (2D)")
+    w.layer_combo.setCurrentText("target")
+    w.hidden.setValue(16)
+    w.downsample.setValue(downsample)
+    w.device.setCurrentText("cpu")
+    w.out_dir.set_path(str(tmp_out))
+    return viewer, w
+
+
+def _run(qtbot, w, schedule, stop_after_steps=None):
+    w.schedule.setText(schedule)
+    with qtbot.waitSignal(w.runner.finished, timeout=60000):
+        w.panel.start_button.click()
+        if stop_after_steps is not None:
+            qtbot.waitUntil(lambda: w.steps_done >= stop_after_steps, timeout=30000)
+            w.panel.stop_button.click()
+    assert w.runner.failure is None, w.runner.failure
+
+
+def _pixel_edges(layer, n_y, n_x):
+    """World positions of the outer pixel edges (top-left, bottom-right) of a 2D layer."""
+    return (np.asarray(layer.data_to_world((-0.5, -0.5))),
+            np.asarray(layer.data_to_world((n_y - 0.5, n_x - 0.5))))
+
+
+def test_second_run_stopped_in_stage_1_replaces_the_first_runs_layers(make_napari_viewer, qtbot, tmp_path):
+    viewer, w = _fit_widget(make_napari_viewer, tmp_path / "a")
+    _run(qtbot, w, "5,5,5")
+    assert all(np.any(viewer.layers[f"rMFN scale {k}"].data) for k in (1, 2, 3))
+    first_scale_1 = viewer.layers["rMFN scale 1"].data.copy()
+    w.out_dir.set_path(str(tmp_path / "b"))
+    # a second run of 2 scales, stopped during its first stage
+    _run(qtbot, w, "100000,100000", stop_after_steps=3)
+    assert w.runner.finished_event.stopped
+    own = sorted(layer.name for layer in viewer.layers if layer.name.startswith("rMFN"))
+    assert own == ["rMFN scale 1", "rMFN scale 2", "rMFN spectrum 1", "rMFN spectrum 2"]
+    # scale 2 is the new run's placeholder: nothing of the first run, not shown
+    for name in ("rMFN scale 2", "rMFN spectrum 2"):
+        assert not np.any(viewer.layers[name].data) and not viewer.layers[name].visible
+    scale_1 = viewer.layers["rMFN scale 1"]
+    assert scale_1.visible and np.any(scale_1.data) and not np.array_equal(scale_1.data, first_scale_1)
+    assert w.stepper.spin.value() == 1 and w.layers.n_scales == 1
+
+
+def test_run_that_shows_nothing_renames_the_previous_runs_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    updater = LayerUpdater(viewer, spatial_ndim=2)
+    updater.reset(2)
+    for k in range(3):
+        img = _image(16) * (k + 1)
+        updater.handle(ScaleSnapshot(k, img, log_spectrum(img), 1.0, k, final=True))
+    updater.flush()
+    updater.reset(2)  # a new run that ends before its first snapshot
+    updater.flush()
+    names = sorted(layer.name for layer in viewer.layers)
+    assert names == sorted([f"rMFN {kind} {k} (previous run)" for kind in ("scale", "spectrum")
+                            for k in (1, 2, 3)])
+    assert not any(layer.visible for layer in viewer.layers)
+    # the next run's first snapshot removes them
+    updater.reset(2)
+    img = _image(16)
+    updater.handle(ScaleSnapshot(0, img, log_spectrum(img), 1.0, 0, final=True))
+    assert sorted(layer.name for layer in viewer.layers) == ["rMFN scale 1", "rMFN spectrum 1"]
+
+
+def test_fit_image_layers_cover_the_original_and_spectrum_lies_beside(make_napari_viewer, qtbot, tmp_out):
+    viewer, w = _fit_widget(make_napari_viewer, tmp_out, downsample=2)
+    _run(qtbot, w, "5,5")
+    original = viewer.layers["target"]
+    lo, hi = _pixel_edges(original, 32, 32)
+    for k in (1, 2):
+        layer = viewer.layers[f"rMFN scale {k}"]
+        assert layer.data.shape == (16, 16)  # the training resolution
+        assert tuple(layer.scale) == (2.0, 2.0) and tuple(layer.translate) == (0.5, 0.5)
+        l_lo, l_hi = _pixel_edges(layer, 16, 16)
+        np.testing.assert_allclose(l_lo, lo)
+        np.testing.assert_allclose(l_hi, hi)
+        # napari's extent runs over pixel centres: the training grid's first and last centres
+        np.testing.assert_allclose(np.asarray(layer.extent.world),
+                                   np.asarray(original.extent.world) + [[0.5], [-0.5]])
+        spectrum = viewer.layers[f"rMFN spectrum {k}"]
+        s_lo, s_hi = _pixel_edges(spectrum, 16, 16)
+        assert s_lo[1] > hi[1]  # right of the image, not on it
+        assert s_lo[0] == pytest.approx(lo[0]) and s_hi[0] == pytest.approx(hi[0])
+
+
+def test_fit_image_widget_places_results_on_a_scaled_source_layer(make_napari_viewer, qtbot, tmp_out):
+    """The widget passes the chosen layer's own pixel size and origin to the layers."""
+    viewer, w = _fit_widget(make_napari_viewer, tmp_out, downsample=2)
+    original = viewer.layers["target"]
+    original.scale, original.translate = (0.5, 0.25), (10.0, -3.0)
+    _run(qtbot, w, "3")
+    layer = viewer.layers["rMFN scale 1"]
+    for got, want in zip(_pixel_edges(layer, 16, 16), _pixel_edges(original, 32, 32)):
+        np.testing.assert_allclose(got, want)
+
+
+def test_results_follow_a_source_layers_grid(make_napari_viewer):
+    """set_data_grid: an original with its own pixel size and origin gets results on its extent."""
+    viewer = make_napari_viewer()
+    original = viewer.add_image(_image(32), name="target", scale=(0.5, 0.25), translate=(10.0, -3.0))
+    updater = LayerUpdater(viewer, spatial_ndim=2)
+    updater.set_data_grid(original.scale, original.translate)
+    updater.reset(2)
+    train = block_mean(_image(32), 4, 2)
+    updater.handle(ScaleSnapshot(0, train, log_spectrum(train), 4.0, 0, final=True))
+    layer = viewer.layers["rMFN scale 1"]
+    for got, want in zip(_pixel_edges(layer, 8, 8), _pixel_edges(original, 32, 32)):
+        np.testing.assert_allclose(got, want)
+
+
+def test_display_size_keeps_the_extent():
+    """A volume above the display size is block-averaged; its extent in Å is unchanged."""
+    vol = np.random.default_rng(0).normal(size=(256, 256, 256)).astype(np.float32)
+    arr = display_array(vol, 1.5, 0.0)
+    assert arr.data.shape == (128, 128, 128) and arr.data.flags["C_CONTIGUOUS"]
+    assert arr.pixel == 3.0 and arr.offset == pytest.approx(0.75)
+    assert arr.offset - arr.pixel / 2 == pytest.approx(-0.75)  # first edge: as the original's
+    assert arr.contrast_limits == (float(arr.data.min()), float(arr.data.max()))
+
+
+@pytest.fixture(scope="module")
+def sim16(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fullscale")
+    res = simulate_particles(write_sample_map_16(root / "map16.mrc"), root / "sim", n=64, snr=0.5, seed=2)
+    return res.star
+
+
+def test_full_scale_run_stepper_shows_the_trained_scale(make_napari_viewer, qtbot, sim16):
+    """A full-scale run trains the finest scale (3) in its only stage, and sends every scale at
+    its end: the stepper says 3 and "rMFN scale 3" is the visible layer."""
+    from rmfn_napari._widgets import ReconstructWidget
+
+    viewer = make_napari_viewer()
+    w = ReconstructWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Reconstruct (cryo-EM)")
+    cfg = ReconstructConfig.from_preset("tiny", mode="full-scale", epochs_per_stage=(1, 1, 1), batch_size=32,
+                                        device="cpu", snapshot_interval_s=0.0, align_for_fsc=False)
+    w.layers.reset(3)
+    with qtbot.waitSignal(w.runner.finished, timeout=120000):
+        w.runner.start(lambda control: reconstruct(sim16, cfg, control))
+    assert w.runner.failure is None, w.runner.failure
+    assert w.stepper.spin.value() == 3 and w.layers.n_scales == 3
+    visible = sorted(layer.name for layer in viewer.layers
+                     if layer.name.startswith("rMFN") and layer.visible)
+    assert visible == ["rMFN scale 3", "rMFN spectrum 3"]
+    assert all(np.any(viewer.layers[f"rMFN scale {k}"].data) for k in (1, 2, 3))
+
+
+def test_layers_exist_before_the_first_training_step(make_napari_viewer, qtbot, tmp_out):
+    """The run's layers (every scale, image and spectrum) are made before the engine trains:
+    the worker waits after RunStarted while the placeholders are created."""
+    viewer, w = _fit_widget(make_napari_viewer, tmp_out, downsample=1)
+    at_first_step: list[str] = []
+
+    def on_event(ev):
+        if type(ev).__name__ == "Progress" and not at_first_step:
+            at_first_step.extend(sorted(layer.name for layer in viewer.layers
+                                        if layer.name.startswith("rMFN")))
+
+    w.runner.event.connect(on_event)
+    _run(qtbot, w, "3,3,3")
+    assert at_first_step == sorted([f"rMFN {kind} {k}" for kind in ("scale", "spectrum") for k in (1, 2, 3)])
+    assert w.runner.worker is None and sys.getswitchinterval() == pytest.approx(0.005)
