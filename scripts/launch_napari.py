@@ -1,7 +1,7 @@
 """Open napari with the rMFN plugin docked, on the bundled samples.
 
     python scripts/launch_napari.py                 # the interactive app (needs a display)
-    xvfb-run -a python scripts/launch_napari.py --screenshots docs/screenshots
+    xvfb-run -a -s "-screen 0 1366x768x24" python scripts/launch_napari.py --screenshots docs/screenshots
                                                     # tiny runs, then README screenshots, exit
 
 The viewer opens with both dock widgets (Plugins ▸ rMFN ▸ "Reconstruct (cryo-EM)" and
@@ -9,9 +9,11 @@ The viewer opens with both dock widgets (Plugins ▸ rMFN ▸ "Reconstruct (cryo
 Reconstruct tab, Start simulates a particle stack from the bundled 1OL5 map and reconstructs
 it; the FSC and pose-error plots dock themselves on the right.
 
-With ``--screenshots DIR`` the script runs a short fit of the astronaut and a tiny
-reconstruction, saves ``DIR/fit_image.png``, ``DIR/reconstruct.png`` (whole window) and
-``DIR/fsc.png`` / ``DIR/pose_errors.png`` (the plot canvases), and exits.
+With ``--screenshots DIR`` the script runs, in a 1366×768 window, a short fit of the astronaut
+and a tiny reconstruction, then reopens the reconstruction's folder in a fresh viewer with
+"Open run…"; it saves ``DIR/fit_image.png``, ``DIR/reconstruct.png``, ``DIR/reopened.png``
+(whole window) and ``DIR/fsc.png`` / ``DIR/pose_errors.png`` (the reopened run's plots), and
+exits.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ RECONSTRUCT = "Reconstruct (cryo-EM)"
 FIT_IMAGE = "Fit image (2D)"
 
 
-def open_viewer(size=(1700, 1000)):
+def open_viewer(size=(1366, 768), samples=True):
     """A napari viewer with the samples loaded and both rMFN widgets docked (tabbed).
 
     Returns ``(viewer, reconstruct_widget, fit_image_widget)``.
@@ -35,8 +37,9 @@ def open_viewer(size=(1700, 1000)):
 
     viewer = napari.Viewer(title="rMFN — napari")
     viewer.window._qt_window.resize(*size)
-    viewer.open_sample(PLUGIN, "astronaut")
-    viewer.open_sample(PLUGIN, "1ol5_32")
+    if samples:
+        viewer.open_sample(PLUGIN, "astronaut")
+        viewer.open_sample(PLUGIN, "1ol5_32")
     fit_dock, fit = viewer.window.add_plugin_dock_widget(PLUGIN, FIT_IMAGE)
     rec_dock, rec = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT, tabify=True)
     fit.dock, rec.dock = fit_dock, rec_dock
@@ -93,17 +96,23 @@ def _shot(viewer):
 
 
 def take_screenshots(out_dir: Path, timeout_s: float = 240.0) -> None:
-    """Tiny runs from both widgets, then screenshots of the window and the plots."""
+    """Tiny runs from both widgets, then the reconstruction reopened from its folder in a fresh
+    viewer: screenshots of the windows and the plots."""
+    import os
+    import tempfile
+
     from qtpy.QtWidgets import QApplication
 
+    scratch = Path(tempfile.mkdtemp(prefix="rmfn-screenshots-"))
+    # the forms as a new user sees them: no remembered settings, outputs in a scratch folder
+    os.environ["XDG_CONFIG_HOME"] = str(scratch / "config")
+    os.environ["RMFN_NAPARI_HOME"] = str(scratch / "runs")
     viewer, rec, fit = open_viewer()
     # ---- 2D: the astronaut, a short schedule at 128² (downsample 4)
     viewer.layers["1OL5 map (32³, 2 Å)"].visible = False
     _raise_dock(fit)
     fit.layer_combo.setCurrentText("astronaut")
     fit.schedule.setText("50,50,100,150")
-    fit.hidden.setValue(64)
-    fit.downsample.setValue(4)
     fit.start()
     _wait_for(fit, timeout_s)
     viewer.layers["astronaut"].visible = False
@@ -117,6 +126,8 @@ def take_screenshots(out_dir: Path, timeout_s: float = 240.0) -> None:
         viewer.layers.remove(name)
     viewer.layers.remove("astronaut")  # keep the 3D view framed on the map
     _raise_dock(rec)
+    run_dir = scratch / "tiny-run"
+    rec.out_dir.set_path(str(run_dir))
     rec.sim_n.setValue(300)
     rec.reference.setCurrentText("1OL5 map (32³, 2 Å)")
     rec.preset.setCurrentText("tiny")
@@ -129,6 +140,19 @@ def take_screenshots(out_dir: Path, timeout_s: float = 240.0) -> None:
     viewer.camera.angles = (15, -35, 55)
     QApplication.processEvents()
     _save(out_dir / "reconstruct.png", _shot(viewer))
+    viewer.close()
+
+    # ---- the run's folder reopened in a fresh viewer ("Open run…")
+    viewer, rec, _fit = open_viewer(samples=False)
+    _raise_dock(rec)
+    rec.choose_folder = lambda *_args: str(run_dir)
+    rec.panel.open_run_button.click()
+    viewer.camera.angles = (15, -35, 55)
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.02)
+    print(f"reopened: {rec.panel.status.text()}")
+    _save(out_dir / "reopened.png", _shot(viewer))
     _save(out_dir / "fsc.png", rec.fsc_plot.grab_image())
     _save(out_dir / "pose_errors.png", rec.pose_plot.grab_image())
     viewer.close()

@@ -144,9 +144,16 @@ def test_fields_are_readable_at_the_dock_width_and_the_folded_form_is_short(make
     assert w.lr_structure.text() == "0.001" and w.lr_pose.text() == "0.01"
     assert f.lr.text() == "0.005"
     for spin in (w.lr_structure, w.lr_pose, f.lr, w.lambda1, w.lambda2):
-        have, need = _width_of_text(spin)
-        assert have >= need, (spin.toolTip()[:30], have, need)
         assert spin.isVisible()
+    # every number on show, the simulation's and the box's "stack's size" too, shows its text whole
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    w.box.setValue(0)
+    shown = [s for widget in (w, f) for s in widget.findChildren(QAbstractSpinBox) if s.isVisible()]
+    assert {w.sim_n, w.sim_snr, w.sim_max_shift, w.sim_defocus_min, w.sim_astig_max, w.box} <= set(shown)
+    for spin in shown:
+        have, need = _width_of_text(spin)
+        assert have >= need, (spin.text(), spin.toolTip()[:30], have, need)
     # folded: the preset and one header per section
     for widget in (w, f):
         widget.settings_form.set_folded(True)

@@ -40,6 +40,11 @@ def _alive(obj) -> bool:
 
 
 def _main_window(viewer) -> QMainWindow | None:
+    """napari's QMainWindow of ``viewer`` (None without one). A widget opened from the Plugins
+    menu gets the viewer wrapped in napari's ``PublicOnlyProxy``, which hides private names and
+    wraps what it returns; tabifying docks needs the real QMainWindow (napari has no public name
+    for it), so the proxy is unwrapped here, and only here."""
+    viewer = getattr(viewer, "__wrapped__", viewer)
     window = getattr(viewer, "window", None)
     qt_window = getattr(window, "_qt_window", None)  # napari's QMainWindow (no public name)
     return qt_window if isinstance(qt_window, QMainWindow) and _alive(qt_window) else None
@@ -58,7 +63,7 @@ class PlotDocks(QObject):
     def __init__(self, viewer, main_window: QMainWindow | None = None):
         super().__init__(main_window)
         self.setObjectName(self.OBJECT_NAME)
-        self.viewer = viewer
+        self.viewer = getattr(viewer, "__wrapped__", viewer)  # the real viewer (see _main_window)
         self.fsc_plot = FSCPlot()
         self.pose_plot = PoseHistogram()
         self.fsc_dock: QDockWidget | None = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QWidget
 
 from ..cryoem.reconstruct.settings import ReconstructConfig
@@ -31,7 +32,7 @@ from ..engine.settings_spec import overrides_from_values
 from ..errors import InputError
 from ._base import RunWidgetBase
 from .open_run import open_run_folder
-from .plot_docks import PlotDocks
+from .plot_docks import PlotDocks, _alive
 from .plots import resolution_text
 from .reconstruct_dataset import (  # noqa: F401 - the names tests and scripts use
     DATASET_SIMULATE, DATASET_STAR, MAP_FILE, OWN_LAYER_PREFIXES, REF_FILE, REF_NONE,
@@ -90,6 +91,7 @@ class ReconstructWidget(RunWidgetBase):
         self.plot_docks.acquire(self)
         self.fsc_plot = self.plot_docks.fsc_plot
         self.pose_plot = self.plot_docks.pose_plot
+        self._plots_warmed = False  # docked at the first show (showEvent)
         self._box_apix: tuple[int, float] | None = None
         self.gold_standard: dict | None = None
         self.resolution_label = QLabel("")
@@ -233,6 +235,19 @@ class ReconstructWidget(RunWidgetBase):
     def dock_plots(self) -> None:
         """Dock the viewer's FSC and pose-error plots (tabbed), or show again ones closed."""
         self.plot_docks.show()
+
+    def showEvent(self, event):  # noqa: N802 - Qt name
+        """Dock the plots as soon as the widget is first shown, not at Start: their first paint
+        (vispy building its shaders and rasterising the axes' glyphs: ~3 s with software
+        OpenGL) would otherwise freeze the GUI the moment a run begins."""
+        super().showEvent(event)
+        if not self._plots_warmed:
+            self._plots_warmed = True
+            QTimer.singleShot(0, self._dock_plots_if_alive)
+
+    def _dock_plots_if_alive(self) -> None:
+        if _alive(self) and self.isVisible():
+            self.dock_plots()
 
     def open_run(self, folder: str) -> str:
         """"Open run…": a finished run's maps, half-maps and plots in the viewer; returns its

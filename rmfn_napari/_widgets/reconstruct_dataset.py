@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QSpinBox, QStackedWidget, QWidget
+from qtpy.QtWidgets import (
+    QComboBox, QFormLayout, QLabel, QSizePolicy, QStackedWidget, QWidget,
+)
 
 from ..errors import InputError
-from .settings_form import PathField, SettingsForm
+from .settings_form import PathField, SettingsForm, WholeTextDoubleSpinBox, WholeTextSpinBox
 
 #: Bundled maps offered for "simulate from map": label -> sample key.
 SAMPLE_MAPS = {
@@ -48,7 +50,7 @@ def is_reference_candidate(layer) -> bool:
 
 
 def _spin(kind, lo, hi, value, tooltip, decimals=2, step=None, suffix="", prefix=""):
-    spin = QSpinBox() if kind is int else QDoubleSpinBox()
+    spin = WholeTextSpinBox() if kind is int else WholeTextDoubleSpinBox()
     if kind is not int:
         spin.setDecimals(decimals)
     spin.setRange(lo, hi)
@@ -61,13 +63,21 @@ def _spin(kind, lo, hi, value, tooltip, decimals=2, step=None, suffix="", prefix
     return spin
 
 
-def _row(*widgets) -> QWidget:
-    row = QWidget()
-    lay = QHBoxLayout(row)
+def _rows(*labelled) -> QWidget:
+    """A small form of ``(label, widget)`` rows: one row of the dataset section holding several
+    numbers, each on its own line with its label (three in one line were unreadable at the
+    dock's width: "SNR 0.", "shift ≤ 2.(")."""
+    box = QWidget()
+    lay = QFormLayout(box)
     lay.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        lay.addWidget(w)
-    return row
+    lay.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    lay.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    for label, widget in labelled:
+        widget.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        text = QLabel(label)
+        text.setToolTip(widget.toolTip())
+        lay.addRow(text, widget)
+    return box
 
 
 class DatasetInputs:
@@ -90,23 +100,24 @@ class DatasetInputs:
         self.sim_map = QComboBox()
         self.sim_map.addItems(list(SAMPLE_MAPS) + [MAP_FILE])
         self.sim_map.setToolTip("The map the particles are simulated from")
-        self.sim_n = _spin(int, 10, 1_000_000, 2000, "Number of particles to simulate", prefix="n ")
+        self.sim_n = _spin(int, 10, 1_000_000, 2000, "Number of particles to simulate")
         self.sim_snr = _spin(float, 0.001, 100.0, 0.1, "Signal-to-noise ratio per image (the "
-                             "paper: 0.1)", prefix="SNR ")
+                             "paper: 0.1)")
         self.sim_max_shift = _spin(float, 0.0, 64.0, 2.0, "Place particles off-centre by up to "
                                    "this many pixels (origins uniform in the disc, < box/4), as "
                                    "picked particles are; the true origins go to true_poses.star",
-                                   decimals=1, step=0.5, suffix=" px", prefix="shift ≤ ")
-        self.sim_params = _row(self.sim_n, self.sim_snr, self.sim_max_shift)
+                                   decimals=1, step=0.5, suffix=" px")
+        self.sim_params = _rows(("number", self.sim_n), ("SNR", self.sim_snr),
+                                ("max. shift", self.sim_max_shift))
         self.sim_params.setToolTip("Simulated particles: number, SNR, largest off-centre shift (px)")
         defocus_tip = "Mean defocus range (µm), uniform per particle"
         self.sim_defocus_min = _spin(float, 0.0, 10.0, 0.8, defocus_tip, step=0.1, suffix=" µm")
-        self.sim_defocus_max = _spin(float, 0.0, 10.0, 2.5, defocus_tip, step=0.1, suffix=" µm",
-                                     prefix="to ")
+        self.sim_defocus_max = _spin(float, 0.0, 10.0, 2.5, defocus_tip, step=0.1, suffix=" µm")
         self.sim_astig_max = _spin(float, 0.0, 5000.0, 500.0, "Largest astigmatism dfU − dfV (Å); "
                                    "drawn uniformly from 0 to it, at a uniform angle", decimals=0,
-                                   step=50.0, suffix=" Å", prefix="astig. ≤ ")
-        self.sim_ctf = _row(self.sim_defocus_min, self.sim_defocus_max, self.sim_astig_max)
+                                   step=50.0, suffix=" Å")
+        self.sim_ctf = _rows(("defocus from", self.sim_defocus_min), ("to", self.sim_defocus_max),
+                             ("max. astigmatism", self.sim_astig_max))
         self.sim_ctf.setToolTip("Simulated CTF: defocus range (µm) and largest astigmatism (Å)")
         self.sim_map_path = PathField("Map to simulate from", "MRC (*.mrc *.map)", "map.mrc")
         self.sim_map_path.setToolTip("An MRC map (cubic, even box, voxel size in the header)")

@@ -18,14 +18,37 @@ from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
     QLineEdit, QSizePolicy, QSpinBox, QToolButton, QVBoxLayout, QWidget,
 )
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 
 from ..engine.settings_spec import Setting, parse_csv_ints
 
 __all__ = ["FoldingSection", "GeneralSpinBox", "PathField", "SettingsForm"]
 
 
-class GeneralSpinBox(QDoubleSpinBox):
+class _WholeText:
+    """Mixin for spin boxes that never shrink below the width of their longest text (their
+    range's ends, the special value text, prefix and suffix) in the style they are drawn with.
+    napari's style sheet gives every spin box a fixed ``min-width``, which a layout takes over
+    the size hint: rows then cut "stack's size" to "ck's size" and "0.80 µm" to "0.8". After
+    each polish (style sheet applied) the minimum width becomes the size hint's, so a form row
+    that cannot give it that much beside its label wraps below it instead."""
+
+    def event(self, ev):  # noqa: D102 - Qt override
+        handled = super().event(ev)
+        if ev.type() in (QEvent.Type.Polish, QEvent.Type.StyleChange):
+            self.setMinimumWidth(self.sizeHint().width())
+        return handled
+
+
+class WholeTextSpinBox(_WholeText, QSpinBox):
+    """A QSpinBox that shows its whole text (:class:`_WholeText`)."""
+
+
+class WholeTextDoubleSpinBox(_WholeText, QDoubleSpinBox):
+    """A QDoubleSpinBox that shows its whole text (:class:`_WholeText`)."""
+
+
+class GeneralSpinBox(WholeTextDoubleSpinBox):
     """A spin box showing its value in the shortest exact form (``0.001``, ``5e-05``); the
     arrows multiply or divide by 2 when no fixed step is given (learning rates)."""
 
@@ -225,9 +248,9 @@ class SettingsForm(QWidget):
     @staticmethod
     def _number(s: Setting, kind) -> QWidget:
         if kind is int:
-            spin = QSpinBox()
+            spin = WholeTextSpinBox()
         elif s.decimals is not None:
-            spin = QDoubleSpinBox()
+            spin = WholeTextDoubleSpinBox()
             spin.setDecimals(s.decimals)
         else:
             spin = GeneralSpinBox(log_steps=s.step is None)
@@ -241,7 +264,7 @@ class SettingsForm(QWidget):
         if s.suffix:
             spin.setSuffix(s.suffix)
         spin.setToolTip(s.help)
-        spin.setMinimumWidth(60)
+        spin.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         return spin
 
     def add_row(self, section: str, label: str, widget: QWidget, tooltip: str | None = None,

@@ -138,6 +138,18 @@ def _csv_ints_type(what: str):
     return parse
 
 
+def config_from_preset(dataclass_type, presets: dict, name: str, overrides: dict):
+    """``dataclass_type`` filled with preset ``name`` of ``presets``, its ``preset`` field set
+    to the name, then ``overrides`` (field names) applied; InputError for an unknown preset
+    or setting."""
+    if name not in presets:
+        raise InputError(f"unknown preset {name!r} (choose from {', '.join(presets)})")
+    unknown = set(overrides) - fields_of(dataclass_type)
+    if unknown:
+        raise InputError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return dataclasses.replace(dataclass_type(**presets[name]), preset=name, **overrides)
+
+
 def fields_of(dataclass_type) -> set[str]:
     """Names of the fields of a dataclass type."""
     return {f.name for f in dataclasses.fields(dataclass_type)}

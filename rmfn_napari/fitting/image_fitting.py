@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +32,7 @@ from ..engine.events import (
 )
 from ..engine.atomic import fsync_dir, fsync_file, replace_synced, temp_path_for
 from ..engine.outdir import estimate_fit_image_bytes, prepare_run_dir
+from ..engine.settings_spec import config_from_preset
 from ..errors import InputError
 from ..model import METHODS, ResidualMFN
 from .images import downsample, normalize_image
@@ -66,12 +67,7 @@ class FitImageConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitImageConfig":
         """Settings of preset ``name`` (``cpu``, ``paper``) with keyword overrides."""
-        if name not in PRESETS:
-            raise InputError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"unknown settings: {', '.join(sorted(unknown))}")
-        return replace(cls(**PRESETS[name]), preset=name, **overrides)
+        return config_from_preset(cls, PRESETS, name, overrides)
 
     def validate(self) -> None:
         """Raise :class:`InputError` for settings that cannot run."""

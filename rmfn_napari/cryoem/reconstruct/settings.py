@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 
+from ...engine.settings_spec import config_from_preset
 from ...errors import InputError
 from ...model.precision import PRECISIONS
 
@@ -136,12 +137,7 @@ class ReconstructConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ReconstructConfig":
         """Settings of preset ``name`` (see :data:`PRESETS`) with keyword overrides."""
-        if name not in PRESETS:
-            raise InputError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"unknown settings: {', '.join(sorted(unknown))}")
-        return replace(cls(**PRESETS[name]), preset=name, **overrides)
+        return config_from_preset(cls, PRESETS, name, overrides)
 
     def validate(self) -> None:
         """Raise :class:`InputError` for settings that cannot run."""

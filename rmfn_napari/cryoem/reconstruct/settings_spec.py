@@ -30,7 +30,7 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
             "int", minimum=0, maximum=4096, step=2, special="stack's size", none_at_minimum=True,
             suffix=" px",
             metavar="D"),
-    Setting("invert_contrast", "--invert-contrast", "invert contrast (dark particles)", "dataset",
+    Setting("invert_contrast", "--invert-contrast", "invert contrast", "dataset",
             "Multiply the images by -1: for particles darker than their surroundings (RELION "
             "extraction without 'invert contrast'); the run checks the contrast before training "
             "and says when this is needed", "bool", preset_keeps=True),

@@ -1,0 +1,53 @@
+"""The widgets as a user opens them, from Plugins ▸ rMFN (npe2), in a 1366×768 window: napari
+then hands them the viewer wrapped in its ``PublicOnlyProxy``, and the dock is as narrow as
+napari makes it. Tests built on ``ReconstructWidget(viewer)`` see neither."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("napari")
+
+PLUGIN = "rmfn-napari"
+
+
+def _open_both(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    main = viewer.window._qt_window
+    main.resize(1366, 768)
+    _fit_dock, fit = viewer.window.add_plugin_dock_widget(PLUGIN, "Fit image (2D)")
+    rec_dock, rec = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct (cryo-EM)", tabify=True)
+    qtbot.wait(300)
+    return viewer, main, rec_dock, rec, fit
+
+
+def test_plugin_menu_widgets_dock_their_plots_and_fit_the_screen(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer, main, _rec_dock, rec, _fit = _open_both(make_napari_viewer, qtbot)
+    assert type(rec.viewer).__name__ == "PublicOnlyProxy"  # what npe2 hands a plugin widget
+    qtbot.waitUntil(lambda: rec.plot_docks.docked, timeout=5000)  # docked at the first show
+    titles = sorted(d.windowTitle() for d in main.findChildren(QDockWidget) if d.isVisible())
+    assert sum("FSC" in t for t in titles) == 1 and sum("pose errors" in t for t in titles) == 1
+    assert main.tabifiedDockWidgets(rec.plot_docks.fsc_dock) == [rec.plot_docks.pose_dock]
+    assert main.minimumSizeHint().height() < 768
+
+
+def test_every_number_is_readable_in_the_docked_widgets(make_napari_viewer, qtbot):
+    """At the dock width napari gives a plugin in a 1366-px window, every number on show
+    displays its whole text (three numbers in one row once showed "SNR 0." and "shift ≤ 2.(")."""
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    _viewer, _main, rec_dock, rec, fit = _open_both(make_napari_viewer, qtbot)
+    assert rec_dock.width() < 500  # napari's plugin dock width, not a test's roomy one
+    for widget in (rec, fit):
+        widget.settings_form.set_folded(False)
+    rec.box.setValue(0)  # "stack's size"
+    rec_dock.raise_()
+    qtbot.wait(200)
+    shown = [s for s in rec.findChildren(QAbstractSpinBox) if s.isVisible()]
+    assert {rec.sim_n, rec.sim_snr, rec.sim_max_shift, rec.sim_defocus_min, rec.sim_astig_max,
+            rec.box, rec.lr_structure} <= set(shown)
+    for spin in shown:
+        edit = spin.lineEdit()
+        assert edit.width() >= edit.fontMetrics().horizontalAdvance(spin.text()), spin.text()
