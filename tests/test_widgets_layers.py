@@ -195,3 +195,21 @@ def test_layers_exist_before_the_first_training_step(make_napari_viewer, qtbot, 
     _run(qtbot, w, "3,3,3")
     assert at_first_step == sorted([f"rMFN {kind} {k}" for kind in ("scale", "spectrum") for k in (1, 2, 3)])
     assert w.runner.worker is None and sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_switch_interval_comes_back_when_the_widget_closes_mid_run(make_napari_viewer, qtbot, tmp_path):
+    """The lowered thread switch interval is the run's, not the widget's: closing the widget
+    during a run (its runner then never sees the worker finish) still restores Python's."""
+    from qtpy.QtCore import QThreadPool
+
+    saved = sys.getswitchinterval()
+    viewer, w = _fit_widget(make_napari_viewer, tmp_path / "a")
+    w.schedule.setText("100000")
+    w.panel.start_button.click()
+    qtbot.waitUntil(lambda: w.steps_done >= 1, timeout=30000)
+    assert sys.getswitchinterval() < saved
+    w.close()  # closeEvent: the run is asked to stop
+    w.deleteLater()
+    qtbot.wait(50)
+    assert QThreadPool.globalInstance().waitForDone(30000)
+    assert sys.getswitchinterval() == pytest.approx(saved)

@@ -97,7 +97,16 @@ def test_stop_resume_and_reopen_a_run(make_napari_viewer, qtbot, tmp_path, sim16
     w2 = ReconstructWidget(viewer2)
     viewer2.window.add_dock_widget(w2, name="Reconstruct (cryo-EM)")
     w2.choose_folder = lambda parent, caption, start: str(out)
+    for stale in ("rMFN scale 4", "rMFN spectrum 4", "rMFN scale 1 (previous run)"):
+        viewer2.add_image(np.ones((4, 4, 4), np.float32), name=stale)  # an earlier, longer run's
     w2.panel.open_run_button.click()
+    own = sorted(layer.name for layer in viewer2.layers if layer.name.startswith("rMFN"))
+    assert own == ["rMFN scale 1", "rMFN scale 2", "rMFN scale 3"]  # nothing of the 4-scale run
+    # the stepper steps through the opened scales: the finest first, then scale 1 alone
+    assert w2.stepper.spin.value() == 3 and w2.stepper.isEnabled()
+    assert [viewer2.layers[f"rMFN scale {k}"].visible for k in (1, 2, 3)] == [False, False, True]
+    w2.stepper.spin.setValue(1)
+    assert [viewer2.layers[f"rMFN scale {k}"].visible for k in (1, 2, 3)] == [True, False, False]
     for k in (1, 2, 3):
         np.testing.assert_array_equal(np.asarray(viewer2.layers[f"rMFN scale {k}"].data, np.float32),
                                       _mrc(out / f"scale_{k}.mrc"))

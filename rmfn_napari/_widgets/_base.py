@@ -62,6 +62,10 @@ class RunWidgetBase(QWidget):
 
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
+        # Opened from the Plugins menu, a widget gets the viewer wrapped in napari's
+        # PublicOnlyProxy, which warns (as a notification) on private names and wraps every
+        # object it returns; the widgets use the viewer itself, as when a script builds them.
+        napari_viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.viewer = napari_viewer
         self.runner = EngineRunner(self)
         self.layers = LayerUpdater(napari_viewer, spatial_ndim=self.spatial_ndim, parent=self)

@@ -169,9 +169,11 @@ class FitImageWidget(RunWidgetBase):
     def open_run(self, folder: str) -> str:
         """"Open run…": a finished run's images and spectra, placed on the original image's grid
         (:func:`~.open_run.open_run_folder`); returns its one-line summary."""
-        from .open_run import open_run_folder
+        from .open_run import open_run_folder, scale_files
 
-        return open_run_folder(self.viewer, folder)
+        summary = open_run_folder(self.viewer, folder)
+        self.layers.adopt_opened_run(len(scale_files(folder)))  # the stepper steps through them
+        return summary
 
     def on_metrics(self, ev: Metrics) -> None:
         """PSNR after each stage; spectrum drift per scale at the end."""

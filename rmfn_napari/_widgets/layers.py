@@ -235,6 +235,30 @@ class LayerUpdater(QObject):
             release()
         self.scales_changed.emit(0)
 
+    def adopt_opened_run(self, n_scales: int) -> int:
+        """After a finished run's folder was opened into the viewer (:mod:`.open_run`): its
+        ``n_scales`` "rMFN scale k" / "rMFN spectrum k" layers become this updater's (so the
+        stepper steps through them), own layers of other scales and earlier runs' renamed ones
+        are removed, and the finest scale is shown. Returns the number of scales adopted."""
+        self._queue.clear()
+        self._timer.stop()
+        self._to_create = []
+        self._create_timer.stop()
+        self._run_open = False
+        names = {layer.name: layer for layer in self.viewer.layers}
+        self._layers = {}
+        k = 0
+        while k < n_scales and scale_layer_name(k) in names:
+            self._layers[k] = (names[scale_layer_name(k)], names.get(spectrum_layer_name(k)))
+            k += 1
+        self._trained = k - 1
+        self._retire_leftovers(keep=k, rename=False)
+        if k:
+            self._shown = k - 1 if self.follow else self._shown
+            self._update_visibility()
+        self.scales_changed.emit(k)
+        return k
+
     @property
     def n_scales(self) -> int:
         """Number of scales with results: the last trained scale, 1-based (0: none yet)."""

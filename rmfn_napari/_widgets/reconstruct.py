@@ -31,7 +31,7 @@ from ..engine.events import Metrics, RunFinished, RunStarted, ScaleSnapshot, Sta
 from ..engine.settings_spec import overrides_from_values
 from ..errors import InputError
 from ._base import RunWidgetBase
-from .open_run import open_run_folder
+from .open_run import open_run_folder, scale_files
 from .plot_docks import PlotDocks, _alive
 from .plots import resolution_text
 from .reconstruct_dataset import (  # noqa: F401 - the names tests and scripts use
@@ -254,6 +254,7 @@ class ReconstructWidget(RunWidgetBase):
         one-line summary (:func:`~.open_run.open_run_folder`; InputError for a folder that is
         not a run)."""
         summary = open_run_folder(self.viewer, folder, plots=self.plot_docks)
+        self.layers.adopt_opened_run(len(scale_files(folder)))  # the stepper steps through them
         self.resolution_label.setText(summary)
         return summary
 

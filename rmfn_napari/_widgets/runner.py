@@ -56,24 +56,35 @@ RUN_SWITCH_INTERVAL_S = 0.001
 
 
 class _SwitchInterval:
-    """Lowers ``sys.setswitchinterval`` while at least one run is alive; restores it after."""
+    """Lowers ``sys.setswitchinterval`` while at least one run is alive; restores it after.
+
+    :meth:`enter` returns a token that :meth:`leave` takes once (later calls do nothing). The
+    runner leaves from a plain callable connected to the worker's ``finished`` signal, not
+    from one of its own slots, so the interval comes back even when the widget (and its
+    runner) is deleted during the run."""
 
     def __init__(self):
-        self.active = 0
+        self.active: set[int] = set()
         self.saved: float | None = None
+        self._next = 0
+        self._lock = threading.Lock()
 
-    def enter(self) -> None:
-        if self.active == 0:
-            self.saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(self.saved, RUN_SWITCH_INTERVAL_S))
-        self.active += 1
+    def enter(self) -> int:
+        with self._lock:
+            if not self.active:
+                self.saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self.saved, RUN_SWITCH_INTERVAL_S))
+            self._next += 1
+            self.active.add(self._next)
+            return self._next
 
-    def leave(self) -> None:
-        if self.active == 0:
-            return
-        self.active -= 1
-        if self.active == 0 and self.saved is not None:
-            sys.setswitchinterval(self.saved)
+    def leave(self, token: int) -> None:
+        with self._lock:
+            if token not in self.active:
+                return
+            self.active.discard(token)
+            if not self.active and self.saved is not None:
+                sys.setswitchinterval(self.saved)
 
 
 _switch_interval = _SwitchInterval()
@@ -218,9 +229,10 @@ class EngineRunner(QObject):
                                _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         worker.finished.connect(self._on_finished)
+        token = _switch_interval.enter()
+        worker.finished.connect(lambda t=token: _switch_interval.leave(t))  # outlives the runner
         self.worker = worker
         self._set_state(RunState.STARTING)
-        _switch_interval.enter()
         worker.start()
         return worker
 
@@ -332,7 +344,6 @@ class EngineRunner(QObject):
             self._setup_gate.set()  # nobody set anything up: go on at once
 
     def _on_finished(self) -> None:
-        _switch_interval.leave()
         self.worker = None
         if self.failure is not None:
             self._set_state(RunState.FAILED)
