@@ -17,7 +17,7 @@ pytest.importorskip("napari")
 
 from rmfn_napari._widgets import FitImageWidget, ReconstructWidget  # noqa: E402
 from rmfn_napari._widgets.reconstruct import (  # noqa: E402
-    DATASET_SIMULATE, DATASET_STAR, REF_FILE, REF_NONE,
+    DATASET_STAR, REF_FILE, REF_NONE,
 )
 from rmfn_napari.cryoem.reconstruct import ReconstructConfig  # noqa: E402
 from rmfn_napari.cryoem.reconstruct.settings_spec import RECONSTRUCT_SETTINGS  # noqa: E402
@@ -307,28 +307,12 @@ def test_particle_stacks_are_not_offered_as_references(make_napari_viewer, parti
 
 
 # ---------------------------------------------------------------- the resume hook
-def test_resume_reuses_the_simulated_stack(make_napari_viewer, qtbot, tmp_path, particles_2A,
-                                           monkeypatch):
-    import shutil
+def test_resume_without_a_checkpoint_names_it(make_napari_viewer, tmp_path):
+    """Resume continues the run saved in the folder (tests/test_widgets_runs.py runs it end to
+    end); a folder without a checkpoint is one line naming the file."""
+    from rmfn_napari.errors import InputError
 
-    from rmfn_napari.engine.control import RunControl
-
-    seen = _capture_reconstruct(monkeypatch)
     w = ReconstructWidget(make_napari_viewer())
-    w.preset.setCurrentText("tiny")
-    w.dataset_kind.setCurrentText(DATASET_SIMULATE)
-    w.reference.setCurrentText(REF_NONE)
-    run = tmp_path / "run"
-    with pytest.raises(Exception, match="simulated"):  # nothing to resume from yet
-        w.build_source(str(run), resume=True)
-    shutil.copytree(Path(particles_2A.star).parent, run / "simulated")
-    source = w.build_source(str(run), resume=True)
-    list(source(RunControl()))
-    assert seen["resume"] is True
-    assert seen["dataset"] == run / "simulated" / "particles.star"
-    assert Path(seen["true_poses"]) == run / "simulated" / "true_poses.star"
-    assert seen["out_dir"] == str(run)
-    # a new run (resume=False) simulates again and does not resume
-    seen.clear()
-    list(w.build_source(str(tmp_path / "new"), resume=False)(RunControl()))
-    assert seen["resume"] is False and seen["dataset"] == tmp_path / "new" / "simulated" / "particles.star"
+    with pytest.raises(InputError, match="no such checkpoint") as info:
+        w.build_source(str(tmp_path / "run"), resume=True)
+    assert "checkpoint.pt" in str(info.value)

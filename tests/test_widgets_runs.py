@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("napari")
 
 from rmfn_napari._widgets import ReconstructWidget  # noqa: E402
-from rmfn_napari._widgets.reconstruct import DATASET_STAR, REF_FILE  # noqa: E402
+from rmfn_napari._widgets.reconstruct import DATASET_SIMULATE, DATASET_STAR, REF_FILE  # noqa: E402
 from rmfn_napari._widgets.runner import RunState  # noqa: E402
 from rmfn_napari.engine.events import StageStarted  # noqa: E402
 
@@ -77,8 +77,12 @@ def test_stop_resume_and_reopen_a_run(make_napari_viewer, qtbot, tmp_path, sim16
     assert [(s["stage"], s["epochs_done"]) for s in stopped["stages"]] == [(1, 1), (2, 0)]
     assert stages == [0, 1]
 
-    # 2) Resume… the same folder: stages 2 and 3 run, no stage 1 again, the run finishes there
+    # 2) Resume… the same folder: stages 2 and 3 run, no stage 1 again, the run finishes there.
+    #    The form was changed meanwhile (as a later napari session remembers another run's):
+    #    the run continues with its own settings and particles, from its checkpoint.
     w.panel.pause_at_stage_end.setChecked(False)
+    w.preset.setCurrentText("cpu-small")
+    w.dataset_kind.setCurrentText(DATASET_SIMULATE)
     stages.clear()
     w.choose_folder = lambda parent, caption, start: str(out)
     w.ask_about_results = lambda *a: pytest.fail("resuming continues in its folder: no question")
@@ -88,6 +92,7 @@ def test_stop_resume_and_reopen_a_run(make_napari_viewer, qtbot, tmp_path, sim16
     assert w.runner.failure is None, w.runner.failure
     assert not w.runner.finished_event.stopped
     assert stages == [1, 2]
+    assert w.preset.currentText() == "tiny" and w.batch.value() == 64  # the form shows the run
     done = json.loads((out / "metrics.json").read_text())
     assert [s["stage"] for s in done["stages"]] == [1, 2, 3]
     assert w.run_out_dir == str(out)

@@ -172,20 +172,17 @@ class ReconstructWidget(RunWidgetBase):
         from ..cryoem.reconstruct import reconstruct
         from ..cryoem.reconstruct.preflight import check_inputs
 
-        cfg = self.config()
         simulate = self.dataset_kind.currentText() == DATASET_SIMULATE
         sim_map = self.dataset.simulation_map() if simulate else None
         star = true_poses = simulated = None
-        if simulate and resume:  # the stack of the run being resumed
-            star = Path(out_dir) / "simulated" / "particles.star"
-            if not star.is_file():
-                raise InputError(f"resume: {star} is missing; the run's simulated stack is needed")
-            true_poses = star.with_name("true_poses.star")
-            true_poses = true_poses if true_poses.is_file() else None
+        if resume:  # the run's own settings and data, from its checkpoint
+            cfg, star, true_poses = self._resumed_run(out_dir)
             simulate = False
         elif simulate:
+            cfg = self.config()
             sim = self.dataset.simulation_settings()
         else:
+            cfg = self.config()
             star = self.star_path.path()
             if not star or not Path(star).is_file():
                 raise InputError("dataset: choose an existing RELION .star particle file")
@@ -231,6 +228,29 @@ class ReconstructWidget(RunWidgetBase):
                                    true_poses=truth, resume=resume)
 
         return source
+
+    def _resumed_run(self, out_dir: str):
+        """(settings, STAR, true-poses STAR or None) of the run saved in ``out_dir``'s
+        checkpoint; the form is filled with those settings (the device stays the form's: a run
+        may continue elsewhere). InputError when the checkpoint or the run's particles are gone."""
+        from dataclasses import fields, replace
+
+        from ..cryoem.reconstruct.outputs import load_checkpoint
+
+        path = Path(out_dir) / "checkpoint.pt"
+        payload = load_checkpoint(path)
+        known = {f.name for f in fields(ReconstructConfig)}
+        saved = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in (payload.get("config") or {}).items() if k in known}
+        cfg = replace(ReconstructConfig(**saved), device=self.device.currentText())
+        cfg.validate()
+        self.set_config(cfg)  # the form shows the run that continues
+        identity = payload.get("identity") or {}
+        star = identity.get("star")
+        if not star or not Path(star).is_file():
+            raise InputError(f"resume: the run's particles ({star}) are not there any more", path)
+        truth = identity.get("true_poses")
+        return cfg, Path(star), Path(truth) if truth and Path(truth).is_file() else None
 
     def dock_plots(self) -> None:
         """Dock the viewer's FSC and pose-error plots (tabbed), or show again ones closed."""
