@@ -316,3 +316,38 @@ def test_resume_without_a_checkpoint_names_it(make_napari_viewer, tmp_path):
     with pytest.raises(InputError, match="no such checkpoint") as info:
         w.build_source(str(tmp_path / "run"), resume=True)
     assert "checkpoint.pt" in str(info.value)
+
+
+def test_layer_count_and_image_size_follow_the_cli_rules(make_napari_viewer, tmp_path, capsys):
+    """Two rules the CLI and the form used to apply differently: ``--layers N`` alone extends
+    the epochs (the form refused a changed layer count), and the smallest training image (the
+    CLI refused under 8 px a side, the widget under 4, in other words)."""
+    import imageio.v3 as iio
+
+    from rmfn_napari.cli import build_parser, main
+    from rmfn_napari.cli_commands.reconstruct import config_from_args
+
+    viewer = make_napari_viewer()
+    w = ReconstructWidget(viewer)
+    w.preset.setCurrentText("cpu-small")  # epochs 10,15,35
+    w.n_layers.setValue(4)
+    assert w.epochs.text() == "10,15,35,35"
+    cli = config_from_args(build_parser().parse_args(["reconstruct", "p.star", "--out", "o", "--layers", "4"]))
+    assert w.config().epochs_per_stage == cli.epochs_per_stage == (10, 15, 35, 35)
+    w.n_layers.setValue(2)
+    assert w.epochs.text() == "10,15"
+
+    # a 12 x 12 image at downsample 2 (6 px): refused by both, in the same words
+    image = (np.random.default_rng(0).random((12, 12)) * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "small.png", image)
+    assert main(["fit-image", str(tmp_path / "small.png"), "--downsample", "2",
+                 "--out", str(tmp_path / "out")]) == 2
+    cli_words = capsys.readouterr().err.strip().split("small.png: ", 1)[-1]
+    f = FitImageWidget(viewer)
+    viewer.add_image(image, name="small")
+    f.layer_combo.setCurrentText("small")
+    f.downsample.setValue(2)
+    f.out_dir.set_path(str(tmp_path / "gui"))
+    assert f.start() is None
+    assert f.panel.status.text().endswith(cli_words), (f.panel.status.text(), cli_words)
+    assert "too small for --downsample 2" in cli_words

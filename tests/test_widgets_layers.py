@@ -178,6 +178,8 @@ def test_full_scale_run_stepper_shows_the_trained_scale(make_napari_viewer, qtbo
                      if layer.name.startswith("rMFN") and layer.visible)
     assert visible == ["rMFN scale 3", "rMFN spectrum 3"]
     assert all(np.any(viewer.layers[f"rMFN scale {k}"].data) for k in (1, 2, 3))
+    # the log says which scale the one stage trained (the status line did say "scale 1")
+    assert any("stage 1/1 started: scale 3," in line for line in w.log.lines())
 
 
 def test_layers_exist_before_the_first_training_step(make_napari_viewer, qtbot, tmp_out):

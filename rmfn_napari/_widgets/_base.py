@@ -365,7 +365,7 @@ class RunWidgetBase(QWidget):
         elif isinstance(ev, StageStarted):
             self.stage = ev.stage
             self.panel.set_status(f"Stage {ev.stage + 1}/{ev.n_stages}: training scale "
-                                  f"{ev.stage + 1} (band {ev.band_cycles:.3g} cycles/box)")
+                                  f"{ev.trained_scale + 1} (band {ev.band_cycles:.3g} cycles/box)")
         elif isinstance(ev, StageFinished):
             how = " (ended early)" if ev.skipped_early else ""
             self.panel.set_status(f"Stage {ev.stage + 1} finished{how} after {ev.steps_done} "

@@ -14,7 +14,7 @@ from ..engine.devices import available_devices
 from ..engine.events import Metrics, RunStarted
 from ..engine.settings_spec import overrides_from_values
 from ..errors import InputError
-from ..fitting.image_fitting import FitImageConfig, fit_image
+from ..fitting.image_fitting import FitImageConfig, check_image_size, fit_image
 from ..fitting.presets import default_preset
 from ..fitting.settings_spec import FIT_IMAGE_SETTINGS, SECTIONS
 from .layers import REFERENCE_NAME
@@ -81,7 +81,7 @@ class FitImageWidget(RunWidgetBase):
 
         self.preset.currentIndexChanged.connect(lambda *_: self.apply_preset(self.preset.currentText()))
         self.set_config(FitImageConfig.from_preset(default_preset("auto")))  # every input
-        events = napari_viewer.layers.events
+        events = self.viewer.layers.events
         events.inserted.connect(self._refresh_layers)
         events.removed.connect(self._refresh_layers)
         events.reordered.connect(self._refresh_layers)
@@ -141,10 +141,7 @@ class FitImageWidget(RunWidgetBase):
         layer = self.viewer.layers[name]
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         image = np.array(data)  # copy: the worker never sees the layer
-        min_side = min(image.shape[:2]) // int(self.downsample.value())
-        if min_side < 4:
-            raise InputError(f"image: {name!r} is too small ({image.shape[:2]}) for downsampling "
-                             f"by {self.downsample.value()}")
+        check_image_size(image.shape, int(self.downsample.value()), f"layer {name!r}")  # the CLI's check
         return image
 
     def build_source(self, out_dir: str):

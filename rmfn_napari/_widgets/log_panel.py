@@ -33,8 +33,8 @@ def event_log_line(ev) -> tuple[str, str] | None:
         return "info", (f"run started on {ev.device}: {ev.n_stages} stages, "
                         f"{ev.total_steps} steps")
     if isinstance(ev, StageStarted):
-        return "info", (f"stage {ev.stage + 1}/{ev.n_stages} started: {ev.steps} steps, "
-                        f"band {ev.band_cycles:.3g} cycles/box")
+        return "info", (f"stage {ev.stage + 1}/{ev.n_stages} started: scale {ev.trained_scale + 1}, "
+                        f"{ev.steps} steps, band {ev.band_cycles:.3g} cycles/box")
     if isinstance(ev, StageFinished):
         how = " (ended early)" if ev.skipped_early else ""
         return "info", (f"stage {ev.stage + 1} finished{how}: {ev.steps_done} steps, "

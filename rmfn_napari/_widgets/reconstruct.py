@@ -81,13 +81,14 @@ class ReconstructWidget(RunWidgetBase):
             inputs = self.settings_form.inputs[setting.name]
             for attr, widget in zip(setting.attrs, inputs if isinstance(inputs, tuple) else (inputs,)):
                 setattr(self, attr, widget)
-        self.dataset = DatasetInputs(self.settings_form, napari_viewer)
+        self.dataset = DatasetInputs(self.settings_form, self.viewer)
         for name in WIDGETS:
             setattr(self, name, getattr(self.dataset, name))
         self.form.addRow(self.settings_form)
         self.form.addRow("output folder", self.out_dir)
+        self.n_layers.valueChanged.connect(self._layers_changed)
 
-        self.plot_docks = PlotDocks.for_viewer(napari_viewer)  # one FSC and one pose dock per viewer
+        self.plot_docks = PlotDocks.for_viewer(self.viewer)  # one FSC and one pose dock per viewer
         self.plot_docks.acquire(self)
         self.fsc_plot = self.plot_docks.fsc_plot
         self.pose_plot = self.plot_docks.pose_plot
@@ -103,7 +104,7 @@ class ReconstructWidget(RunWidgetBase):
 
         self.preset.currentIndexChanged.connect(lambda *_: self.apply_preset(self.preset.currentText()))
         self.set_config(ReconstructConfig.from_preset(DEFAULT_PRESET))  # every input, the CLI's defaults
-        events = napari_viewer.layers.events
+        events = self.viewer.layers.events
         events.inserted.connect(self.dataset.refresh_references)
         events.removed.connect(self.dataset.refresh_references)
         self.dataset.kind_changed()
@@ -130,6 +131,19 @@ class ReconstructWidget(RunWidgetBase):
             self.settings_form.set_config(cfg)
         finally:
             self.preset.blockSignals(False)
+
+    def _layers_changed(self, n_layers: int) -> None:
+        """One epoch count per layer: the list follows the layer count as ``--layers N`` alone
+        does in the CLI (:func:`~rmfn_napari.cryoem.reconstruct.settings.epochs_for_layers`)."""
+        from ..cryoem.reconstruct.settings import epochs_for_layers
+        from ..engine.settings_spec import parse_csv_ints
+
+        try:
+            epochs = parse_csv_ints(self.epochs.text(), "epochs per stage")
+        except InputError:
+            return  # text being edited: Start says what is wrong with it
+        if len(epochs) != n_layers:
+            self.epochs.setText(",".join(str(e) for e in epochs_for_layers(epochs, n_layers)))
 
     def config(self):
         """The :class:`~rmfn_napari.cryoem.reconstruct.ReconstructConfig` the form describes."""

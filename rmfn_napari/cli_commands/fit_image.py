@@ -7,10 +7,9 @@ import json
 
 from ..engine.control import RunControl
 from ..engine.outdir import estimate_fit_image_bytes, prepare_run_dir
-from ..errors import InputError
 from ..fitting import FitImageConfig, fit_image, load_image
 from ..engine.settings_spec import add_arguments, overrides_from_args
-from ..fitting.image_fitting import check_training_memory
+from ..fitting.image_fitting import check_image_size, check_training_memory
 from ..fitting.presets import default_preset
 from ..fitting.settings_spec import FIT_IMAGE_SETTINGS
 from ._events import consume, stop_on_interrupt
@@ -61,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
     # --out checked, locked and cleared of dead runs' temps before the image is read
     with prepare_run_dir(args.out, need, f"fit-image ({len(config.schedule)} scales)"):
         image = load_image(args.image)
-        if min(image.shape[:2]) // config.downsample < 8:
-            raise InputError(f"image of {image.shape[0]}x{image.shape[1]} is too small for "
-                             f"--downsample {config.downsample}", args.image)
+        check_image_size(image.shape, config.downsample, args.image)
         control = RunControl()
         with stop_on_interrupt(control) as signalled:
             result = consume(fit_image(image, config, control, out_dir=args.out), quiet=args.quiet)

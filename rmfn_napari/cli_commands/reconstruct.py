@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..cryoem.reconstruct import PRESETS, ReconstructConfig, reconstruct
+from ..cryoem.reconstruct.settings import epochs_for_layers
 from ..cryoem.reconstruct.settings_spec import DEFAULT_PRESET, RECONSTRUCT_SETTINGS
 from ..cryoem.reconstruct.data import load_dataset
 from ..engine.control import RunControl
@@ -55,8 +56,7 @@ def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
     overrides = overrides_from_args(args, RECONSTRUCT_SETTINGS)
     overrides.pop("preset", None)
     if args.n_layers and not args.epochs_per_stage:  # --layers alone: the preset's epochs, extended
-        base = PRESETS[args.preset]["epochs_per_stage"]
-        overrides["epochs_per_stage"] = tuple(base[min(i, len(base) - 1)] for i in range(args.n_layers))
+        overrides["epochs_per_stage"] = epochs_for_layers(PRESETS[args.preset]["epochs_per_stage"], args.n_layers)
     cfg = ReconstructConfig.from_preset(args.preset, **overrides)
     cfg.validate()
     return cfg

@@ -39,7 +39,9 @@ class RunStarted(Event):
 
 @dataclass
 class StageStarted(Event):
-    """Stage ``stage`` (0-based) began; it trains scale ``stage`` for ``steps`` steps.
+    """Stage ``stage`` (0-based) began; it trains scale ``scale`` (0-based; None: the same as
+    ``stage``, as in every coarse-to-fine run — a full-scale run's one stage trains the finest)
+    for ``steps`` steps.
 
     ``band_cycles`` is the scale's band limit in cycles per box (per axis).
     """
@@ -48,6 +50,12 @@ class StageStarted(Event):
     n_stages: int
     steps: int
     band_cycles: float
+    scale: int | None = None
+
+    @property
+    def trained_scale(self) -> int:
+        """0-based scale this stage trains."""
+        return self.stage if self.scale is None else int(self.scale)
 
 
 @dataclass

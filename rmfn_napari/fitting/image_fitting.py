@@ -88,6 +88,19 @@ class FitImageConfig:
             raise InputError(f"snapshot_interval_s must be >= 0 s, got {self.snapshot_interval_s}")
 
 
+#: Smallest side (px) of a training image (the image block-averaged by ``downsample``).
+MIN_TRAINING_SIDE = 8
+
+
+def check_image_size(shape, downsample: int, source=None) -> None:
+    """InputError (naming ``source``: a file or a layer) when an image of ``shape`` (H, W[, C])
+    block-averaged by ``downsample`` would be under :data:`MIN_TRAINING_SIDE` px on a side:
+    the CLI and the widget refuse the same images with the same words."""
+    if min(int(shape[0]), int(shape[1])) // int(downsample) < MIN_TRAINING_SIDE:
+        raise InputError(f"image of {shape[0]}x{shape[1]} is too small for --downsample {downsample} "
+                         f"(the training image needs >= {MIN_TRAINING_SIDE} px a side)", source)
+
+
 def _axis_for_upsampled(n_train: int, factor: int, device) -> torch.Tensor:
     """Coordinates (training frame) of the pixel centres of an axis ``factor`` x finer.
 

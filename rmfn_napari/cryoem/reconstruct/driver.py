@@ -223,7 +223,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                            compile=cfg.compile_render)
         model = None  # the last stage's wrapper (and its gradient hooks) goes first
         model = ranks.wrap(net, uses_every_parameter=scale == cfg.n_layers - 1)
-        yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band)
+        yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band, scale=scale)
         yield log(f"stage {stage_idx + 1}: scale {scale + 1}, band {band:.2f} cycles/box "
                   f"({box * apix / max(band, 1e-9):.1f} Å), low-pass sigma {sigma:.2f} px, "
                   f"window {fwd.window} ({len(fwd.freqs)} frequencies), render grid {fwd.render_n}^3 "

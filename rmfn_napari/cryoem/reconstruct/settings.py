@@ -208,6 +208,14 @@ class ReconstructConfig:
         return [(s, int(e)) for s, e in enumerate(self.epochs_per_stage)]
 
 
+def epochs_for_layers(epochs, n_layers: int) -> tuple[int, ...]:
+    """Epochs per stage for ``n_layers`` stages from another stage count's list: its first
+    ``n_layers`` values, extended by repeating the last (``(10, 15, 35)``, 4 -> ``(10, 15, 35, 35)``).
+    What ``--layers N`` without ``--epochs`` uses, and the widget when its layer count changes."""
+    base = tuple(int(e) for e in epochs) or (1,)
+    return tuple(base[min(i, len(base) - 1)] for i in range(int(n_layers)))
+
+
 def _real(value) -> bool:
     """A real number (bool excluded), NaN not."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
