@@ -16,9 +16,10 @@ from typing import Any, Iterable, Sequence
 from qtpy.QtGui import QValidator
 from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-    QLineEdit, QSizePolicy, QSpinBox, QToolButton, QVBoxLayout, QWidget,
+    QLineEdit, QSizePolicy, QSpinBox, QStyle, QStyleOptionSpinBox, QToolButton, QVBoxLayout,
+    QWidget,
 )
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import QEvent, QRect, Qt
 
 from ..engine.settings_spec import Setting, parse_csv_ints
 
@@ -36,8 +37,24 @@ class _WholeText:
     def event(self, ev):  # noqa: D102 - Qt override
         handled = super().event(ev)
         if ev.type() in (QEvent.Type.Polish, QEvent.Type.StyleChange):
-            self.setMinimumWidth(self.sizeHint().width())
+            self.setMinimumWidth(max(self.sizeHint().width(), self.whole_text_width()))
         return handled
+
+    def whole_text_width(self) -> int:
+        """Width (px) the box needs to show its longest text whole: the text's advance plus the
+        frame, padding and buttons of the style in use. Qt's size hint leaves out a style
+        sheet's padding under Qt 5 (napari's: "0.80 µm" got 50 of the 54 px it needs)."""
+        texts = [self.textFromValue(self.minimum()), self.textFromValue(self.maximum())]
+        longest = max(self.fontMetrics().horizontalAdvance(self.prefix() + t + self.suffix())
+                      for t in texts)
+        if self.specialValueText():
+            longest = max(longest, self.fontMetrics().horizontalAdvance(self.specialValueText()))
+        opt = QStyleOptionSpinBox()
+        self.initStyleOption(opt)
+        opt.rect = QRect(0, 0, 400, max(self.height(), 24))
+        field = self.style().subControlRect(QStyle.ComplexControl.CC_SpinBox, opt,
+                                            QStyle.SubControl.SC_SpinBoxEditField, self)
+        return longest + (400 - field.width()) + 6  # + the line edit's own margins
 
 
 class WholeTextSpinBox(_WholeText, QSpinBox):
