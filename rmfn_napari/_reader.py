@@ -57,7 +57,7 @@ def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData
     if not paths:
         return None
     if all(Path(str(p)).is_dir() for p in paths):
-        from ._widgets.open_run import is_run_folder  # lazy: keeps napari start-up light
+        from ._widgets.open_run import is_run_folder  # imported on a folder only (loads the widgets)
 
         return read_run_folders if all(is_run_folder(p) for p in paths) else None
     for p in paths:

@@ -410,7 +410,7 @@ def test_log_panel_lines_bounded_saved_and_open_folder(make_napari_viewer, qtbot
     text = "\n".join(lines)
     assert f"output folder: {tmp_out}" in lines[0]
     assert "WARNING: reference box differs" in text
-    assert "stage 1/2 started: 5 steps" in text and "stage 2 finished: 5 steps" in text
+    assert "stage 1/2 started: scale 1, 5 steps" in text and "stage 2 finished: 5 steps" in text
     assert "run finished after 10 steps" in lines[-1]
     w.log.toggle.click()
     assert w.log.expanded and not w.log.body.isHidden()

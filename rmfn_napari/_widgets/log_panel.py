@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
+from ..engine.atomic import atomic_path
 from ..engine.events import (
     Log, RunFinished, RunPaused, RunResumed, RunStarted, StageFinished, StageStarted,
 )
@@ -179,7 +180,8 @@ class LogPanel(QWidget):
             if not path:
                 return None
         try:
-            Path(path).write_text(self.text() + "\n", encoding="utf-8")
+            with atomic_path(path) as tmp:  # all or nothing, as every file the project writes
+                Path(tmp).write_text(self.text() + "\n", encoding="utf-8")
         except OSError as exc:
             self.add(f"cannot save the log to {path}: {exc.strerror or exc}", "error")
             return None

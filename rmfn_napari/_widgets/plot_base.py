@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QFileDialog, QHBoxLayout, QLabel, QMenu, QSizePolicy, QToolButton, QVBoxLayout, QWidget,
 )
 
+from ..engine.atomic import atomic_path
 from ..errors import InputError
 
 #: Legend entries never break inside (Qt ignores ``white-space: nowrap`` on a span).
@@ -156,7 +157,7 @@ class VispyPlot(QWidget):
         path = Path(path)
         rows = self.csv_rows()
         try:
-            with open(path, "w", newline="", encoding="utf-8") as fh:
+            with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
                 for row in rows:
                     writer.writerow(["" if v is None else (repr(float(v))
@@ -190,8 +191,12 @@ class VispyPlot(QWidget):
         """Write :meth:`render_image` to ``path`` as PNG. Returns the path;
         :class:`InputError` naming the file when it cannot be written."""
         path = Path(path)
-        if not self.render_image().save(str(path), "PNG"):
-            raise InputError("cannot write the PNG (folder missing or not writable?)", path)
+        try:
+            with atomic_path(path) as tmp:
+                if not self.render_image().save(str(tmp), "PNG"):
+                    raise OSError("folder missing or not writable?")
+        except OSError as exc:
+            raise InputError(f"cannot write the PNG ({exc.strerror or exc})", path) from None
         return path
 
     def _ask_png(self) -> None:
@@ -201,12 +206,12 @@ class VispyPlot(QWidget):
         self._ask_and_save("CSV table (*.csv)", ".csv", self.save_csv)
 
     def _ask_and_save(self, file_filter: str, suffix: str, save) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, f"Save {self.export_stem}",
-                                              self.export_stem + suffix, file_filter)
-        if not path:
+        dialog = QFileDialog(self, f"Save {self.export_stem}", self.export_stem + suffix, file_filter)
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setDefaultSuffix(suffix.lstrip("."))  # added before the overwrite question, not after
+        if not dialog.exec() or not dialog.selectedFiles():
             return
-        if not path.lower().endswith(suffix):
-            path += suffix
+        path = dialog.selectedFiles()[0]
         try:
             save(path)
         except InputError as exc:

@@ -64,7 +64,8 @@ class ReconstructWidget(RunWidgetBase):
     (``settings_form``; each input is also an attribute: ``preset``, ``n_layers``, ``epochs``,
     ``lr_structure``…), in folding sections; the settings of the last Start are remembered
     (:mod:`.remembered`). The FSC plot and the pose-error histogram (``fsc_plot``,
-    ``pose_plot``) are docked in the viewer the first time a run starts. ``resolution_label``
+    ``pose_plot``) are docked in the viewer when the widget is first shown (tabbed; one pair per
+    viewer, :mod:`.plot_docks`). ``resolution_label``
     (under the run panel) gives the latest gold-standard resolution (the engine's headline mask)
     and the other masks'; ``gold_standard`` holds the latest ``Metrics("gold_standard")`` values.
     """
