@@ -247,7 +247,7 @@ class RunPanel(QWidget):
 
 
 class ScaleStepper(QWidget):
-    """"Show scale [k] ◀ ▶ [all] [follow]": look at one scale's layers at a time.
+    """"Show scale [k] ◀ ▶ [all] [follow] [spectra]": look at one scale's layers at a time.
 
     Signals
     -------
@@ -255,11 +255,14 @@ class ScaleStepper(QWidget):
         0-based scale to show alone.
     show_all()
     follow_changed(bool)
+    spectra_changed(bool)
+        Show or hide the spectrum layers.
     """
 
     show_scale = Signal(int)
     show_all = Signal()
     follow_changed = Signal(bool)
+    spectra_changed = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -275,6 +278,10 @@ class ScaleStepper(QWidget):
         self.follow = QCheckBox("follow")
         self.follow.setChecked(True)
         self.follow.setToolTip("Show each new scale as training reaches it")
+        self.spectra = QCheckBox("spectra")
+        self.spectra.setChecked(True)
+        self.spectra.setToolTip("Show the Fourier spectrum layer beside each scale (volumes: off "
+                                "at first, each visible volume makes every frame slower to draw)")
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(QLabel("Show scale"))
@@ -283,11 +290,13 @@ class ScaleStepper(QWidget):
         lay.addWidget(self.next_button)
         lay.addWidget(self.all_button)
         lay.addWidget(self.follow)
+        lay.addWidget(self.spectra)
         self.spin.valueChanged.connect(self._picked)
         self.prev_button.clicked.connect(lambda: self.spin.setValue(self.spin.value() - 1))
         self.next_button.clicked.connect(lambda: self.spin.setValue(self.spin.value() + 1))
         self.all_button.clicked.connect(self.show_all)
         self.follow.toggled.connect(self.follow_changed)
+        self.spectra.toggled.connect(self.spectra_changed)
         self.set_count(0)
 
     def set_count(self, n: int) -> None:

@@ -123,6 +123,8 @@ class LayerUpdater(QObject):
         #: Volumes: minimum seconds between two in-stage redraws.
         self.min_interval_3d_s = 10.0
         self.follow = True
+        #: Whether spectrum layers are shown with their scale (volumes: off at first).
+        self.spectra_visible = spatial_ndim == 2
         self.n_applied = 0
         self.n_volumes_applied = 0
         #: Seconds spent in this object's GUI-thread handlers (queueing and applying).
@@ -436,12 +438,19 @@ class LayerUpdater(QObject):
         if first:
             self.viewer.reset_view()
 
+    def set_spectra_visible(self, on: bool) -> None:
+        """Show (True) or hide the spectrum layers of the scales on show. Off at first for
+        volumes: every visible 3D layer makes each frame slower to draw (with software OpenGL
+        a frame of four volumes took 0.25–0.45 s, benchmarks/results/gui_responsiveness.md)."""
+        self.spectra_visible = bool(on)
+        self._update_visibility()
+
     def _update_visibility(self) -> None:
-        for k, pair in self._layers.items():
+        for k, (image, spectrum) in self._layers.items():
             visible = k <= self._trained and (self._shown is None or k == self._shown)
-            for layer in pair:
-                if layer is not None and layer in self.viewer.layers and layer.visible != visible:
-                    layer.visible = visible
+            for layer, show in ((image, visible), (spectrum, visible and self.spectra_visible)):
+                if layer is not None and layer in self.viewer.layers and layer.visible != show:
+                    layer.visible = show
 
     # ---- backprojected maps -----------------------------------------------------------
     def _blank_volume(self, key: str) -> None:

@@ -228,9 +228,11 @@ class EngineRunner(QObject):
         worker = create_worker(drive, source, self.control, self._setup_gate,
                                _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
-        worker.finished.connect(self._on_finished)
         token = _switch_interval.enter()
-        worker.finished.connect(lambda t=token: _switch_interval.leave(t))  # outlives the runner
+        # first (restored before the runner says "finished"), and a plain callable: it outlives
+        # the runner when the widget is deleted during the run
+        worker.finished.connect(lambda t=token: _switch_interval.leave(t))
+        worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_state(RunState.STARTING)
         worker.start()

@@ -15,7 +15,7 @@ SECTIONS = ("model", "schedule", "run", "advanced")
 
 FIT_IMAGE_SETTINGS: tuple[Setting, ...] = (
     Setting("preset", "--preset", "preset", "top",
-            "Named defaults: cpu (about a minute on a 2-core CPU for a 512^2 image: trained at "
+            "Named defaults: cpu (~35 s on a 2-core CPU for a 512^2 image: trained at "
             "128^2, width 64, 800 steps), paper (the paper's section 5 protocol, for a GPU: "
             "trained at 256^2, width 256, 10,000 steps); default: paper on a CUDA device, else "
             "cpu; the flags below override it", "choice", choices=tuple(sorted(PRESETS))),
