@@ -124,7 +124,7 @@ class RunWidgetBase(QWidget):
         self.stepper.show_scale.connect(self.layers.show_scale)
         self.stepper.show_all.connect(self.layers.show_all)
         self.stepper.follow_changed.connect(self._set_follow)
-        self.stepper.spectra.setChecked(self.layers.spectra_visible)  # volumes: off at first
+        self.stepper.spectra.setChecked(self.layers.spectra_visible)
         self.stepper.spectra_changed.connect(self.layers.set_spectra_visible)
 
     # ---- to implement ---------------------------------------------------------------

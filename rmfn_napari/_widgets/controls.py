@@ -280,8 +280,8 @@ class ScaleStepper(QWidget):
         self.follow.setToolTip("Show each new scale as training reaches it")
         self.spectra = QCheckBox("spectra")
         self.spectra.setChecked(True)
-        self.spectra.setToolTip("Show the Fourier spectrum layer beside each scale (volumes: off "
-                                "at first, each visible volume makes every frame slower to draw)")
+        self.spectra.setToolTip("Show the Fourier spectrum layer beside each scale (hiding them "
+                                "leaves fewer volumes to draw in each frame)")
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(QLabel("Show scale"))

@@ -123,8 +123,8 @@ class LayerUpdater(QObject):
         #: Volumes: minimum seconds between two in-stage redraws.
         self.min_interval_3d_s = 10.0
         self.follow = True
-        #: Whether spectrum layers are shown with their scale (volumes: off at first).
-        self.spectra_visible = spatial_ndim == 2
+        #: Whether spectrum layers are shown with their scale (the stepper's "spectra" box).
+        self.spectra_visible = True
         self.n_applied = 0
         self.n_volumes_applied = 0
         #: Seconds spent in this object's GUI-thread handlers (queueing and applying).
@@ -439,9 +439,9 @@ class LayerUpdater(QObject):
             self.viewer.reset_view()
 
     def set_spectra_visible(self, on: bool) -> None:
-        """Show (True) or hide the spectrum layers of the scales on show. Off at first for
-        volumes: every visible 3D layer makes each frame slower to draw (with software OpenGL
-        a frame of four volumes took 0.25–0.45 s, benchmarks/results/gui_responsiveness.md)."""
+        """Show (True) or hide the spectrum layers of the scales on show (fewer volumes to draw
+        in each frame; with software OpenGL a frame of the visible volumes took 0.25–0.45 s,
+        benchmarks/results/gui_responsiveness.md)."""
         self.spectra_visible = bool(on)
         self._update_visibility()
 
