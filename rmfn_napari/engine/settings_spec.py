@@ -138,6 +138,15 @@ def _csv_ints_type(what: str):
     return parse
 
 
+def lambdas_setting(section: str) -> Setting:
+    """``--lambdas L1 L2``, the filters' frequency init: the same flag, help and form field in
+    every task whose network is a residual MFN."""
+    return Setting("lambdas", "--lambdas", "frequency init", section,
+                   "lambda1 lambda2 of the filters' frequency init (the paper: 0.3 2.0)", "pair",
+                   minimum=0.0, maximum=20.0, step=0.1, metavar=("L1", "L2"),
+                   pair_labels=("λ1", "λ2"), attr=("lambda1", "lambda2"))
+
+
 def config_from_preset(dataclass_type, presets: dict, name: str, overrides: dict):
     """``dataclass_type`` filled with preset ``name`` of ``presets``, its ``preset`` field set
     to the name, then ``overrides`` (field names) applied; InputError for an unknown preset

@@ -5,7 +5,7 @@ per field of :class:`~rmfn_napari.fitting.image_fitting.FitImageConfig` that the
 
 from __future__ import annotations
 
-from ..engine.settings_spec import Setting, check_against
+from ..engine.settings_spec import Setting, check_against, lambdas_setting
 from ..model import METHODS
 from .image_fitting import FitImageConfig
 from .presets import PRESETS
@@ -25,10 +25,7 @@ FIT_IMAGE_SETTINGS: tuple[Setting, ...] = (
             preset_keeps=True),
     Setting("hidden", "--hidden", "width", "model",
             "Hidden units per layer of the network", "int", minimum=4, maximum=4096),
-    Setting("lambdas", "--lambdas", "frequency init", "advanced",
-            "lambda1 lambda2 of the filters' frequency init (the paper: 0.3 2.0)", "pair",
-            minimum=0.0, maximum=20.0, step=0.1, metavar=("L1", "L2"),
-            pair_labels=("λ1", "λ2"), attr=("lambda1", "lambda2")),
+    lambdas_setting("advanced"),
     Setting("schedule", "--schedule", "steps per stage", "schedule",
             "Optimisation steps of each stage, one stage per scale, e.g. 500,500,1000,8000 (the "
             "number of stages is the number of scales)", "csv-ints"),

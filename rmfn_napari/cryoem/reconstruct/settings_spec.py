@@ -5,7 +5,7 @@ offer. Both are made from :data:`RECONSTRUCT_SETTINGS`; the tests check it again
 
 from __future__ import annotations
 
-from ...engine.settings_spec import Setting, check_against
+from ...engine.settings_spec import Setting, check_against, lambdas_setting
 from ...model.precision import PRECISIONS
 from .settings import MODES, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, pose_search_mode
 
@@ -44,10 +44,7 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=8),
     Setting("hidden", "--hidden", "width", "model",
             "Hidden units per layer of the network", "int", minimum=4, maximum=2048),
-    Setting("lambdas", "--lambdas", "frequency init", "model",
-            "lambda1 lambda2 of the filters' frequency init (the paper: 0.3 2.0)", "pair",
-            minimum=0.0, maximum=20.0, step=0.1, metavar=("L1", "L2"),
-            pair_labels=("λ1", "λ2"), attr=("lambda1", "lambda2")),
+    lambdas_setting("model"),
     # -- schedule
     Setting("epochs_per_stage", "--epochs", "epochs per stage", "schedule",
             "Epochs of each stage, one number per layer, e.g. 15,15,70", "csv-ints",
