@@ -159,6 +159,12 @@ class FourierBackprojector:
                     self._acc.index_add_(0, flat.reshape(-1), vals * w.reshape(-1, 1))
         self.n_images += B
 
+    @property
+    def accumulators(self) -> torch.Tensor:
+        """The ``(P³, 3)`` sums ``[Re num, Im num, weight]`` themselves (not a copy): what
+        processes that each inserted part of a dataset sum in place before one reconstructs."""
+        return self._acc
+
     def add_(self, other: "FourierBackprojector") -> "FourierBackprojector":
         """Add ``other``'s accumulators into this one, in place (no third accumulator)."""
         if (other.box, other.pad) != (self.box, self.pad):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine.distributed import SINGLE, Ranks
 from .backproject import FourierBackprojector, insert_dataset
 from .metrics import GoldStandardFSC, auto_mask, gold_standard_fsc, soft_sphere_mask
 
@@ -62,7 +63,8 @@ class HalfMaps:
 
 
 def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor, halves: np.ndarray,
-              mask_radius: float | None, invert_contrast: bool = False, device="cpu", seed: int = 0) -> HalfMaps:
+              mask_radius: float | None, invert_contrast: bool = False, device="cpu", seed: int = 0,
+              ranks: Ranks = SINGLE) -> HalfMaps | None:
     """Backproject each half-set of the first ``n`` particles and compare the half-maps.
 
     Both halves are backprojected with poses refined against one shared map, so the half-maps
@@ -75,16 +77,27 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
     rotations : ``(n, 3, 3)`` RELION matrices; shifts_px : ``(n, 2)`` origins in px of the box.
     halves : ``(n,)`` 1/2 from :func:`half_sets`.
     mask_radius : radius of the soft spherical mask as a fraction of the box (None: 0.45).
+    ranks : in a data-parallel run (every rank holding all the poses), each rank backprojects
+        only its own particles (:meth:`Ranks.shard`) and the accumulators are summed on rank 0,
+        which alone reconstructs and returns the maps; the other ranks return None. The sums
+        are those of one process up to float64 rounding (a different order of addition).
     """
     box, apix = int(dataset.box), float(dataset.apix)
     R = np.tile(np.eye(3), (dataset.n, 1, 1))
     S = np.zeros((dataset.n, 2))
     R[:n], S[:n] = rotations.numpy(), shifts_px.numpy()
+    mine = np.zeros(n, dtype=bool)
+    mine[ranks.shard(n)] = True
     parts = []
     for h in (1, 2):
         bp = FourierBackprojector(box, device=device)
-        insert_dataset(bp, dataset, R, S, subset=np.flatnonzero(halves == h), invert_contrast=invert_contrast)
+        insert_dataset(bp, dataset, R, S, subset=np.flatnonzero((halves[:n] == h) & mine),
+                       invert_contrast=invert_contrast)
+        ranks.sum_on_main(bp.accumulators, f"summing half-map {h}'s backprojection")
+        bp.n_images = int(ranks.total([bp.n_images], "counting the backprojected images")[0])
         parts.append(bp)
+    if not ranks.is_main:
+        return None
     half1, half2 = (bp.reconstruct().cpu().numpy() for bp in parts)
     full = parts[0].add_(parts[1]).reconstruct().cpu().numpy()  # two accumulators, not three
     del parts

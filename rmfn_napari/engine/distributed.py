@@ -106,6 +106,20 @@ class Ranks:
         t = torch.tensor([1.0 if flag else 0.0])
         return bool(self._reduce(t, torch.distributed.ReduceOp.MAX, what).item() > 0)
 
+    def sum_on_main(self, values: torch.Tensor, what: str) -> torch.Tensor:
+        """Element-wise sum over the ranks of ``values`` (any size), in place, valid on rank 0
+        only (a reduce, not an all-reduce: the other ranks' copies are left undefined)."""
+        if not self.active:
+            return values
+        with self.guard(what):
+            if values.device == self.device:
+                torch.distributed.reduce(values, dst=0, op=torch.distributed.ReduceOp.SUM)
+            else:
+                t = values.to(self.device)
+                torch.distributed.reduce(t, dst=0, op=torch.distributed.ReduceOp.SUM)
+                values.copy_(t.to(values.device))
+        return values
+
     def gather_rows(self, values: torch.Tensor, owned: np.ndarray, what: str) -> torch.Tensor:
         """Every rank's own rows of ``values`` ``(n, ...)`` (``owned``: this rank's row indices)
         put together, in place and returned: afterwards all ranks hold the same array."""

@@ -306,9 +306,11 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         if ranks.is_main:
             for k in range(scale + 1):
                 yield snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
+        # the half-maps: every rank backprojects its own particles, rank 0 sums them (others: None)
+        hm = half_maps(ds, n, rotations, shifts_px, halves, cfg.mask_radius, cfg.invert_contrast, device,
+                       cfg.seed, ranks)
+        if ranks.is_main:
             last_eval = evaluate(net, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
-            hm = half_maps(ds, n, rotations, shifts_px, halves, cfg.mask_radius, cfg.invert_contrast, device,
-                           cfg.seed)
             for name, vol in (("half_map_1", hm.half1), ("half_map_2", hm.half2), ("map", hm.full)):
                 if writes:
                     write_map(out / f"{name}.mrc", vol, apix)  # unmodified: what EMDB deposition needs

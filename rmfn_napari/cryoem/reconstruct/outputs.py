@@ -234,41 +234,58 @@ class RunLog:
 
 def evaluate(net, box, apix, scale, reference, rotations, shifts_px, truth, cfg, stage) -> list[Event]:
     """FSC of every scale up to ``scale`` against the reference, and pose and offset errors
-    against the true poses (only when given).
-
-    The finest map is aligned to the reference (rotation, shift, hand); every scale shares
-    the network's frame, so the same transform is applied to the coarser ones.
-    """
+    against the true poses (only when given)."""
     events: list[Event] = []
-    maps = render_all_scales(net, box, scale, cfg.mask_radius)
     if reference is not None:
-        alignment = None
-        if cfg.align_for_fsc:
-            _, alignment = align_map(maps[-1], reference, apix)
-        # the same soft mask on both maps (the network's map is rendered under it)
-        mask = spherical_mask(box, cfg.mask_radius)
-        mask = 1.0 if mask is None else mask.numpy()
-        for k, vol in enumerate(maps):
-            aligned = apply_alignment(vol, alignment) if alignment is not None else vol
-            freqs, curve = fsc(aligned * mask, reference * mask)
-            res = resolution_at(freqs, curve, 0.5, box, apix)
-            events.append(Metrics("fsc", stage, {
-                "scale": k, "resolution_A": res, "crossed": bool(np.any(curve < 0.5)),
-                "freq_cycles": np.asarray(freqs).tolist(), "fsc": np.asarray(curve).tolist(),
-                "threshold": 0.5, "alignment": None if alignment is None else alignment.to_dict(),
-            }))
+        maps = render_all_scales(net, box, scale, cfg.mask_radius)
+        events += reference_fsc(maps, reference, apix, cfg.mask_radius, cfg.align_for_fsc, stage)
     if truth is not None:
-        est = rotations.numpy()
-        err, g, flipped = pose_errors(est, truth.rotations, allow_flip=True, return_transform=True)
-        stats = pose_error_stats(err)
-        stats.update(global_rotation=np.asarray(g).tolist(), hand_flipped=bool(flipped))
-        shift_err, t = shift_errors(shifts_px.numpy(), truth.shifts_A / apix, est, inliers=err < 10.0)
-        stats.update(shift_median_px=float(np.median(shift_err)), shift_median_A=float(np.median(shift_err) * apix),
-                     shift_frac_under_1px=float(np.mean(shift_err < 1.0)), shift_map_translation_px=t.tolist(),
-                     shift_px_of_box=box)
-        events.append(Metrics("pose_errors", stage, stats, {"errors_deg": np.asarray(err, np.float32),
-                                                            "shift_errors_px": shift_err.astype(np.float32)}))
+        events.append(pose_error_metrics(rotations, shifts_px, truth, apix, box, stage))
     return events
+
+
+def reference_fsc(maps: list[np.ndarray], reference: np.ndarray, apix: float, mask_radius: float | None,
+                  align: bool = True, stage: int = 0) -> list[Metrics]:
+    """FSC (threshold 0.5) of each map (the coarsest first, all in the network's frame) against
+    the reference, one "fsc" Metrics per map, ``scale`` 0-based.
+
+    With ``align`` the last (finest) map is aligned to the reference (rotation, shift, hand;
+    :func:`align_map`) and the same transform is applied to every map. Both maps are multiplied
+    by the same soft spherical mask (``mask_radius``, a fraction of the box; None: none).
+    """
+    box = reference.shape[0]
+    alignment = align_map(maps[-1], reference, apix)[1] if align else None
+    mask = spherical_mask(box, mask_radius)
+    mask = 1.0 if mask is None else mask.numpy()
+    events = []
+    for k, vol in enumerate(maps):
+        aligned = apply_alignment(vol, alignment) if alignment is not None else vol
+        freqs, curve = fsc(aligned * mask, reference * mask)
+        res = resolution_at(freqs, curve, 0.5, box, apix)
+        events.append(Metrics("fsc", stage, {
+            "scale": k, "resolution_A": res, "crossed": bool(np.any(curve < 0.5)),
+            "freq_cycles": np.asarray(freqs).tolist(), "fsc": np.asarray(curve).tolist(),
+            "threshold": 0.5, "alignment": None if alignment is None else alignment.to_dict(),
+        }))
+    return events
+
+
+def pose_error_metrics(rotations: torch.Tensor, shifts_px: torch.Tensor, truth, apix: float, box: int,
+                       stage: int = 0) -> Metrics:
+    """"pose_errors" Metrics: angular errors (degrees, after the best global rotation and hand)
+    and offset errors (px of ``box``, after the map's best translation, over particles within
+    10°) of the estimated rotations ``(n, 3, 3)`` and origins ``(n, 2)`` px against ``truth``
+    (``rotations``, ``shifts_A``)."""
+    est = np.asarray(rotations)
+    err, g, flipped = pose_errors(est, truth.rotations, allow_flip=True, return_transform=True)
+    stats = pose_error_stats(err)
+    stats.update(global_rotation=np.asarray(g).tolist(), hand_flipped=bool(flipped))
+    shift_err, t = shift_errors(np.asarray(shifts_px), truth.shifts_A / apix, est, inliers=err < 10.0)
+    stats.update(shift_median_px=float(np.median(shift_err)), shift_median_A=float(np.median(shift_err) * apix),
+                 shift_frac_under_1px=float(np.mean(shift_err < 1.0)), shift_map_translation_px=t.tolist(),
+                 shift_px_of_box=box)
+    return Metrics("pose_errors", stage, stats, {"errors_deg": np.asarray(err, np.float32),
+                                                 "shift_errors_px": shift_err.astype(np.float32)})
 
 
 def snapshot(net, box, apix, scale, stage, final, mask_radius=None) -> ScaleSnapshot:
