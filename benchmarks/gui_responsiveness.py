@@ -225,16 +225,19 @@ def run_task(task: str, seconds: float, idle_seconds: float) -> dict:
     start = probe.measure(300.0, until=lambda: w.steps_done > 0 or not w.runner.busy)
     start[0] = clicked  # ...so the first interval counts from the click
     start_stats = phase_stats(start, plugin, drawing)
-    steps0, applied0, t0 = w.steps_done, w.layers.n_applied, time.perf_counter()
+    steps0, applied0, redraws0, t0 = w.steps_done, w.layers.n_applied, w.layers.n_redraws, time.perf_counter()
     train = phase_stats(probe.measure(seconds, until=lambda: not w.runner.busy), plugin, drawing)
     elapsed = time.perf_counter() - t0
     steps, applied = w.steps_done - steps0, w.layers.n_applied - applied0
+    redraws = w.layers.n_redraws - redraws0
+    cost, interval = w.layers.redraw_cost.estimate_s, w.layers.live_interval_s
     w.stop()
     probe.measure(120.0, until=lambda: not w.runner.busy)
     failure = w.runner.failure
     viewer.close()
     return {"task": task, "idle": idle, "start": start_stats, "training": train,
             "steps": steps, "steps_per_s": steps / max(elapsed, 1e-9), "layer_updates": applied,
+            "redraws": redraws, "redraw_cost_s": cost, "live_interval_s": interval,
             "failure": None if failure is None else failure.message}
 
 
@@ -290,7 +293,9 @@ def main(argv=None) -> int:
     for r in results:
         body.append(worst_stalls(r))
         body.append(f"{r['task']}: {r['steps']} steps in the training window ({r['steps_per_s']:.2f}/s), "
-                    f"layer updates applied: {r['layer_updates']}"
+                    f"layer updates applied: {r['layer_updates']} in {r['redraws']} redraws; measured "
+                    f"cost of a live update {1000 * (r['redraw_cost_s'] or float('nan')):.0f} ms, so one "
+                    f"per {r['live_interval_s']:.1f} s at most"
                     + (f"; run failed: {r['failure']}" if r["failure"] else ""))
         t = r["training"]
         body.append(f"{r['task']}: targets (training: max stall < {TARGET_MAX_MS:.0f} ms: {t['max']:.0f} ms; "

@@ -16,7 +16,9 @@ from rmfn_napari._widgets.display_prep import block_mean, display_array  # noqa:
 from rmfn_napari._widgets.layers import LayerUpdater  # noqa: E402
 from rmfn_napari.cryoem.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
 from rmfn_napari.cryoem.simulate import simulate_particles  # noqa: E402
-from rmfn_napari.engine.events import ScaleSnapshot  # noqa: E402
+from rmfn_napari._widgets import layers as layers_module  # noqa: E402
+from rmfn_napari._widgets.pacing import RedrawCost, paced_interval_s  # noqa: E402
+from rmfn_napari.engine.events import ScaleSnapshot, VolumeSnapshot  # noqa: E402
 from rmfn_napari.fitting.metrics import log_spectrum  # noqa: E402
 
 from analytic_maps import write_sample_map_16  # noqa: E402
@@ -93,6 +95,7 @@ def test_run_that_shows_nothing_renames_the_previous_runs_layers(make_napari_vie
     updater.reset(2)
     img = _image(16)
     updater.handle(ScaleSnapshot(0, img, log_spectrum(img), 1.0, 0, final=True))
+    updater.stage_finished()
     assert sorted(layer.name for layer in viewer.layers) == ["rMFN scale 1", "rMFN spectrum 1"]
 
 
@@ -137,9 +140,89 @@ def test_results_follow_a_source_layers_grid(make_napari_viewer):
     updater.reset(2)
     train = block_mean(_image(32), 4, 2)
     updater.handle(ScaleSnapshot(0, train, log_spectrum(train), 4.0, 0, final=True))
+    updater.stage_finished()
     layer = viewer.layers["rMFN scale 1"]
     for got, want in zip(_pixel_edges(layer, 8, 8), _pixel_edges(original, 32, 32)):
         np.testing.assert_allclose(got, want)
+
+
+def test_a_stage_end_is_drawn_once_when_the_stage_finishes(make_napari_viewer, qtbot):
+    """Final snapshots of every scale and the three maps arrive over seconds (the half-maps are
+    computed between them); they are applied together at StageFinished: one redraw."""
+    viewer = make_napari_viewer()
+    updater = LayerUpdater(viewer, spatial_ndim=3)
+    updater.reset(3)
+    vol = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    for k in range(2):
+        updater.handle(ScaleSnapshot(k, vol * (k + 1), log_spectrum(vol), 2.0, 1, final=True))
+    qtbot.wait(50)
+    for name in ("half_map_1", "half_map_2", "map"):
+        updater.handle_volume(VolumeSnapshot(name, vol, 2.0, 1))
+    qtbot.wait(50)
+    assert updater.n_redraws == 0 and "rMFN scale 2" not in viewer.layers  # held for the stage's end
+    updater.stage_finished()
+    assert updater.n_redraws == 1 and updater.n_applied == 2 and updater.n_volumes_applied == 3
+    np.testing.assert_allclose(viewer.layers["rMFN scale 2"].data, vol * 2)
+    assert viewer.layers["map (backprojected)"].visible and not viewer.layers["half map 1"].visible
+    assert viewer.dims.ndisplay == 3
+
+
+def test_a_stage_end_without_its_stage_finished_is_drawn_after_the_wait(make_napari_viewer, qtbot,
+                                                                        monkeypatch):
+    monkeypatch.setattr(layers_module, "STAGE_END_WAIT_S", 0.2)
+    viewer = make_napari_viewer()
+    updater = LayerUpdater(viewer, spatial_ndim=2)
+    updater.reset(2)
+    img = _image(16)
+    updater.handle(ScaleSnapshot(0, img, log_spectrum(img), 1.0, 0, final=True))
+    assert updater.n_redraws == 0
+    qtbot.waitUntil(lambda: updater.n_redraws == 1, timeout=3000)
+    np.testing.assert_allclose(viewer.layers["rMFN scale 1"].data, img)
+
+
+def test_live_updates_are_paced_by_what_a_redraw_costs():
+    """2 % of the GUI's time: a 0.3 s software-OpenGL frame of volumes allows one live update
+    per 15 s; a GPU's 5 ms frame the floor (1 s for volumes, 0.5 s for images)."""
+    assert paced_interval_s(0.3, 3) == pytest.approx(15.0)
+    assert paced_interval_s(0.005, 3) == 1.0
+    assert paced_interval_s(0.005, 2) == 0.5
+    assert paced_interval_s(0.03, 2) == pytest.approx(1.5)
+    assert paced_interval_s(None, 3) == 10.0 and paced_interval_s(None, 2) == 0.5
+    assert paced_interval_s(2.0, 3) == 30.0  # capped: a live view, however slow the frames
+
+
+def test_redraw_cost_includes_the_repaint_that_follows(qapp, qtbot):
+    """A widget whose paint takes 150 ms, asked to repaint by a handler that itself takes 20 ms:
+    the measured cost holds both (Qt delivers the repaint before the zero-delay timer)."""
+    import time as _time
+
+    from qtpy.QtWidgets import QWidget
+
+    class SlowPaint(QWidget):
+        def paintEvent(self, event):  # noqa: N802 (Qt's name)
+            _time.sleep(0.15)
+
+    w = SlowPaint()
+    qtbot.addWidget(w)
+    w.resize(50, 50)
+    w.show()
+    qtbot.waitExposed(w)
+    qtbot.wait(300)
+    cost = RedrawCost()
+    assert cost.estimate_s is None
+
+    def handler():
+        cost.started()
+        w.update()
+        _time.sleep(0.02)
+
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, handler)
+    qtbot.waitUntil(lambda: cost.estimate_s is not None, timeout=3000)
+    assert 0.16 <= cost.estimate_s < 1.0, cost.estimate_s
+    cost.forget()
+    assert cost.estimate_s is None
 
 
 def test_display_size_keeps_the_extent():

@@ -369,6 +369,7 @@ class RunWidgetBase(QWidget):
             self.panel.set_status(f"Stage {ev.stage + 1}/{ev.n_stages}: training scale "
                                   f"{ev.trained_scale + 1} (band {ev.band_cycles:.3g} cycles/box)")
         elif isinstance(ev, StageFinished):
+            self.layers.stage_finished()
             how = " (ended early)" if ev.skipped_early else ""
             self.panel.set_status(f"Stage {ev.stage + 1} finished{how} after {ev.steps_done} "
                                   f"steps, {ev.seconds:.1f} s")
@@ -406,6 +407,7 @@ class RunWidgetBase(QWidget):
             self.panel.set_status(f"{verb} after {ev.steps_done} steps, {ev.seconds:.1f} s. "
                                   f"Outputs: {where}")
         elif isinstance(ev, RunFailed):
+            self.layers.flush()  # what the run showed before it failed
             self.panel.progress.setFormat("failed")
             self.panel.set_status(ev.message, error=True)
             notify(ev.message, "error")

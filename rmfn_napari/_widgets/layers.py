@@ -24,11 +24,14 @@ by 0.15 of its width (not on it); backprojected maps left of the scale layers.
 No GUI stall from the plugin: snapshots arrive prepared in the worker
 (:mod:`.display_prep`: float32 contiguous, display size, contrast limits), so applying one only
 assigns arrays. In-stage snapshots are queued (only the newest per scale is kept) and applied at
-most once per ``min_interval_s`` (volumes: :attr:`LayerUpdater.min_interval_3d_s`, as one
-software-OpenGL frame of a volume costs ~0.3 s); a stage-end snapshot (``final``) or a map applies
-the queue at once. Changes made in one event-loop pass cost one redraw (Qt coalesces the canvas'
-repaint requests), so a stage end's burst is drawn once. :attr:`LayerUpdater.gui_seconds`
-accumulates the time spent in these GUI-thread handlers.
+most once per :attr:`LayerUpdater.live_interval_s`, paced by what the last redraws cost
+(:mod:`.pacing`: about one live volume update per 15 s with software OpenGL, per second with a
+GPU). A stage end's results — the final snapshots of every scale, then, after the half-maps
+are computed, the backprojected maps (:mod:`.volume_layers`) — are held until the engine's
+StageFinished (:meth:`LayerUpdater.stage_finished`, at most :data:`STAGE_END_WAIT_S` after the
+first) and applied in one event-loop pass: Qt coalesces the canvas' repaint requests, so a stage
+end is drawn once. :attr:`LayerUpdater.gui_seconds` accumulates the time spent in these
+GUI-thread handlers.
 
 Scale stepping: the *trained* scale is the highest scale a snapshot of this run has shown so far
 (a coarse-to-fine stage k sends scales 1..k at its end, a full-scale run's only stage trains the
@@ -49,24 +52,18 @@ from ..engine.events import RunStarted, ScaleSnapshot, VolumeSnapshot
 from .display_prep import (
     DisplayArray, display_of, n_scales_of, prepare_scale_snapshot, prepare_volume_snapshot,
 )
-from .layer_ops import assign_array, clear_stale_extent, ensure_image_layer
+from .layer_ops import assign_array, ensure_image_layer
+from .pacing import RedrawCost, paced_interval_s
+from .volume_layers import (
+    SPECTRUM_GAP, VOLUME_LAYER_NAMES, VOLUMES_VISIBLE, BackprojectedMapLayers, volume_layer_name,
+)
 
 SCALE_NAME = "rMFN scale {}"
 SPECTRUM_NAME = "rMFN spectrum {}"
 REFERENCE_NAME = "reference"
-#: Layer names of the engine's backprojected maps (``VolumeSnapshot.name`` -> layer name).
-VOLUME_LAYER_NAMES = {
-    "half_map_1": "half map 1",
-    "half_map_2": "half map 2",
-    "map": "map (backprojected)",
-}
-#: Shown when first added (the half-maps are there for inspection, hidden by default).
-VOLUMES_VISIBLE = {"map"}
-
-
-def volume_layer_name(name: str) -> str:
-    """Layer name of a :class:`VolumeSnapshot` named ``name`` (unknown names as they are)."""
-    return VOLUME_LAYER_NAMES.get(name, name)
+#: After a stage end's first result, seconds to wait for the rest of it (the engine's
+#: StageFinished) before drawing what came.
+STAGE_END_WAIT_S = 3.0
 
 
 def scale_layer_name(scale: int) -> str:
@@ -80,8 +77,6 @@ def spectrum_layer_name(scale: int) -> str:
 
 
 PREVIOUS_RUN_SUFFIX = " (previous run)"
-#: Gap between an image and its spectrum, as a fraction of the image's width.
-SPECTRUM_GAP = 0.15
 _OWN_NAME = re.compile(r"^rMFN (scale|spectrum) (\d+)( \(previous run\))?$")
 
 
@@ -101,9 +96,10 @@ class LayerUpdater(QObject):
     viewer : napari.Viewer
     spatial_ndim : int
         2 for images (an ``(H, W, 3)`` snapshot is an RGB image), 3 for volumes.
-    min_interval_s : float
-        Minimum time between two redraws caused by in-stage snapshots, s (volumes: at least
-        :attr:`min_interval_3d_s`, since one software-OpenGL frame of a volume costs ~0.3 s).
+    min_interval_s : float or None
+        Minimum time between two redraws caused by in-stage snapshots, s. None: paced by the
+        measured cost of a redraw (:mod:`.pacing`: 2 % of the GUI's time; 0.5 s for images and
+        1 s for volumes at least).
 
     Signals
     -------
@@ -114,24 +110,28 @@ class LayerUpdater(QObject):
 
     scales_changed = Signal(int)
 
-    def __init__(self, viewer, spatial_ndim: int = 2, min_interval_s: float = 0.5,
+    def __init__(self, viewer, spatial_ndim: int = 2, min_interval_s: float | None = None,
                  parent: QObject | None = None):
         super().__init__(parent)
         self.viewer = viewer
         self.spatial_ndim = spatial_ndim
         self.min_interval_s = min_interval_s
-        #: Volumes: minimum seconds between two in-stage redraws.
-        self.min_interval_3d_s = 10.0
+        #: What the last live updates cost the GUI (handler + redraw), for the pacing.
+        self.redraw_cost = RedrawCost(parent=self)
+        viewer.dims.events.ndisplay.connect(self.redraw_cost.forget)  # 2D and 3D frames differ
+        self.maps = BackprojectedMapLayers(viewer)
         self.follow = True
         #: Whether spectrum layers are shown with their scale (the stepper's "spectra" box).
         self.spectra_visible = True
         self.n_applied = 0
-        self.n_volumes_applied = 0
+        #: Times the queue was applied (each is one redraw).
+        self.n_redraws = 0
         #: Seconds spent in this object's GUI-thread handlers (queueing and applying).
         self.gui_seconds = 0.0
         self._shown: int | None = None  # None: all
         self._trained = -1
         self._last_heavy = -1e9
+        self._stage_end_pending = False
         self._queue: dict[tuple, object] = {}
         self._layers: dict[int, tuple] = {}  # this run's (image, spectrum) per 0-based scale
         self._run_open = False
@@ -142,8 +142,6 @@ class LayerUpdater(QObject):
         self._timer.timeout.connect(self._apply_queue)
         self._switched_3d = False
         self._to_create: list[tuple] = []  # placeholders: (scale, "scale"|"spectrum"), (name, "volume")
-        self._volume_shown: dict[str, bool] = {}  # map placeholders: visibility at their first data
-        self._volumes_framed = False
         self._release = None  # the runner's hold while placeholders are created
         self._create_timer = QTimer(self)
         self._create_timer.setSingleShot(True)
@@ -178,7 +176,7 @@ class LayerUpdater(QObject):
         self._to_create = [(k, kind) for k in range(n) for kind in ("scale", "spectrum")]
         if ev.task == "reconstruct":  # its stage ends also send the backprojected maps
             self._to_create += [(name, "volume") for name in VOLUME_LAYER_NAMES]
-        self._volume_shown, self._volumes_framed = {}, False
+        self.maps.begin_run()
         if self.spatial_ndim == 3 and not self._switched_3d:
             self._switched_3d = True
             self.viewer.dims.ndisplay = 3
@@ -201,7 +199,7 @@ class LayerUpdater(QObject):
             nd = self.spatial_ndim
             blank = np.zeros((1,) * nd, np.float32)
             if kind == "volume":
-                self._blank_volume(k)
+                self.maps.blank(k)
             elif kind == "scale" and image is None:
                 image = ensure_image_layer(self.viewer, scale_layer_name(k), blank, (1.0,) * nd,
                                            (0.0,) * nd, rgb=False, colormap="gray", blank=True)
@@ -224,13 +222,14 @@ class LayerUpdater(QObject):
             self.spatial_ndim = spatial_ndim
         self._queue.clear()
         self._timer.stop()
+        self._stage_end_pending = False
         self._last_heavy = -1e9
         self._layers = {}
         self._trained = -1
         self._run_open = True
         self._switched_3d = False
         self._to_create = []
-        self._volume_shown = {}
+        self.maps.begin_run()
         self._create_timer.stop()
         if self._release is not None:
             release, self._release = self._release, None
@@ -244,6 +243,7 @@ class LayerUpdater(QObject):
         are removed, and the finest scale is shown. Returns the number of scales adopted."""
         self._queue.clear()
         self._timer.stop()
+        self._stage_end_pending = False
         self._to_create = []
         self._create_timer.stop()
         self._run_open = False
@@ -276,23 +276,41 @@ class LayerUpdater(QObject):
         """0-based scale whose layers are shown alone, None when every scale is shown."""
         return self._shown
 
+    @property
+    def n_volumes_applied(self) -> int:
+        """Backprojected maps put into layers so far."""
+        return self.maps.n_applied
+
+    @property
+    def live_interval_s(self) -> float:
+        """Seconds between two redraws caused by in-stage snapshots (see :mod:`.pacing`)."""
+        if self.min_interval_s is not None:
+            return float(self.min_interval_s)
+        nd = 3 if self.spatial_ndim == 3 and self.viewer.dims.ndisplay == 3 else 2
+        return paced_interval_s(self.redraw_cost.estimate_s, nd)
+
     def handle(self, snap: ScaleSnapshot) -> None:
         """Queue ``snap`` (only the newest per scale is kept); see the module doc for when the
         queue is applied. A snapshot not prepared in the worker is prepared here."""
         t0 = time.perf_counter()
         snap = prepare_scale_snapshot(snap)
         self._queue[("scale", snap.scale)] = snap
-        self._schedule(urgent=snap.final)
+        self._schedule(stage_end=snap.final)
         self.gui_seconds += time.perf_counter() - t0
 
     def handle_volume(self, snap: VolumeSnapshot) -> None:
-        """Queue a backprojected map (stage ends), applied like a stage-end snapshot: as
-        ``"half map 1"``, ``"half map 2"``, ``"map (backprojected)"``."""
+        """Queue a backprojected map (stage ends), applied like a stage-end snapshot
+        (:mod:`.volume_layers`)."""
         t0 = time.perf_counter()
         snap = prepare_volume_snapshot(snap)
         self._queue[("volume", snap.name)] = snap
-        self._schedule(urgent=True)
+        self._schedule(stage_end=True)
         self.gui_seconds += time.perf_counter() - t0
+
+    def stage_finished(self) -> None:
+        """The engine finished a stage (its StageFinished): draw its results, once."""
+        self._timer.stop()
+        self._apply_queue()
 
     def flush(self) -> None:
         """Apply queued snapshots now (end of run). A run that showed nothing renames the
@@ -330,30 +348,41 @@ class LayerUpdater(QObject):
                               metadata={"voxel_size": float(voxel_size)}, **rendering, **kwargs)
 
     # ---- queue ----------------------------------------------------------------------
-    def _schedule(self, urgent: bool) -> None:
-        """Stage ends (and maps): apply the whole queue now; in-stage snapshots: once the
-        interval since the last application has passed."""
-        if urgent:
-            self._timer.stop()
-            self._apply_queue()
+    def _schedule(self, stage_end: bool) -> None:
+        """In-stage snapshots: applied once :attr:`live_interval_s` has passed since the last
+        redraw. A stage end's results (final snapshots, maps) wait for the engine's
+        StageFinished (:meth:`stage_finished`), at most :data:`STAGE_END_WAIT_S`, and are then
+        applied together: one redraw per stage end."""
+        if stage_end:
+            if not self._stage_end_pending:
+                self._stage_end_pending = True
+                self._timer.start(int(1000 * STAGE_END_WAIT_S))
             return
-        interval = self.min_interval_s if self.spatial_ndim == 2 else max(
-            self.min_interval_s, self.min_interval_3d_s)
-        ms = max(1, int(1000 * (interval - (time.monotonic() - self._last_heavy))))
+        if self._stage_end_pending:
+            return  # in the stage end's redraw
+        ms = max(1, int(1000 * (self.live_interval_s - (time.monotonic() - self._last_heavy))))
         if not self._timer.isActive() or self._timer.remainingTime() > ms:
             self._timer.start(ms)
 
     def _apply_queue(self) -> None:
+        live, self._stage_end_pending = not self._stage_end_pending, False
         queue, self._queue = self._queue, {}
         if not queue:
             return
         t0 = time.perf_counter()
+        if live:  # the pacing measures in-stage updates (a stage end does more, once)
+            self.redraw_cost.started()
         self._last_heavy = time.monotonic()
+        self.n_redraws += 1
+        reframe = False
         for (kind, _key), snap in queue.items():
             if kind == "scale":
-                self._apply_scale(snap)
+                reframe = self._apply_scale(snap) or reframe
             else:
-                self._apply_volume(snap)
+                reframe = self._apply_volume(snap) or reframe
+        if reframe:
+            self.redraw_cost.discard()  # a first frame of new data: not what a live update costs
+            self.viewer.reset_view()
         self.gui_seconds += time.perf_counter() - t0
 
     # ---- scale layers ---------------------------------------------------------------
@@ -410,7 +439,8 @@ class LayerUpdater(QObject):
             elif not rename and (k >= keep or layer.name.endswith(PREVIOUS_RUN_SUFFIX)):
                 self.viewer.layers.remove(layer)
 
-    def _apply_scale(self, snap) -> None:
+    def _apply_scale(self, snap) -> bool:
+        """Put a prepared ScaleSnapshot into its scale's layers; True: reframe the view."""
         if not self._layers:
             self._begin_layers(snap)
         pair = self._layers.get(snap.scale)
@@ -435,8 +465,7 @@ class LayerUpdater(QObject):
                 self._shown = snap.scale
             self.scales_changed.emit(self._trained + 1)
         self._update_visibility()
-        if first:
-            self.viewer.reset_view()
+        return first
 
     def set_spectra_visible(self, on: bool) -> None:
         """Show (True) or hide the spectrum layers of the scales on show (fewer volumes to draw
@@ -453,64 +482,14 @@ class LayerUpdater(QObject):
                     layer.visible = show
 
     # ---- backprojected maps -----------------------------------------------------------
-    def _blank_volume(self, key: str) -> None:
-        """Hidden 1-voxel placeholder of a backprojected map (an existing layer blanked); its
-        visibility (the existing layer's, else :data:`VOLUMES_VISIBLE`) is restored at its first data."""
-        name = volume_layer_name(key)
-        layers = self.viewer.layers
-        if name in layers and type(layers[name]).__name__ == "Image" and layers[name].ndim == 3 \
-                and not getattr(layers[name], "rgb", False):
-            layer = layers[name]
-            self._volume_shown[key] = bool(layer.visible)
-            layer.visible = False
-            layer.data = np.zeros((1, 1, 1), np.float32)
-            clear_stale_extent(layer)
-            return
-        if name in layers:
-            layers.remove(layers[name])
-        self._volume_shown[key] = key in VOLUMES_VISIBLE
-        self.viewer.add_image(np.zeros((1, 1, 1), np.float32), name=name, colormap="gray",
-                              rendering="mip", visible=False, metadata={})
-
-    def _apply_volume(self, snap) -> None:
-        """Add or update (in place) the layer of a backprojected map.
-
-        A layer of that name already there (from an earlier stage or run) gets the new data,
-        voxel size and placement, keeps its visibility and display settings, and is never
-        duplicated. A new one is visible only for the full map.
-        """
-        arr = display_of(snap).image
-        name = volume_layer_name(snap.name)
-        scale, translate = self._world(arr, image=False)
-        translate = list(translate)
-        translate[-1] -= (1.0 + SPECTRUM_GAP) * arr.spatial_shape[-1] * scale[-1]  # left of the scale layers
-        translate = tuple(translate)
-        layers = self.viewer.layers
-        if name in layers:
-            layer = layers[name]
-            if type(layer).__name__ == "Image" and layer.data.ndim == arr.data.ndim \
-                    and not getattr(layer, "rgb", False):
-                assign_array(self.viewer, layer, arr, scale, translate, colormap="gray")
-                layer.metadata["voxel_size"] = float(snap.voxel_size)
-                layer.metadata["stage"] = int(snap.stage)
-                self.n_volumes_applied += 1
-                if snap.name in self._volume_shown:  # a placeholder's first data
-                    layer.visible = self._volume_shown.pop(snap.name)
-                    if not self._volumes_framed:
-                        self._volumes_framed = True
-                        self.viewer.reset_view()  # the maps lie left of the scale layers
-                return
-            layers.remove(layer)  # an incompatible leftover with that name
-        rendering = {"rendering": "mip"} if arr.data.ndim == 3 else {}
-        self.viewer.add_image(
-            arr.data, name=name, scale=scale, translate=translate, colormap="gray",
-            contrast_limits=arr.contrast_limits, visible=snap.name in VOLUMES_VISIBLE,
-            metadata={"voxel_size": float(snap.voxel_size), "stage": int(snap.stage)}, **rendering)
-        self.n_volumes_applied += 1
-        if arr.data.ndim == 3 and not self._switched_3d:
+    def _apply_volume(self, snap) -> bool:
+        """A backprojected map into its layer (:class:`.volume_layers.BackprojectedMapLayers`);
+        True: reframe the view."""
+        reframe = self.maps.apply(snap, lambda arr: self._world(arr, image=False))
+        if display_of(snap).image.data.ndim == 3 and not self._switched_3d:
             self._switched_3d = True
             self.viewer.dims.ndisplay = 3
-        self.viewer.reset_view()  # bring the new map into the frame (once: it is reused after)
+        return reframe
 
 
 __all__ = ["LayerUpdater", "PREVIOUS_RUN_SUFFIX", "REFERENCE_NAME", "SPECTRUM_GAP", "VOLUME_LAYER_NAMES",

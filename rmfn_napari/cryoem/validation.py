@@ -94,8 +94,10 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
         insert_dataset(bp, dataset, R, S, subset=np.flatnonzero((halves[:n] == h) & mine),
                        invert_contrast=invert_contrast)
         ranks.sum_on_main(bp.accumulators, f"summing half-map {h}'s backprojection")
-        bp.n_images = int(ranks.total([bp.n_images], "counting the backprojected images")[0])
         parts.append(bp)
+    counts = ranks.total([bp.n_images for bp in parts], "counting the backprojected images")
+    for bp, count in zip(parts, counts):
+        bp.n_images = int(count)
     if not ranks.is_main:
         return None
     half1, half2 = (bp.reconstruct().cpu().numpy() for bp in parts)

@@ -1,0 +1,111 @@
+"""The engine's backprojected maps as napari layers (GUI thread only).
+
+At each stage end a reconstruction sends its half-maps and the full backprojected map
+(:class:`~rmfn_napari.engine.events.VolumeSnapshot` ``half_map_1``, ``half_map_2``, ``map``).
+Each has one layer, ``"half map 1"``, ``"half map 2"``, ``"map (backprojected)"``, updated in
+place at every stage end and never duplicated; it lies left of the scale layers (by 0.15 of its
+width) on the run's voxel grid (Å). Only the full map is shown when first added; the half-maps
+are there for inspection. When a run starts, existing layers of those names are blanked and
+hidden (the user's display settings kept) and get back their visibility at their first data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .display_prep import display_of
+from .layer_ops import assign_array, clear_stale_extent
+
+#: Layer names of the engine's backprojected maps (``VolumeSnapshot.name`` -> layer name).
+VOLUME_LAYER_NAMES = {
+    "half_map_1": "half map 1",
+    "half_map_2": "half map 2",
+    "map": "map (backprojected)",
+}
+#: Shown when first added (the half-maps are there for inspection, hidden by default).
+VOLUMES_VISIBLE = {"map"}
+#: Gap between an image (or map) and its neighbour, as a fraction of its width.
+SPECTRUM_GAP = 0.15
+
+
+def volume_layer_name(name: str) -> str:
+    """Layer name of a :class:`VolumeSnapshot` named ``name`` (unknown names as they are)."""
+    return VOLUME_LAYER_NAMES.get(name, name)
+
+
+class BackprojectedMapLayers:
+    """The layers of one viewer's backprojected maps.
+
+    Attributes
+    ----------
+    n_applied : int
+        Maps put into layers so far (a test's and the benchmark's count).
+    """
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self.n_applied = 0
+        self._shown_at_first_data: dict[str, bool] = {}  # placeholders: visibility at their first data
+        self._framed = False
+
+    def begin_run(self) -> None:
+        """A new run: its maps are not framed yet and no placeholder waits."""
+        self._shown_at_first_data, self._framed = {}, False
+
+    def blank(self, key: str) -> None:
+        """Hidden 1-voxel placeholder of map ``key`` (an existing layer blanked); its visibility
+        (the existing layer's, else :data:`VOLUMES_VISIBLE`) is restored at its first data."""
+        name = volume_layer_name(key)
+        layers = self.viewer.layers
+        if name in layers and _is_grey_volume(layers[name]):
+            layer = layers[name]
+            self._shown_at_first_data[key] = bool(layer.visible)
+            layer.visible = False
+            layer.data = np.zeros((1, 1, 1), np.float32)
+            clear_stale_extent(layer)
+            return
+        if name in layers:
+            layers.remove(layers[name])
+        self._shown_at_first_data[key] = key in VOLUMES_VISIBLE
+        self.viewer.add_image(np.zeros((1, 1, 1), np.float32), name=name, colormap="gray",
+                              rendering="mip", visible=False, metadata={})
+
+    def apply(self, snap, world) -> bool:
+        """Put a prepared VolumeSnapshot into its layer (added, or an existing one of that name
+        updated keeping its visibility and display settings). ``world(arr)`` gives the data's
+        ``(scale, translate)``; the map goes left of that. Returns True when the view should be
+        reframed (a new layer, or this run's first data in the placeholders)."""
+        arr = display_of(snap).image
+        name = volume_layer_name(snap.name)
+        scale, translate = world(arr)
+        translate = list(translate)
+        translate[-1] -= (1.0 + SPECTRUM_GAP) * arr.spatial_shape[-1] * scale[-1]
+        translate = tuple(translate)
+        meta = {"voxel_size": float(snap.voxel_size), "stage": int(snap.stage)}
+        layers = self.viewer.layers
+        self.n_applied += 1
+        if name in layers and _is_grey_volume(layers[name], arr.data.ndim):
+            layer = layers[name]
+            assign_array(self.viewer, layer, arr, scale, translate, colormap="gray")
+            layer.metadata.update(meta)
+            if snap.name in self._shown_at_first_data:  # a placeholder's first data
+                layer.visible = self._shown_at_first_data.pop(snap.name)
+                if not self._framed:
+                    self._framed = True
+                    return True  # the maps lie left of the scale layers
+            return False
+        if name in layers:
+            layers.remove(layers[name])  # an incompatible leftover with that name
+        rendering = {"rendering": "mip"} if arr.data.ndim == 3 else {}
+        self.viewer.add_image(arr.data, name=name, scale=scale, translate=translate, colormap="gray",
+                              contrast_limits=arr.contrast_limits, visible=snap.name in VOLUMES_VISIBLE,
+                              metadata=meta, **rendering)
+        return True
+
+
+def _is_grey_volume(layer, ndim: int = 3) -> bool:
+    return type(layer).__name__ == "Image" and layer.data.ndim == ndim and not getattr(layer, "rgb", False)
+
+
+__all__ = ["BackprojectedMapLayers", "SPECTRUM_GAP", "VOLUME_LAYER_NAMES", "VOLUMES_VISIBLE",
+           "volume_layer_name"]
