@@ -71,12 +71,12 @@ def one_run(star: Path, out: Path, nproc: int, batch: int, seed: int, preset: st
     epochs = sum(s["epochs_done"] for s in m["stages"])
     return {"processes": nproc, "global_batch": batch, "seed": seed, "wall_s": wall,
             "particles_per_s": m["n_particles"] * epochs / wall, "world_size": m["world_size"],
-            "gold_standard_A": m.get("gold_standard_resolution_A"), **quality(star, out)}
+            "gold_standard_A": m.get("gold_standard_resolution_A"), **quality(star, out, preset)}
 
 
-def quality(star: Path, out: Path) -> dict:
-    """The run's finest map (``scale_L.mrc``) against the simulation's reference — aligned, FSC
-    at 0.5 under the engine's mask, as the run itself reports with ``--reference`` — and its
+def quality(star: Path, out: Path, preset: str) -> dict:
+    """The run's finest map (``scale_L.mrc``) against the simulation's reference — FSC at 0.5
+    with the preset's mask and alignment, as the run itself reports with ``--reference`` — and its
     ``poses.star`` against ``true_poses.star``, as with ``--true-poses``."""
     import torch
     from rmfn_napari.cryoem.ground_truth import read_true_poses
@@ -90,8 +90,8 @@ def quality(star: Path, out: Path) -> dict:
     finest = sorted(out.glob("scale_*.mrc"), key=lambda p: int(p.stem.split("_")[1]))[-1]
     vol, _ = read_map(finest)
     ref = load_reference(star.parent / "reference.mrc", ds)
-    mask_radius = ReconstructConfig().mask_radius
-    fsc_ev = reference_fsc([vol], ref, ds.apix, mask_radius)[0]
+    cfg = ReconstructConfig.from_preset(preset)
+    fsc_ev = reference_fsc([vol], ref, ds.apix, cfg.mask_radius, cfg.align_for_fsc)[0]
     est = read_particles(out / "poses.star")
     truth = read_true_poses(star.parent / "true_poses.star", ds)
     pe = pose_error_metrics(torch.as_tensor(est.rotations), torch.as_tensor(est.shifts_A / ds.apix), truth,

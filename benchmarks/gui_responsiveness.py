@@ -29,12 +29,17 @@ Workloads
                  a schedule long enough to keep training for the whole window.
     reconstruct  a stack simulated from the bundled 1OL5 32³ map (1000 particles, SNR 0.1),
                  the cpu-small preset.
+
+The view of volumes: by default the plugin's (2D slices while training where OpenGL is a
+software rasteriser, as under Xvfb; 3D with a GPU); ``--volumes-3d always`` forces the 3D view
+(``RMFN_NAPARI_VOLUMES_3D``), what a GPU user sees, drawn here by llvmpipe.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 
@@ -279,16 +284,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="training window measured")
     parser.add_argument("--idle-seconds", type=float, default=3.0, help="idle baseline")
     parser.add_argument("--markdown", help="also write the table and the longest stalls to this file")
+    parser.add_argument("--volumes-3d", choices=("auto", "always", "never"), default="auto",
+                        help="the view of volumes while training (RMFN_NAPARI_VOLUMES_3D; auto: the plugin's choice)")
     args = parser.parse_args(argv)
 
     import napari
     import torch
 
+    os.environ["RMFN_NAPARI_VOLUMES_3D"] = args.volumes_3d
     tasks = ["fit-image", "reconstruct"] if args.task == "both" else [args.task]
     results = [run_task(t, args.seconds, args.idle_seconds) for t in tasks]
     head = (f"GUI responsiveness: QTimer every {TICK_MS} ms; delay = actual interval - {TICK_MS} ms; "
             f"stall = delay > {STALL_MS:.0f} ms\ntorch {torch.__version__}, threads "
-            f"{torch.get_num_threads()}, napari {napari.__version__}")
+            f"{torch.get_num_threads()}, napari {napari.__version__}; volumes in 3D: {args.volumes_3d}")
     body = [table(results), ""]
     for r in results:
         body.append(worst_stalls(r))

@@ -107,6 +107,8 @@ def take_screenshots(out_dir: Path, timeout_s: float = 240.0) -> None:
     # the forms as a new user sees them: no remembered settings, outputs in a scratch folder
     os.environ["XDG_CONFIG_HOME"] = str(scratch / "config")
     os.environ["RMFN_NAPARI_HOME"] = str(scratch / "runs")
+    # volumes in 3D, as with a GPU (Xvfb's software OpenGL would keep slices while training)
+    os.environ.setdefault("RMFN_NAPARI_VOLUMES_3D", "always")
     viewer, rec, fit = open_viewer()
     # ---- 2D: the astronaut, a short schedule at 128² (downsample 4)
     viewer.layers["1OL5 map (32³, 2 Å)"].visible = False

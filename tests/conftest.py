@@ -83,6 +83,9 @@ def _private_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("RMFN_NAPARI_HOME", str(home / "rmfn-napari"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    # the 3D view for volumes as with a GPU (Xvfb's llvmpipe would keep them in 2D:
+    # tests/test_widgets_layers.py tests that path)
+    monkeypatch.setenv("RMFN_NAPARI_VOLUMES_3D", "always")
     yield
 
 

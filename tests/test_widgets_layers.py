@@ -17,7 +17,10 @@ from rmfn_napari._widgets.layers import LayerUpdater  # noqa: E402
 from rmfn_napari.cryoem.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
 from rmfn_napari.cryoem.simulate import simulate_particles  # noqa: E402
 from rmfn_napari._widgets import layers as layers_module  # noqa: E402
-from rmfn_napari._widgets.pacing import RedrawCost, paced_interval_s  # noqa: E402
+from rmfn_napari._widgets import pacing  # noqa: E402
+from rmfn_napari._widgets.pacing import (  # noqa: E402
+    RedrawCost, is_software_opengl, paced_interval_s, volumes_in_3d_by_default,
+)
 from rmfn_napari.engine.events import ScaleSnapshot, VolumeSnapshot  # noqa: E402
 from rmfn_napari.fitting.metrics import log_spectrum  # noqa: E402
 
@@ -223,6 +226,56 @@ def test_redraw_cost_includes_the_repaint_that_follows(qapp, qtbot):
     assert 0.16 <= cost.estimate_s < 1.0, cost.estimate_s
     cost.forget()
     assert cost.estimate_s is None
+
+
+def test_software_opengl_is_told_by_the_renderers_name(monkeypatch):
+    assert is_software_opengl("llvmpipe (LLVM 15.0.6, 256 bits)")
+    assert is_software_opengl("Microsoft Basic Render Driver")
+    assert is_software_opengl("Google SwiftShader")
+    for gpu in ("NVIDIA GeForce RTX 4090/PCIe/SSE2", "Mesa Intel(R) UHD Graphics 620 (KBL GT2)",
+                "AMD Radeon Pro 5500M OpenGL Engine", "Apple M2", ""):
+        assert not is_software_opengl(gpu), gpu
+    monkeypatch.setattr(pacing, "opengl_renderer", lambda: "llvmpipe (LLVM 15.0.6, 256 bits)")
+    for choice, want in (("auto", False), ("always", True), ("never", False)):
+        monkeypatch.setenv("RMFN_NAPARI_VOLUMES_3D", choice)
+        assert volumes_in_3d_by_default() is want, choice
+    monkeypatch.setattr(pacing, "opengl_renderer", lambda: "NVIDIA GeForce RTX 4090/PCIe/SSE2")
+    monkeypatch.setenv("RMFN_NAPARI_VOLUMES_3D", "auto")
+    assert volumes_in_3d_by_default()
+    monkeypatch.setenv("RMFN_NAPARI_VOLUMES_3D", "never")
+    assert not volumes_in_3d_by_default()
+
+
+def test_with_software_opengl_volumes_stay_as_slices_and_the_user_is_told(make_napari_viewer, qtbot,
+                                                                         monkeypatch):
+    """A 3D frame costs ~0.3 s on llvmpipe: the view stays 2D (central slices), one message."""
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setenv("RMFN_NAPARI_VOLUMES_3D", "auto")
+    monkeypatch.setattr(pacing, "opengl_renderer", lambda: "llvmpipe (LLVM 15.0.6, 256 bits)")
+    told = []
+    monkeypatch.setattr(notifications, "show_info", told.append)
+    viewer = make_napari_viewer()
+    updater = LayerUpdater(viewer, spatial_ndim=3)
+    assert not updater.volumes_in_3d
+    vol = np.zeros((16, 16, 16), np.float32)
+    vol[8, 4:12, 4:12] = 1.0  # a square in the central z plane
+    for stage in range(2):
+        updater.reset(3)
+        updater.handle(ScaleSnapshot(0, vol, log_spectrum(vol), 2.0, stage, final=True))
+        updater.handle_volume(VolumeSnapshot("map", vol, 2.0, stage))
+        updater.stage_finished()
+    assert viewer.dims.ndisplay == 2
+    assert len(told) == 1 and "software" in told[0] and "2D/3D" in told[0]
+    layer = viewer.layers["rMFN scale 1"]
+    z = layer.world_to_data(viewer.dims.point)[0]
+    assert abs(z - 8) <= 0.5, viewer.dims.point  # the slice shown is the central one
+    # a user who chose 3D keeps it: the next run does not switch back
+    viewer.dims.ndisplay = 3
+    updater.reset(3)
+    updater.handle(ScaleSnapshot(0, vol, log_spectrum(vol), 2.0, 0, final=True))
+    updater.stage_finished()
+    assert viewer.dims.ndisplay == 3 and len(told) == 1
 
 
 def test_display_size_keeps_the_extent():

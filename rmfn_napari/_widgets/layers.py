@@ -53,9 +53,9 @@ from .display_prep import (
     DisplayArray, display_of, n_scales_of, prepare_scale_snapshot, prepare_volume_snapshot,
 )
 from .layer_ops import assign_array, ensure_image_layer
-from .pacing import RedrawCost, paced_interval_s
+from .pacing import RedrawCost, opengl_renderer, paced_interval_s, volumes_in_3d_by_default
 from .volume_layers import (
-    SPECTRUM_GAP, VOLUME_LAYER_NAMES, VOLUMES_VISIBLE, BackprojectedMapLayers, volume_layer_name,
+    SPECTRUM_GAP, VOLUME_LAYER_NAMES, BackprojectedMapLayers, volume_layer_name,
 )
 
 SCALE_NAME = "rMFN scale {}"
@@ -120,6 +120,10 @@ class LayerUpdater(QObject):
         self.redraw_cost = RedrawCost(parent=self)
         viewer.dims.events.ndisplay.connect(self.redraw_cost.forget)  # 2D and 3D frames differ
         self.maps = BackprojectedMapLayers(viewer)
+        #: Whether a run's volumes switch the view to 3D (not with a software OpenGL:
+        #: :func:`.pacing.volumes_in_3d_by_default`).
+        self.volumes_in_3d = spatial_ndim != 3 or volumes_in_3d_by_default()
+        self._told_2d = False
         self.follow = True
         #: Whether spectrum layers are shown with their scale (the stepper's "spectra" box).
         self.spectra_visible = True
@@ -177,9 +181,8 @@ class LayerUpdater(QObject):
         if ev.task == "reconstruct":  # its stage ends also send the backprojected maps
             self._to_create += [(name, "volume") for name in VOLUME_LAYER_NAMES]
         self.maps.begin_run()
-        if self.spatial_ndim == 3 and not self._switched_3d:
-            self._switched_3d = True
-            self.viewer.dims.ndisplay = 3
+        if self.spatial_ndim == 3:
+            self._show_volumes()
         if self.runner is not None and self._to_create:
             self._release = self.runner.hold()
         self._create_timer.start()
@@ -383,6 +386,7 @@ class LayerUpdater(QObject):
         if reframe:
             self.redraw_cost.discard()  # a first frame of new data: not what a live update costs
             self.viewer.reset_view()
+            self._centre_slice()
         self.gui_seconds += time.perf_counter() - t0
 
     # ---- scale layers ---------------------------------------------------------------
@@ -455,9 +459,8 @@ class LayerUpdater(QObject):
             assign_array(self.viewer, spectrum_layer, shown.spectrum, scale, spec_translate,
                          colormap="magma"))
         self.n_applied += 1
-        if len(shown.image.spatial_shape) == 3 and not self._switched_3d:
-            self._switched_3d = True
-            self.viewer.dims.ndisplay = 3
+        if len(shown.image.spatial_shape) == 3:
+            self._show_volumes()
         first = self._trained < 0
         if snap.scale > self._trained:
             self._trained = snap.scale
@@ -486,10 +489,37 @@ class LayerUpdater(QObject):
         """A backprojected map into its layer (:class:`.volume_layers.BackprojectedMapLayers`);
         True: reframe the view."""
         reframe = self.maps.apply(snap, lambda arr: self._world(arr, image=False))
-        if display_of(snap).image.data.ndim == 3 and not self._switched_3d:
-            self._switched_3d = True
-            self.viewer.dims.ndisplay = 3
+        if display_of(snap).image.data.ndim == 3:
+            self._show_volumes()
         return reframe
+
+    def _centre_slice(self) -> None:
+        """In the 2D view of volumes, show their central plane: index D/2, the rotation centre
+        (napari's own default is the middle step, D/2 − 1 for an even D)."""
+        if self.spatial_ndim != 3 or self.viewer.dims.ndisplay != 2:
+            return
+        for image, _spectrum in self._layers.values():
+            if image is not None and image in self.viewer.layers and image.data.ndim == 3 \
+                    and image.data.shape[0] > 1:
+                z = float(image.data_to_world((image.data.shape[0] // 2, 0, 0))[0])
+                self.viewer.dims.set_point(0, z)
+                return
+
+    def _show_volumes(self) -> None:
+        """A run's volumes are coming: the 3D view (once per run), or with a software OpenGL
+        the 2D view the user is in, said once."""
+        if self._switched_3d:
+            return
+        self._switched_3d = True
+        if self.volumes_in_3d:
+            self.viewer.dims.ndisplay = 3
+        elif self.viewer.dims.ndisplay == 2 and not self._told_2d:
+            self._told_2d = True
+            from napari.utils.notifications import show_info
+
+            show_info(f"OpenGL here renders in software ({opengl_renderer() or 'unknown'}): one 3D frame "
+                      "of the volumes takes ~0.3 s, so they are shown as slices while the run trains. "
+                      "The viewer's 2D/3D button shows them in 3D.")
 
 
 __all__ = ["LayerUpdater", "PREVIOUS_RUN_SUFFIX", "REFERENCE_NAME", "SPECTRUM_GAP", "VOLUME_LAYER_NAMES",

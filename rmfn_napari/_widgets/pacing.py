@@ -9,6 +9,12 @@ is derived from the measured cost: ``interval = max(floor, cost / budget)`` — 
 most ``budget`` (2 %) of its time blocked by in-stage redraws. With 0.3 s frames that is one live
 volume update per 15 s; with 10 ms frames, the floor (1 s for volumes, 0.5 s for images).
 
+Where OpenGL is a software renderer (:func:`is_software_opengl`: Mesa's llvmpipe, softpipe,
+SwiftShader, Windows' basic renderer), even a paced 3D frame is a 0.3 s freeze, and so is every
+camera move; the layer updater then leaves the view in 2D (slices through the volumes, a few ms
+a frame) while a run trains, and says so once; the viewer's 2D/3D button still shows them in 3D
+(``RMFN_NAPARI_VOLUMES_3D=always`` switches to 3D anyway, ``never`` never does).
+
 The cost of an update is measured from the start of its handler to the next pass of the event
 loop: Qt delivers the canvas' repaint request (a posted event) before it runs timers, so a
 zero-interval ``QTimer`` started in the handler fires after the repaint (not the static
@@ -21,8 +27,10 @@ made layers is not counted (it costs more, once), and the interval is capped at
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
+from functools import lru_cache
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer
@@ -35,6 +43,42 @@ UNMEASURED_INTERVAL_S = {2: 0.5, 3: 10.0}
 FLOOR_S = {2: 0.5, 3: 1.0}
 #: Longest interval, s, however dear.
 CEILING_S = 30.0
+#: Substrings of the OpenGL renderer's name (lower case) of software rasterisers.
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software rasterizer", "swiftshader",
+                      "basic render")
+
+
+@lru_cache(maxsize=1)
+def opengl_renderer() -> str:
+    """The OpenGL renderer's name (``GL_RENDERER``, e.g. ``"llvmpipe (LLVM 15.0.6, 256 bits)"``);
+    '' when it cannot be read. Read once, in napari's OpenGL context (a private helper of napari:
+    any failure gives '')."""
+    try:
+        from napari._vispy.utils.gl import _opengl_context
+        from vispy.gloo import gl
+
+        with _opengl_context():
+            return str(gl.glGetParameter(gl.GL_RENDERER))
+    except Exception:  # noqa: BLE001 (a private API: anything may change)
+        return ""
+
+
+def volumes_in_3d_by_default() -> bool:
+    """Whether a run's volumes switch the view to 3D: ``RMFN_NAPARI_VOLUMES_3D`` ``always`` or
+    ``never``; ``auto`` (the default) unless the OpenGL is a software rasteriser."""
+    choice = os.environ.get("RMFN_NAPARI_VOLUMES_3D", "auto").strip().lower()
+    if choice in ("always", "1", "yes"):
+        return True
+    if choice in ("never", "0", "no"):
+        return False
+    return not is_software_opengl()
+
+
+def is_software_opengl(renderer: str | None = None) -> bool:
+    """Whether the OpenGL renderer (``renderer``, default :func:`opengl_renderer`) is a software
+    rasteriser (:data:`SOFTWARE_RENDERERS`), where a 3D frame of volumes costs 0.25–0.45 s."""
+    name = (opengl_renderer() if renderer is None else renderer).lower()
+    return any(key in name for key in SOFTWARE_RENDERERS)
 
 
 def paced_interval_s(cost_s: float | None, spatial_ndim: int, floor_s: float | None = None,
@@ -88,4 +132,5 @@ class RedrawCost(QObject):
         self.discard()
 
 
-__all__ = ["CEILING_S", "FLOOR_S", "REDRAW_BUDGET", "RedrawCost", "UNMEASURED_INTERVAL_S", "paced_interval_s"]
+__all__ = ["CEILING_S", "FLOOR_S", "REDRAW_BUDGET", "RedrawCost", "SOFTWARE_RENDERERS", "UNMEASURED_INTERVAL_S",
+           "is_software_opengl", "opengl_renderer", "paced_interval_s", "volumes_in_3d_by_default"]
