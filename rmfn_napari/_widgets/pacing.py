@@ -11,8 +11,8 @@ volume update per 15 s; with 10 ms frames, the floor (1 s for volumes, 0.5 s for
 
 Where OpenGL is a software renderer (:func:`is_software_opengl`: Mesa's llvmpipe, softpipe,
 SwiftShader, Windows' basic renderer), even a paced 3D frame is a 0.3 s freeze, and so is every
-camera move; the layer updater then leaves the view in 2D (slices through the volumes, a few ms
-a frame) while a run trains, and says so once; the viewer's 2D/3D button still shows them in 3D
+camera move; the layer updater then leaves the view in 2D (slices through the volumes: nothing
+ray-cast) while a run trains, and says so once; the viewer's 2D/3D button still shows them in 3D
 (``RMFN_NAPARI_VOLUMES_3D=always`` switches to 3D anyway, ``never`` never does).
 
 The cost of an update is measured from the start of its handler to the next pass of the event
