@@ -64,7 +64,14 @@ def test_run_folder_layers_equal_the_files(run_folder):
     assert [p.name for p in scales] == ["scale_1.mrc", "scale_2.mrc", "scale_3.mrc"]
     layers = {kw["name"]: (data, kw) for data, kw, kind in run_layer_data(run_folder)}
     assert set(layers) == {"rMFN scale 1", "rMFN scale 2", "rMFN scale 3", "half map 1",
-                           "half map 2", "map (backprojected)", "mask (auto)"}
+                           "half map 2", "map (backprojected)", "mask (auto)", "reference"}
+    # the reference the run was compared against, from metrics.json's path: the file's map, hidden
+    metrics = json.loads((run_folder / "metrics.json").read_text())
+    ref_path = Path(metrics["reference"])
+    assert ref_path.name == "map16.mrc" and ref_path.is_absolute()
+    data, kw = layers["reference"]
+    np.testing.assert_array_equal(np.asarray(data, np.float32), _mrc(ref_path)[0])
+    assert tuple(kw["scale"]) == pytest.approx((APIX16,) * 3) and not kw["visible"]
     files = {"rMFN scale 1": "scale_1", "rMFN scale 2": "scale_2", "rMFN scale 3": "scale_3",
              "half map 1": "half_map_1", "half map 2": "half_map_2",
              "map (backprojected)": "map", "mask (auto)": "mask_auto"}
@@ -144,6 +151,24 @@ def test_corrupt_metrics_is_one_line_naming_the_file(make_napari_viewer, run_fol
     (broken / "metrics.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="metrics.json: expected a JSON object, found list"):
         read_run_metrics(broken)
+
+
+def test_a_reference_at_the_particles_box_is_cropped_and_a_missing_one_left_out(run_folder, tmp_path):
+    """A run cropped with --box compared against a map at the particles' box: the layer is that
+    map Fourier-cropped to the run's box; a reference that is gone gives no layer, no error."""
+    from rmfn_napari._widgets.open_run import _reference_layer
+    from rmfn_napari.cryoem.downsample import fourier_crop_volume
+    from rmfn_napari.cryoem.io import write_map
+
+    big = np.random.default_rng(0).normal(size=(32, 32, 32)).astype(np.float32)
+    path = write_map(tmp_path / "ref32.mrc", big, 1.0)
+    metrics = {"reference": str(path), "box": 16, "apix": 2.0, "source_box": 32, "source_apix": 1.0}
+    (data, kw, kind), = _reference_layer(metrics)
+    np.testing.assert_allclose(data, fourier_crop_volume(big, 16), rtol=1e-6, atol=1e-6)
+    assert tuple(kw["scale"]) == (2.0, 2.0, 2.0) and kind == "image"
+    assert _reference_layer({**metrics, "reference": str(tmp_path / "gone.mrc")}) == []
+    assert _reference_layer({**metrics, "source_box": 24}) == []  # fits neither box: changed since
+    assert _reference_layer({**metrics, "reference": None}) == []
 
 
 def test_reader_accepts_run_folders_only(run_folder, tmp_path):

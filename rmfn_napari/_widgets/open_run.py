@@ -9,7 +9,8 @@ wrote: ``metrics.json`` and at least one ``scale_k.mrc`` (reconstruct: also ``ma
 Layers get the live run's names and placement (:mod:`.layers`): ``"rMFN scale k"`` at the
 origin, only the finest one visible; ``"half map 1"``, ``"half map 2"``, ``"map
 (backprojected)"`` left of them (the map visible, the half-maps hidden); ``"mask (auto)"``
-with them, hidden. Volumes in Å (``scale`` = the MRC voxel size). Fit-image results sit on the
+with them, hidden; ``"reference"`` (the map a run with ``--reference`` was compared against, at
+the run's box) at the origin, hidden. Volumes in Å (``scale`` = the MRC voxel size). Fit-image results sit on the
 original image's grid (``scale`` = the downsampling factor, from ``metrics.json``'s
 ``eval_shape`` / ``train_shape``), their spectra ``"rMFN spectrum k"`` right of them.
 
@@ -96,7 +97,40 @@ def run_layer_data(folder, metrics: dict | None = None) -> list[LayerData]:
                          "scale_1.tif)", folder)
     if run_kind(folder) == "fit-image":
         return _image_layers(folder, read_run_metrics(folder) if metrics is None else metrics)
-    return _map_layers(folder)
+    if metrics is None:
+        try:
+            metrics = read_run_metrics(folder)
+        except InputError:
+            metrics = {}  # the maps do not need it, only the reference layer does
+    return _map_layers(folder) + _reference_layer(metrics)
+
+
+def _reference_layer(metrics: dict) -> list[LayerData]:
+    """The map the run's FSC was computed against (``metrics.json``'s ``reference``, a path), as
+    the live run's hidden ``"reference"`` layer: at the run's box and voxel size (Fourier-cropped
+    like the particles when it is at their original box). None when the run had no reference
+    file, it is gone, or its size fits neither box (it changed since)."""
+    from ..cryoem.downsample import fourier_crop_volume
+    from ..cryoem.io import read_map
+    from .layers import REFERENCE_NAME
+
+    path = metrics.get("reference")
+    box, apix = metrics.get("box"), metrics.get("apix")
+    if not path or not box or not apix or not Path(path).is_file():
+        return []
+    try:
+        vol, _voxel = read_map(path)
+    except (InputError, OSError, ValueError):
+        return []
+    box = int(box)
+    if vol.shape == (int(metrics.get("source_box") or box),) * 3 and vol.shape[0] != box:
+        vol = fourier_crop_volume(vol, box)
+    if vol.shape != (box,) * 3:
+        return []
+    kwargs = {"name": REFERENCE_NAME, "scale": (float(apix),) * 3, "translate": (0.0, 0.0, 0.0),
+              "colormap": "gray", "blending": "additive", "rendering": "mip", "visible": False,
+              "metadata": {"voxel_size": float(apix), "path": str(path)}}
+    return [(np.asarray(vol, np.float32), kwargs, "image")]
 
 
 def _map_layers(folder: Path) -> list[LayerData]:

@@ -348,6 +348,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                        source_apix=getattr(ds, "source_apix", apix), seconds=seconds, stopped=stopped,
                        batches=state.step, band_limits_cycles=net.band_limits,
                        true_poses=None if truth is None else str(truth.path),
+                       reference=str(Path(reference).resolve()) if isinstance(reference, (str, Path)) else None,
                        world_size=ranks.world, global_batch=cfg.batch_size)
     outputs: dict[str, str] = {}
     sync_poses()
