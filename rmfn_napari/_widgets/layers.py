@@ -518,7 +518,7 @@ class LayerUpdater(QObject):
             from napari.utils.notifications import show_info
 
             show_info(f"OpenGL here renders in software ({opengl_renderer() or 'unknown'}): one 3D frame "
-                      "of the volumes takes ~0.3 s, so they are shown as slices while the run trains. "
+                      "of the volumes takes ~0.3 s, so runs show them as slices (the central plane). "
                       "The viewer's 2D/3D button shows them in 3D.")
 
 
