@@ -55,12 +55,12 @@ from .display_prep import (
 from .layer_ops import assign_array, ensure_image_layer
 from .pacing import RedrawCost, opengl_renderer, paced_interval_s, volumes_in_3d_by_default
 from .volume_layers import (
-    SPECTRUM_GAP, VOLUME_LAYER_NAMES, BackprojectedMapLayers, volume_layer_name,
+    REFERENCE_NAME, SPECTRUM_GAP, VOLUME_LAYER_NAMES, BackprojectedMapLayers, set_reference_layer,
+    show_central_plane, volume_layer_name,
 )
 
 SCALE_NAME = "rMFN scale {}"
 SPECTRUM_NAME = "rMFN spectrum {}"
-REFERENCE_NAME = "reference"
 #: After a stage end's first result, seconds to wait for the rest of it (the engine's
 #: StageFinished) before drawing what came.
 STAGE_END_WAIT_S = 3.0
@@ -336,19 +336,8 @@ class LayerUpdater(QObject):
         self._update_visibility()
 
     def set_reference(self, volume: np.ndarray, voxel_size: float) -> None:
-        """Add or update the ``"reference"`` layer (a map the run is compared against)."""
-        data = np.ascontiguousarray(volume, dtype=np.float32)
-        kwargs = dict(scale=(float(voxel_size),) * data.ndim)
-        if REFERENCE_NAME in self.viewer.layers:
-            layer = self.viewer.layers[REFERENCE_NAME]
-            if layer.data.shape == data.shape and tuple(layer.scale) == kwargs["scale"]:
-                layer.data = data
-                layer.reset_contrast_limits()
-                return
-            self.viewer.layers.remove(layer)
-        rendering = {"rendering": "mip"} if data.ndim == 3 else {}
-        self.viewer.add_image(data, name=REFERENCE_NAME, colormap="gray", blending="additive",
-                              metadata={"voxel_size": float(voxel_size)}, **rendering, **kwargs)
+        """Add or update the ``"reference"`` layer (:func:`.volume_layers.set_reference_layer`)."""
+        set_reference_layer(self.viewer, volume, voxel_size)
 
     # ---- queue ----------------------------------------------------------------------
     def _schedule(self, stage_end: bool) -> None:
@@ -494,16 +483,9 @@ class LayerUpdater(QObject):
         return reframe
 
     def _centre_slice(self) -> None:
-        """In the 2D view of volumes, show their central plane: index D/2, the rotation centre
-        (napari's own default is the middle step, D/2 − 1 for an even D)."""
-        if self.spatial_ndim != 3 or self.viewer.dims.ndisplay != 2:
-            return
-        for image, _spectrum in self._layers.values():
-            if image is not None and image in self.viewer.layers and image.data.ndim == 3 \
-                    and image.data.shape[0] > 1:
-                z = float(image.data_to_world((image.data.shape[0] // 2, 0, 0))[0])
-                self.viewer.dims.set_point(0, z)
-                return
+        """In the 2D view of volumes, show their central plane (:func:`.volume_layers.show_central_plane`)."""
+        if self.spatial_ndim == 3 and self.viewer.dims.ndisplay == 2:
+            show_central_plane(self.viewer, [image for image, _spectrum in self._layers.values()])
 
     def _show_volumes(self) -> None:
         """A run's volumes are coming: the 3D view (once per run), or with a software OpenGL

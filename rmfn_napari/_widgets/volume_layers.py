@@ -1,4 +1,4 @@
-"""The engine's backprojected maps as napari layers (GUI thread only).
+"""The engine's backprojected maps, and the reference, as napari layers (GUI thread only).
 
 At each stage end a reconstruction sends its half-maps and the full backprojected map
 (:class:`~rmfn_napari.engine.events.VolumeSnapshot` ``half_map_1``, ``half_map_2``, ``map``).
@@ -7,6 +7,7 @@ place at every stage end and never duplicated; it lies left of the scale layers 
 width) on the run's voxel grid (Å). Only the full map is shown when first added; the half-maps
 are there for inspection. When a run starts, existing layers of those names are blanked and
 hidden (the user's display settings kept) and get back their visibility at their first data.
+The ``"reference"`` layer holds the map a run is compared against (:func:`set_reference_layer`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ VOLUME_LAYER_NAMES = {
 }
 #: Shown when first added (the half-maps are there for inspection, hidden by default).
 VOLUMES_VISIBLE = {"map"}
+#: Name of the layer of the map a run is compared against.
+REFERENCE_NAME = "reference"
 #: Gap between an image (or map) and its neighbour, as a fraction of its width.
 SPECTRUM_GAP = 0.15
 
@@ -103,9 +106,35 @@ class BackprojectedMapLayers:
         return True
 
 
+def set_reference_layer(viewer, volume: np.ndarray, voxel_size: float) -> None:
+    """Add or update the ``"reference"`` layer (a map the run is compared against), voxel size
+    in Å; a layer of that name and shape is updated in place."""
+    data = np.ascontiguousarray(volume, dtype=np.float32)
+    scale = (float(voxel_size),) * data.ndim
+    if REFERENCE_NAME in viewer.layers:
+        layer = viewer.layers[REFERENCE_NAME]
+        if layer.data.shape == data.shape and tuple(layer.scale) == scale:
+            layer.data = data
+            layer.reset_contrast_limits()
+            return
+        viewer.layers.remove(layer)
+    rendering = {"rendering": "mip"} if data.ndim == 3 else {}
+    viewer.add_image(data, name=REFERENCE_NAME, colormap="gray", blending="additive", scale=scale,
+                     metadata={"voxel_size": float(voxel_size)}, **rendering)
+
+
+def show_central_plane(viewer, layers) -> None:
+    """Move the 2D view to the central plane of the first real volume among ``layers``: index
+    D/2, the rotation centre (napari's own default is the middle step, D/2 − 1 for an even D)."""
+    for layer in layers:
+        if layer is not None and layer in viewer.layers and layer.data.ndim == 3 and layer.data.shape[0] > 1:
+            viewer.dims.set_point(0, float(layer.data_to_world((layer.data.shape[0] // 2, 0, 0))[0]))
+            return
+
+
 def _is_grey_volume(layer, ndim: int = 3) -> bool:
     return type(layer).__name__ == "Image" and layer.data.ndim == ndim and not getattr(layer, "rgb", False)
 
 
-__all__ = ["BackprojectedMapLayers", "SPECTRUM_GAP", "VOLUME_LAYER_NAMES", "VOLUMES_VISIBLE",
+__all__ = ["BackprojectedMapLayers", "REFERENCE_NAME", "SPECTRUM_GAP", "set_reference_layer", "show_central_plane", "VOLUME_LAYER_NAMES", "VOLUMES_VISIBLE",
            "volume_layer_name"]
