@@ -15,8 +15,9 @@ Each stall is split, by the time intervals that overlap it, into
              event slots and everything they call: layer creation and updates, plots, the
              progress bar; the layer updater's and progress timers) — ``time.perf_counter``
              around each, outermost call only — less the paints they forced;
-    drawing  time inside vispy's paint of a canvas (the napari canvas and the plot docks),
-             also a paint forced synchronously inside a plugin handler (docking a widget);
+    drawing  time inside the paint of a canvas (vispy's for the napari canvas, QPainter's for
+             the plot docks), also a paint forced synchronously inside a plugin handler
+             (docking a widget);
     other    the rest (Qt and napari internals, waiting for the GIL held by the worker).
 Printed per phase: ticks, p50 / p95 / max delay (ms), stalls > 100 ms (count and per 10 s), and
 the plugin / drawing / other ms summed over the stalls; then the five longest stalls.
@@ -106,7 +107,10 @@ def instrument() -> tuple[Intervals, Intervals]:
         plugin.wrap(layers.LayerUpdater, name)
 
     drawing = Intervals()
-    qt_backend = sys.modules.get("vispy.app.backends._qt")
+    from rmfn_napari._widgets.plot_canvas import PlotCanvas
+
+    drawing.wrap(PlotCanvas, "paintEvent")  # the plot docks (QPainter)
+    qt_backend = sys.modules.get("vispy.app.backends._qt")  # the napari canvas
     if qt_backend is not None:
         for name in ("paintGL", "paintEvent"):
             for cls in vars(qt_backend).values():

@@ -355,3 +355,24 @@ def test_switch_interval_comes_back_when_the_widget_closes_mid_run(make_napari_v
     qtbot.wait(50)
     assert QThreadPool.globalInstance().waitForDone(30000)
     assert sys.getswitchinterval() == pytest.approx(saved)
+
+
+def test_same_shape_data_keeps_the_dims_and_a_new_shape_updates_them(make_napari_viewer, monkeypatch):
+    """A live update of the same shape skips napari's dims recomputation (its cost, not its
+    result: the extent is unchanged); new data of another shape still updates the dims."""
+    from rmfn_napari._widgets.display_prep import DisplayArray
+    from rmfn_napari._widgets.layer_ops import assign_array
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((8, 8, 8), np.float32), scale=(2.0, 2.0, 2.0))
+    calls = []
+    original = type(viewer)._on_layers_change
+    monkeypatch.setattr(type(viewer), "_on_layers_change",
+                        lambda self: (calls.append(1), original(self))[1])
+    same = DisplayArray(np.ones((8, 8, 8), np.float32), (0.0, 1.0), pixel=2.0, offset=0.0)
+    assert assign_array(viewer, layer, same, (2.0,) * 3, (0.0,) * 3, "gray") is layer
+    assert calls == [] and np.all(layer.data == 1)
+    assert [r.stop for r in viewer.dims.range] == [14.0, 14.0, 14.0]  # (8 - 1) voxels of 2 Å
+    bigger = DisplayArray(np.ones((12, 12, 12), np.float32), (0.0, 1.0), pixel=2.0, offset=0.0)
+    assign_array(viewer, layer, bigger, (2.0,) * 3, (0.0,) * 3, "gray")
+    assert calls and [r.stop for r in viewer.dims.range] == [22.0, 22.0, 22.0]

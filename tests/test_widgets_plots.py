@@ -195,7 +195,7 @@ def test_png_is_the_plot_and_not_blank(qtbot, tmp_path):
     path = plot.save_png(tmp_path / "fsc.png")
     image = QImage(str(path))
     assert not image.isNull()
-    rgba = plot.canvas.render()
+    rgba = plot.canvas.render_rgba()
     legend_h = plot.legend.grab().height()
     assert (image.width(), image.height()) == (rgba.shape[1], rgba.shape[0] + legend_h)
     # not blank: the canvas part has the background, the curve's red and white text

@@ -1,11 +1,12 @@
-"""The frame every rMFN plot shares (GUI thread only): a vispy canvas with a title, axes and a
-pan-zoom view, a Qt legend under it, and export of what is drawn.
+"""The frame every rMFN plot shares (GUI thread only): a plot canvas with a title, axes and
+a view range, a Qt legend under it, and export of what is drawn.
 
-Plots are vispy ``SceneCanvas`` es (napari already ships vispy; matplotlib is not a
-dependency). Export: :meth:`VispyPlot.save_png` writes the canvas with the legend under it
-(pixels: the canvas's size, plus the legend's height); :meth:`VispyPlot.save_csv` writes the
-numbers behind the plot (each plot says which columns, :meth:`VispyPlot.csv_rows`). The
-"Save…" button beside the legend offers both, through a file dialog.
+The canvas is a :class:`.plot_canvas.PlotCanvas`, drawn with QPainter (not OpenGL: see that
+module for why; matplotlib is not a dependency). Export: :meth:`PlotWidget.save_png` writes the
+canvas with the legend under it (pixels: the canvas's size, plus the legend's height);
+:meth:`PlotWidget.save_csv` writes the numbers behind the plot (each plot says which columns,
+:meth:`PlotWidget.csv_rows`). The "Save…" button beside the legend offers both, through a file
+dialog.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from qtpy.QtWidgets import (
 
 from ..engine.atomic import atomic_path
 from ..errors import InputError
+from .plot_canvas import PlotCanvas
 
 #: Legend entries never break inside (Qt ignores ``white-space: nowrap`` on a span).
 NB_HYPHEN = "\u2011"
@@ -37,11 +39,13 @@ def hex_color(rgb) -> str:
     return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgb[:3])
 
 
-class VispyPlot(QWidget):
-    """A vispy 2D plot: title, axes, a pan-zoom view, a Qt legend label below, and a
-    "Save…" menu (PNG, CSV).
+class PlotWidget(QWidget):
+    """A 2D plot: title, axes, a view range, a Qt legend label below, and a "Save…" menu
+    (PNG, CSV).
 
-    Subclasses fill :meth:`csv_rows` with the plot's numbers (a header row, then data rows).
+    Subclasses put :class:`.plot_canvas.Series` and :class:`.plot_canvas.Bars` on
+    :attr:`canvas` and fill :meth:`csv_rows` with the plot's numbers (a header row, then data
+    rows).
     """
 
     #: Default file name stem offered by the save dialogs.
@@ -49,29 +53,7 @@ class VispyPlot(QWidget):
 
     def __init__(self, title: str, x_label: str, y_label: str, parent: QWidget | None = None):
         super().__init__(parent)
-        from vispy import scene
-
-        self._scene = scene
-        self.canvas = scene.SceneCanvas(keys=None, show=False, size=(360, 240),
-                                        bgcolor=(0.15, 0.16, 0.19, 1.0))
-        grid = self.canvas.central_widget.add_grid(margin=6)
-        self.title = scene.Label(title, color="white", font_size=9)
-        self.title.height_max = 22
-        grid.add_widget(self.title, row=0, col=0, col_span=2)
-        self.y_axis = scene.AxisWidget(orientation="left", axis_label=y_label, axis_font_size=8,
-                                       tick_label_margin=4, axis_label_margin=34,
-                                       text_color="white", axis_color="white", tick_color="white")
-        self.y_axis.width_max = 52
-        grid.add_widget(self.y_axis, row=1, col=0)
-        self.x_axis = scene.AxisWidget(orientation="bottom", axis_label=x_label, axis_font_size=8,
-                                       tick_label_margin=12, axis_label_margin=28,
-                                       text_color="white", axis_color="white", tick_color="white")
-        self.x_axis.height_max = 44
-        grid.add_widget(self.x_axis, row=2, col=1)
-        self.view = grid.add_view(row=1, col=1, border_color=(0.6, 0.6, 0.6, 1.0))
-        self.view.camera = "panzoom"
-        self.x_axis.link_view(self.view)
-        self.y_axis.link_view(self.view)
+        self.canvas = PlotCanvas(title, x_label, y_label)
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
         self.legend.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
@@ -83,16 +65,15 @@ class VispyPlot(QWidget):
         self.save_png_action = menu.addAction("Save PNG…", self._ask_png)
         self.save_csv_action = menu.addAction("Save CSV…", self._ask_csv)
         self.save_button.setMenu(menu)
-        native = self.canvas.native
-        native.setMinimumSize(PLOT_MIN_WIDTH, CANVAS_MIN_HEIGHT)
-        native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.canvas.setMinimumSize(PLOT_MIN_WIDTH, CANVAS_MIN_HEIGHT)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         below = QHBoxLayout()
         below.setContentsMargins(0, 0, 0, 0)
         below.addWidget(self.legend, 1)
         below.addWidget(self.save_button, 0, Qt.AlignmentFlag.AlignTop)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(native, 1)
+        lay.addWidget(self.canvas, 1)
         lay.addLayout(below)
         self.setMinimumWidth(PLOT_MIN_WIDTH)
         self.n_redraws = 0
@@ -125,25 +106,35 @@ class VispyPlot(QWidget):
     # ---- view -----------------------------------------------------------------------
     def set_x_label(self, text: str) -> None:
         """Change the x-axis label."""
-        self.x_axis.axis.axis_label = text
+        self.canvas.x_label = text
 
     @property
     def x_label(self) -> str:
         """The x-axis label (with its unit)."""
-        return str(self.x_axis.axis.axis_label)
+        return self.canvas.x_label
+
+    @property
+    def title(self) -> str:
+        """The title drawn above the plot."""
+        return self.canvas.title
+
+    def set_title(self, text: str) -> None:
+        """Change the title."""
+        self.canvas.title = text
 
     def set_range(self, x, y) -> None:
-        """Show ``x = (x0, x1)``, ``y = (y0, y1)``."""
-        self.view.camera.set_range(x=x, y=y, margin=0.02)
+        """Show ``x = (x0, x1)``, ``y = (y0, y1)`` (each widened by 2 % of its span)."""
+        self.canvas.set_range(x, y, margin=0.02)
 
     def redraw(self) -> None:
-        """Ask vispy to repaint at the next event-loop pass (like matplotlib's draw_idle)."""
+        """Ask Qt to repaint the canvas at the next event-loop pass (like matplotlib's
+        draw_idle; repeated requests are coalesced into one paint)."""
         self.n_redraws += 1
         self.canvas.update()
 
     def grab_image(self) -> np.ndarray:
-        """Render the canvas to an RGBA array (for screenshots)."""
-        return self.canvas.render()
+        """The canvas as RGBA ``(H, W, 4)`` uint8 (for screenshots; also when hidden)."""
+        return self.canvas.render_rgba()
 
     # ---- export ---------------------------------------------------------------------
     def csv_rows(self) -> list[list]:
@@ -169,7 +160,7 @@ class VispyPlot(QWidget):
 
     def render_image(self) -> QImage:
         """The canvas as drawn now with the legend under it (width: the canvas's)."""
-        rgba = np.ascontiguousarray(self.canvas.render()[..., :4], dtype=np.uint8)
+        rgba = self.canvas.render_rgba()
         h, w = rgba.shape[:2]
         canvas_img = QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
         legend = self.legend.grab() if self.legend.text() else None
@@ -220,4 +211,4 @@ class VispyPlot(QWidget):
             show_error(str(exc))
 
 
-__all__ = ["CANVAS_MIN_HEIGHT", "NB_HYPHEN", "PLOT_MIN_WIDTH", "VispyPlot", "hex_color"]
+__all__ = ["CANVAS_MIN_HEIGHT", "NB_HYPHEN", "PLOT_MIN_WIDTH", "PlotWidget", "hex_color"]

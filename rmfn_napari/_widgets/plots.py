@@ -1,12 +1,12 @@
 """Live plots and tables for the dock widgets (GUI thread only).
 
-Plots are vispy ``SceneCanvas`` es (napari already ships vispy; matplotlib is not a
-dependency; the shared frame and PNG/CSV export: :mod:`.plot_base`): a line plot of FSC
+Plots are drawn with QPainter (:mod:`.plot_canvas`; the shared frame and PNG/CSV export:
+:mod:`.plot_base`): a line plot of FSC
 curves — the gold-standard curves between half-maps (unmasked, sphere and auto mask,
 threshold 0.143) and the curves against a reference, one per scale (threshold 0.5),
 together — and a bar histogram of pose errors in degrees (0–180, :mod:`.pose_plot`).
-Each redraw only swaps vertex data of existing visuals and asks vispy for an update, so it
-is cheap and never blocks the event loop. The legend (colours, thresholds and resolutions in
+Each update only swaps the arrays of existing lines and asks Qt for a repaint (a few ms, with
+or without a GPU). The legend (colours, thresholds and resolutions in
 Å, or "not resolved") is a Qt label under the canvas.
 
 Nothing here computes a metric: curves, resolutions and errors come from ``Metrics`` events.
@@ -19,7 +19,8 @@ import math
 import numpy as np
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem, QWidget
 
-from .plot_base import NB_HYPHEN, VispyPlot, hex_color
+from .plot_base import NB_HYPHEN, PlotWidget, hex_color
+from .plot_canvas import Series
 from .pose_plot import PoseHistogram  # noqa: F401 - re-exported: the plots live here for users
 
 #: Colours of scales 1, 2, 3, ... (RGB in [0, 1]); the last repeats.
@@ -69,24 +70,6 @@ def resolution_text(res_A) -> str:
     return f"{res:.1f} Å" if math.isfinite(res) else "∞"
 
 
-def _line_data(freq, fsc) -> tuple[np.ndarray, np.ndarray | None]:
-    """Vertices and segment pairs of a curve; None/NaN points are left out and the line is
-    broken there (never drawn as 0). ``connect`` is None when nothing can be drawn."""
-    x = np.asarray(freq, dtype=np.float64).ravel()
-    y = np.asarray([np.nan if v is None else v for v in np.asarray(fsc, dtype=object).ravel()],
-                   dtype=np.float64)
-    n = min(x.size, y.size)
-    x, y = x[:n], y[:n]
-    ok = np.isfinite(x) & np.isfinite(y)
-    index = np.cumsum(ok) - 1  # position of each finite point among the kept ones
-    pairs = np.flatnonzero(ok[:-1] & ok[1:]) if n > 1 else np.zeros(0, np.int64)
-    pos = np.column_stack([x[ok], y[ok]]).astype(np.float32)
-    if pairs.size == 0:
-        return np.zeros((2, 2), np.float32), None
-    connect = np.column_stack([index[pairs], index[pairs + 1]]).astype(np.uint32)
-    return pos, connect
-
-
 def _points(freq, fsc) -> tuple[np.ndarray, np.ndarray]:
     """A curve's points as float arrays of one length (None -> NaN), for export."""
     x = np.asarray(freq, dtype=np.float64).ravel()
@@ -96,14 +79,7 @@ def _points(freq, fsc) -> tuple[np.ndarray, np.ndarray]:
     return x[:n], y[:n]
 
 
-def _dashed(x0: float, x1: float, y: float, n_dashes: int = 40) -> np.ndarray:
-    """Vertex pairs of a horizontal dashed line (draw with ``connect="segments"``)."""
-    edges = np.linspace(x0, x1, 2 * n_dashes + 1)
-    xs = edges[:-1].reshape(-1, 2).ravel()
-    return np.column_stack([xs, np.full(xs.size, y)]).astype(np.float32)
-
-
-class FSCPlot(VispyPlot):
+class FSCPlot(PlotWidget):
     """FSC curves: the gold-standard curves between half-maps (threshold 0.143) and the
     curves against a reference, one per scale (threshold 0.5), on one plot.
 
@@ -121,20 +97,17 @@ class FSCPlot(VispyPlot):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("FSC", "spatial frequency (1/Å)", "FSC", parent)
-        scene = self._scene
         self.threshold = 0.5
         self.gold_threshold = 0.143
-        self._threshold_line = scene.Line(np.array([[0, 0.5], [1, 0.5]], np.float32),
-                                          color=REFERENCE_THRESHOLD_COLOR, width=1,
-                                          parent=self.view.scene)
-        self._gold_threshold_line = scene.Line(_dashed(0, 1, 0.143), connect="segments",
-                                               color=GOLD_THRESHOLD_COLOR, width=1,
-                                               parent=self.view.scene)
-        self._zero_line = scene.Line(np.array([[0, 0.0], [1, 0.0]], np.float32),
-                                     color=(0.5, 0.5, 0.5, 0.6), width=1, parent=self.view.scene)
-        self.curves: dict[int, object] = {}
+        canvas = self.canvas
+        self._zero_line = canvas.add_series("zero", Series(color=(0.5, 0.5, 0.5, 0.6)))
+        self._threshold_line = canvas.add_series(
+            "threshold", Series(color=REFERENCE_THRESHOLD_COLOR))
+        self._gold_threshold_line = canvas.add_series(
+            "gold threshold", Series(color=GOLD_THRESHOLD_COLOR, dashed=True))
+        self.curves: dict[int, Series] = {}
         self.resolutions: dict[int, float] = {}
-        self.gold_curves: dict[str, object] = {}
+        self.gold_curves: dict[str, Series] = {}
         self.gold_resolutions: dict[str, float] = {}
         self.gold_headline: str | None = None
         #: Whether the run compares against a reference map (the legend then says when its
@@ -168,21 +141,15 @@ class FSCPlot(VispyPlot):
         return bool(self._threshold_line.visible)
 
     def _draw(self, store: dict, key, freq, fsc, color, width: int) -> None:
-        pos, connect = _line_data(freq, fsc)
-        self._points[key] = _points(freq, fsc)
-        rgba = tuple(color[:3]) + (1.0,)
+        x, y = self._points[key] = _points(freq, fsc)
         line = store.get(key)
         if line is None:
-            line = store[key] = self._scene.Line(pos, color=rgba, width=width,
-                                                 connect=connect if connect is not None
-                                                 else "strip",
-                                                 parent=self.view.scene, antialias=True)
-        else:
-            line.set_data(pos=pos, color=rgba, width=width,
-                          connect=connect if connect is not None else "strip")
-        line.visible = connect is not None
-        finite = pos[:, 0][np.isfinite(pos[:, 0])] if connect is not None else []
-        self._x_ends[key] = float(np.max(finite)) if len(finite) else 0.0
+            line = store[key] = self.canvas.add_series(("curve", key), Series())
+        line.set_data(x, y)
+        line.color, line.width = tuple(color[:3]) + (1.0,), width
+        line.visible = line.drawable
+        ok = np.isfinite(x) & np.isfinite(y)
+        self._x_ends[key] = float(np.max(x[ok])) if line.visible else 0.0
 
     def set_curve(self, scale: int, freq, fsc, resolution_A: float | None,
                   threshold: float = 0.5, x_label: str | None = None) -> None:
@@ -216,7 +183,8 @@ class FSCPlot(VispyPlot):
             res = resolutions.get(key, resolutions.get(mask, resolutions.get(label)))
             wanted[label] = (fsc, color, res, mask)
         for label in [k for k in self.gold_curves if k not in wanted]:
-            self.gold_curves.pop(label).parent = None
+            self.gold_curves.pop(label)
+            self.canvas.remove_series(("curve", label))
             self.gold_resolutions.pop(label, None)
             self._x_ends.pop(label, None)
             self._points.pop(label, None)
@@ -234,8 +202,8 @@ class FSCPlot(VispyPlot):
 
     def clear(self) -> None:
         """Remove every curve, gold-standard and reference (new run)."""
-        for line in list(self.curves.values()) + list(self.gold_curves.values()):
-            line.parent = None
+        for key in list(self.curves) + list(self.gold_curves):
+            self.canvas.remove_series(("curve", key))
         self.curves.clear()
         self.resolutions.clear()
         self.gold_curves.clear()
@@ -296,11 +264,9 @@ class FSCPlot(VispyPlot):
 
     def _update_lines(self) -> None:
         x1 = self._x_max
-        self._threshold_line.set_data(
-            pos=np.array([[0, self.threshold], [x1, self.threshold]], np.float32))
-        self._gold_threshold_line.set_data(pos=_dashed(0, x1, self.gold_threshold),
-                                           connect="segments")
-        self._zero_line.set_data(pos=np.array([[0, 0], [x1, 0]], np.float32))
+        self._threshold_line.set_data([0, x1], [self.threshold] * 2)
+        self._gold_threshold_line.set_data([0, x1], [self.gold_threshold] * 2)
+        self._zero_line.set_data([0, x1], [0, 0])
         self._threshold_line.visible = bool(self.curves)
         self._gold_threshold_line.visible = bool(self.gold_curves)
         if self.gold_curves and self.curves:
@@ -311,7 +277,7 @@ class FSCPlot(VispyPlot):
             title = "FSC vs reference"
         else:
             title = "FSC"
-        self.title.text = title
+        self.set_title(title)
 
     def legend_entries(self) -> list[str]:
         """The legend as plain text: per kind, its threshold line, then each curve with its

@@ -1,6 +1,6 @@
 """Histogram of pose errors in degrees (0–180) for the reconstruct widget (GUI thread only).
 
-Bars are one vispy mesh whose vertices are swapped on each update; the numbers come from the
+Bars are drawn with QPainter (:mod:`.plot_canvas`), replaced on each update; the numbers come from the
 engine's ``Metrics("pose_errors")`` (bin counts and edges) or, binned here for display only,
 from per-image errors. Export: :meth:`PoseHistogram.save_png`, :meth:`PoseHistogram.save_csv`.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QWidget
 
-from .plot_base import VispyPlot
+from .plot_base import PlotWidget
+from .plot_canvas import Bars
 
 
-class PoseHistogram(VispyPlot):
+class PoseHistogram(PlotWidget):
     """Histogram of pose errors in degrees over 0–180°, redrawn in place.
 
     Call :meth:`set_counts` with bin counts and edges (from the engine), or
@@ -24,7 +25,7 @@ class PoseHistogram(VispyPlot):
         super().__init__("pose errors", "angular error (°)", "particles", parent)
         self.counts = np.zeros(0, dtype=np.int64)
         self.edges = np.linspace(0, 180, 37)
-        self._mesh = self._scene.Mesh(parent=self.view.scene, color=(0.35, 0.65, 1.0, 0.9))
+        self.canvas.bars = Bars(color=(0.35, 0.65, 1.0, 0.9))
         self.set_range((0, 180), (0, 1))
         self.set_legend("no pose errors yet")
 
@@ -57,16 +58,10 @@ class PoseHistogram(VispyPlot):
         n = counts.size
         x0, x1 = edges[:-1], edges[1:]
         gap = 0.08 * (x1 - x0)
-        verts = np.zeros((n, 4, 3), np.float32)
-        verts[:, 0, :2] = np.column_stack([x0 + gap, np.zeros(n)])
-        verts[:, 1, :2] = np.column_stack([x1 - gap, np.zeros(n)])
-        verts[:, 2, :2] = np.column_stack([x1 - gap, counts])
-        verts[:, 3, :2] = np.column_stack([x0 + gap, counts])
-        base = (np.arange(n) * 4)[:, None]
-        faces = np.concatenate([base + [0, 1, 2], base + [0, 2, 3]]).astype(np.uint32)
-        kwargs = {"color": color + (0.9,)} if color is not None else {}
-        if n:
-            self._mesh.set_data(vertices=verts.reshape(-1, 3), faces=faces, **kwargs)
+        bars = self.canvas.bars
+        bars.left, bars.right, bars.height = x0 + gap, x1 - gap, counts
+        if color is not None:
+            bars.color = tuple(color[:3]) + (0.9,)
         self.set_range((0, 180), (0, max(1.0, float(counts.max()) * 1.08 if n else 1.0)))
         self.set_legend(summary or f"{self.total} particles")
         self.redraw()
