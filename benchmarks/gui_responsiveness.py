@@ -56,6 +56,7 @@ class Intervals:
 
     def __init__(self):
         self.spans: list[tuple[float, float]] = []
+        self.names: list[str] = []  # the outermost callable of each span
         self._depth = 0
 
     def wrap(self, cls, name: str) -> None:
@@ -75,8 +76,21 @@ class Intervals:
                 tracker._depth -= 1
                 if tracker._depth == 0:
                     tracker.spans.append((t0, time.perf_counter()))
+                    what = f"({type(args[1]).__name__})" if name == "_on_yielded" and len(args) > 1 else ""
+                    tracker.names.append(f"{cls.__name__}.{name}{what}")
 
         setattr(cls, name, timed)
+
+    def biggest(self, start: float, end: float) -> str:
+        """The callable with the most time inside ``[start, end]``, with its ms ("" if none)."""
+        by_name: dict[str, float] = {}
+        for (a, b), name in zip(self.spans, self.names):
+            if b > start and a < end:
+                by_name[name] = by_name.get(name, 0.0) + min(b, end) - max(a, start)
+        if not by_name:
+            return ""
+        name = max(by_name, key=by_name.get)
+        return f"{name} {1000 * by_name[name]:.0f} ms"
 
     def overlap(self, start: float, end: float, excluding: "Intervals | None" = None) -> float:
         """Seconds of the recorded intervals inside ``[start, end]``, less the time of
@@ -110,6 +124,8 @@ def instrument() -> tuple[Intervals, Intervals]:
     from rmfn_napari._widgets.plot_canvas import PlotCanvas
 
     drawing.wrap(PlotCanvas, "paintEvent")  # the plot docks (QPainter)
+    plots = Intervals()  # their part of the drawing, reported apart
+    plots.wrap(PlotCanvas, "paint")
     qt_backend = sys.modules.get("vispy.app.backends._qt")  # the napari canvas
     if qt_backend is not None:
         for name in ("paintGL", "paintEvent"):
@@ -117,6 +133,7 @@ def instrument() -> tuple[Intervals, Intervals]:
                 if isinstance(cls, type) and cls.__module__ == qt_backend.__name__ \
                         and name in cls.__dict__:
                     drawing.wrap(cls, name)
+    drawing.plots = plots
     return plugin, drawing
 
 
@@ -160,7 +177,9 @@ def phase_stats(ticks: np.ndarray, plugin: Intervals, drawing: Intervals) -> dic
         p_ms = plugin.overlap(a, b, excluding=drawing) * 1000.0  # its own work, not the paints it forced
         d_ms = drawing.overlap(a, b) * 1000.0
         stalls.append({"at_s": a - float(ticks[0]), "ms": float(delays[i]), "plugin_ms": p_ms,
-                       "drawing_ms": d_ms, "other_ms": max(0.0, (b - a) * 1000.0 - p_ms - d_ms)})
+                       "drawing_ms": d_ms, "plots_ms": drawing.plots.overlap(a, b) * 1000.0,
+                       "biggest": plugin.biggest(a, b),
+                       "other_ms": max(0.0, (b - a) * 1000.0 - p_ms - d_ms)})
     if delays.size == 0:
         delays = np.zeros(1)
     return {"seconds": seconds, "ticks": int(delays.size), "p50": float(np.percentile(delays, 50)),
@@ -274,10 +293,12 @@ def worst_stalls(result: dict, n: int = 8) -> str:
     """The ``n`` longest stalls of the start and training phases, split."""
     rows = [(phase, s) for phase in ("start", "training") for s in result[phase]["stalls"]]
     rows.sort(key=lambda r: -r[1]["ms"])
-    out = [f"{result['task']}: longest stalls (phase, at s, ms = plugin + drawing + other)"]
+    out = [f"{result['task']}: longest stalls (phase, at s, ms = plugin + drawing + other; "
+           "drawing's part in the plot docks)"]
     for phase, s in rows[:n]:
         out.append(f"  {phase:<8} {s['at_s']:7.1f} s  {s['ms']:6.0f} ms = {s['plugin_ms']:5.0f} plugin "
-                   f"+ {s['drawing_ms']:5.0f} drawing + {s['other_ms']:5.0f} other")
+                   f"+ {s['drawing_ms']:5.0f} drawing + {s['other_ms']:5.0f} other "
+                   f"(plots {s['plots_ms']:.0f})" + (f"; most: {s['biggest']}" if s["biggest"] else ""))
     return "\n".join(out)
 
 

@@ -376,3 +376,56 @@ def test_same_shape_data_keeps_the_dims_and_a_new_shape_updates_them(make_napari
     bigger = DisplayArray(np.ones((12, 12, 12), np.float32), (0.0, 1.0), pixel=2.0, offset=0.0)
     assign_array(viewer, layer, bigger, (2.0,) * 3, (0.0,) * 3, "gray")
     assert calls and [r.stop for r in viewer.dims.range] == [22.0, 22.0, 22.0]
+
+
+def test_placeholders_have_the_runs_shape_and_place_so_first_data_is_cheap(make_napari_viewer, qtbot,
+                                                                            monkeypatch):
+    """With the snapshots' shape in RunStarted, the placeholders are zeros of that shape at
+    their final place (positions by hand: 4 Å voxels from 0; maps left of the scales by 1.15
+    box widths), the view is framed on them, and the first snapshot neither recomputes the
+    viewer's dims nor moves the camera."""
+    from rmfn_napari.engine.events import RunStarted
+
+    monkeypatch.setenv("RMFN_NAPARI_VOLUMES_3D", "never")  # slices: the 2D view's plane is set
+    viewer = make_napari_viewer()
+    updater = LayerUpdater(viewer, spatial_ndim=3, min_interval_s=0.0)
+    updater.begin_run(RunStarted("reconstruct", 2, 10, "cpu", config={"n_layers": 2},
+                                 snapshot_shape=(32, 32, 32), snapshot_voxel_size=4.0))
+    qtbot.waitUntil(lambda: not updater._to_create and updater._framed, timeout=10000)
+    for name in ("rMFN scale 1", "rMFN scale 2", "rMFN spectrum 2", "map (backprojected)", "half map 1"):
+        layer = viewer.layers[name]
+        assert layer.data.shape == (32, 32, 32) and not np.any(layer.data) and not layer.visible
+        np.testing.assert_allclose(layer.scale, (4.0, 4.0, 4.0))
+    np.testing.assert_allclose(viewer.layers["rMFN scale 1"].translate, (0, 0, 0))
+    np.testing.assert_allclose(viewer.layers["rMFN spectrum 1"].translate, (0, 0, 1.15 * 32 * 4))
+    np.testing.assert_allclose(viewer.layers["map (backprojected)"].translate, (0, 0, -1.15 * 32 * 4))
+    assert viewer.dims.point[0] == pytest.approx(16 * 4.0)  # the central plane, index D/2
+
+    camera = (tuple(viewer.camera.center), viewer.camera.zoom)
+    calls = []
+    original = type(viewer)._on_layers_change
+    monkeypatch.setattr(type(viewer), "_on_layers_change",
+                        lambda self: (calls.append(1), original(self))[1])
+    vol = np.random.default_rng(0).standard_normal((32, 32, 32)).astype(np.float32)
+    updater.handle(ScaleSnapshot(0, vol, log_spectrum(vol), 4.0, stage=0))
+    updater._apply_queue()
+    np.testing.assert_array_equal(viewer.layers["rMFN scale 1"].data, vol)
+    assert viewer.layers["rMFN scale 1"].visible
+    assert calls == [] and (tuple(viewer.camera.center), viewer.camera.zoom) == camera
+
+
+def test_image_placeholders_lie_on_the_original_grid(make_napari_viewer, qtbot):
+    """fit-image at downsample 2: training pixel j's centre is original pixel 2j + 0.5, the
+    spectrum 1.15 image widths to the right."""
+    from rmfn_napari.engine.events import RunStarted
+
+    viewer = make_napari_viewer()
+    updater = LayerUpdater(viewer, spatial_ndim=2)
+    updater.begin_run(RunStarted("fit-image", 2, 10, "cpu", config={"schedule": [5, 5]},
+                                 snapshot_shape=(64, 64), snapshot_voxel_size=2.0))
+    qtbot.waitUntil(lambda: not updater._to_create and updater._framed, timeout=10000)
+    image, spectrum = viewer.layers["rMFN scale 2"], viewer.layers["rMFN spectrum 2"]
+    assert image.data.shape == spectrum.data.shape == (64, 64)
+    np.testing.assert_allclose(image.scale, (2.0, 2.0))
+    np.testing.assert_allclose(image.translate, (0.5, 0.5))
+    np.testing.assert_allclose(spectrum.translate, (0.5, 0.5 + 1.15 * 64 * 2))

@@ -100,16 +100,23 @@ def contrast_of(data: np.ndarray) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
+def display_grid(spatial_shape, pixel: float, offset: float) -> tuple[int, float, float]:
+    """(block size, display pixel, display first centre) of data of ``spatial_shape`` on a
+    grid of ``pixel`` data units whose first centre is at ``offset``: a block of f pixels is
+    one display pixel, centred at the mean of its pixels' centres."""
+    spatial_shape = tuple(spatial_shape)
+    factor = display_factor(spatial_shape, MAX_DISPLAY_2D if len(spatial_shape) == 2 else MAX_DISPLAY_3D)
+    return factor, pixel * factor, offset + (factor - 1) / 2 * pixel
+
+
 def display_array(data, pixel: float, offset: float, *, rgb: bool = False) -> DisplayArray:
     """``data`` (one image, or volume, on a grid of ``pixel`` data units whose first centre is
     at ``offset``) as a :class:`DisplayArray`, block-averaged to the display size."""
     arr = np.asarray(data, dtype=np.float32)
     spatial = arr.ndim - 1 if rgb else arr.ndim
-    factor = display_factor(arr.shape[:spatial], MAX_DISPLAY_2D if spatial == 2 else MAX_DISPLAY_3D)
+    factor, pixel, offset = display_grid(arr.shape[:spatial], pixel, offset)
     if factor > 1:
         arr = block_mean(arr, factor, spatial)
-        offset = offset + (factor - 1) / 2 * pixel
-        pixel = pixel * factor
     if rgb:
         arr = np.clip(arr[..., :3], 0.0, 1.0)
         limits = (0.0, 1.0)
@@ -150,6 +157,25 @@ def prepare_volume_snapshot(snap: VolumeSnapshot) -> VolumeSnapshot:
     return snap
 
 
+def placeholder_display(ev: RunStarted) -> SnapshotDisplay | None:
+    """What the run's snapshots will look like on screen, filled with zeros: image and
+    spectrum at their display shape and placement (from ``ev.snapshot_shape`` and
+    ``snapshot_voxel_size``, as :func:`prepare_scale_snapshot` would make them), so layers can
+    be made at their final shape before the run trains. None when the event does not say."""
+    shape = tuple(int(n) for n in (ev.snapshot_shape or ()))
+    if len(shape) not in (2, 3):
+        return None
+    rgb = len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4  # as is_rgb
+    spatial = shape[:-1] if rgb else shape
+    pixel = float(ev.snapshot_voxel_size)
+    factor, pixel, offset = display_grid(spatial, pixel, (pixel - 1.0) / 2.0 if len(spatial) == 2 else 0.0)
+    display = tuple(n // factor for n in spatial)
+    image = np.zeros(display + ((3,) if rgb else ()), np.float32)
+    return SnapshotDisplay(DisplayArray(image, (0.0, 1.0), pixel, offset, rgb),
+                           DisplayArray(np.zeros(display, np.float32), (0.0, 1.0), pixel, offset),
+                           n_scales_of(ev))
+
+
 def n_scales_of(ev: RunStarted) -> int:
     """The number of scales (network layers) a run has: ``n_layers`` (reconstruct, also in a
     full-scale run's single stage), the schedule's length (fit-image), else its stages."""
@@ -185,5 +211,6 @@ def prepare_for_display(ev):
 
 
 __all__ = ["DisplayArray", "DisplayPreparer", "MAX_DISPLAY_2D", "MAX_DISPLAY_3D", "SnapshotDisplay",
-           "block_mean", "display_of", "n_scales_of", "display_array", "prepare_for_display",
+           "block_mean", "display_grid", "display_of", "n_scales_of", "display_array",
+           "placeholder_display", "prepare_for_display",
            "prepare_scale_snapshot", "prepare_volume_snapshot"]

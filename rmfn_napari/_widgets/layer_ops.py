@@ -21,10 +21,7 @@ def assign_array(viewer, layer, arr: DisplayArray, scale, translate, colormap):
             viewer.layers.remove(layer)
         return ensure_image_layer(viewer, layer.name, arr.data, scale, translate, rgb=arr.rgb,
                                   colormap=colormap, limits=arr.contrast_limits)
-    if not np.allclose(layer.scale, scale):
-        layer.scale = scale
-    if not np.allclose(layer.translate, translate):
-        layer.translate = translate
+    place(layer, scale, translate)
     with (same_extent(viewer, layer) if layer.data.shape == arr.data.shape else nullcontext()):
         layer.data = arr.data
     if not arr.rgb:
@@ -37,24 +34,22 @@ def assign_array(viewer, layer, arr: DisplayArray, scale, translate, colormap):
 def ensure_image_layer(viewer, name, data, scale, translate, *, rgb, colormap, limits=None,
                        blank=False):
     """The layer ``name`` holding ``data`` (a compatible existing one reused, else added;
-    ``blank``: a placeholder, which also replaces an RGB or 2D/3D leftover)."""
+    ``blank``: a placeholder, hidden, which also replaces a leftover of another kind)."""
     layers = viewer.layers
     if name in layers:
         layer = layers[name]
         if blank and type(layer).__name__ == "Image":
             layer.visible = False
-            if getattr(layer, "rgb", False) or layer.data.ndim != data.ndim:
+            if getattr(layer, "rgb", False) != rgb or layer.data.ndim != data.ndim:
                 layers.remove(layer)  # an image of another kind: made anew below
             else:
+                place(layer, scale, translate)
                 layer.data = data
                 clear_stale_extent(layer)
                 return layer
         elif getattr(layer, "rgb", False) == rgb and layer.data.ndim == data.ndim \
                 and type(layer).__name__ == "Image":
-            if not np.allclose(layer.scale, scale):
-                layer.scale = scale
-            if not np.allclose(layer.translate, translate):
-                layer.translate = translate
+            place(layer, scale, translate)
             layer.data = data
             if not rgb and limits is not None:
                 set_contrast(layer, limits)
@@ -70,6 +65,15 @@ def ensure_image_layer(viewer, name, data, scale, translate, *, rgb, colormap, l
     if data.ndim == 3 and not rgb:
         kwargs["rendering"] = "mip"
     return viewer.add_image(data, **kwargs)
+
+
+def place(layer, scale, translate) -> None:
+    """Set ``layer``'s scale and translate where they differ (each change makes napari
+    recompute the viewer's dims)."""
+    if not np.allclose(layer.scale, scale):
+        layer.scale = scale
+    if not np.allclose(layer.translate, translate):
+        layer.translate = translate
 
 
 def same_extent(viewer, layer):
@@ -99,4 +103,4 @@ def set_contrast(layer, limits) -> None:
     layer.contrast_limits = (lo, hi)
 
 
-__all__ = ["assign_array", "clear_stale_extent", "ensure_image_layer", "same_extent", "set_contrast"]
+__all__ = ["assign_array", "clear_stale_extent", "ensure_image_layer", "place", "same_extent", "set_contrast"]

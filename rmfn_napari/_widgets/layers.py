@@ -50,7 +50,8 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engine.events import RunStarted, ScaleSnapshot, VolumeSnapshot
 from .display_prep import (
-    DisplayArray, display_of, n_scales_of, prepare_scale_snapshot, prepare_volume_snapshot,
+    DisplayArray, display_of, n_scales_of, placeholder_display, prepare_scale_snapshot,
+    prepare_volume_snapshot,
 )
 from .layer_ops import assign_array, ensure_image_layer
 from .pacing import RedrawCost, opengl_renderer, paced_interval_s, volumes_in_3d_by_default
@@ -147,6 +148,8 @@ class LayerUpdater(QObject):
         self._switched_3d = False
         self._to_create: list[tuple] = []  # placeholders: (scale, "scale"|"spectrum"), (name, "volume")
         self._release = None  # the runner's hold while placeholders are created
+        self._run_display = None  # zeros shaped like the run's snapshots (RunStarted), if known
+        self._framed = False  # the view was framed on this run's placeholders
         self._create_timer = QTimer(self)
         self._create_timer.setSingleShot(True)
         self._create_timer.setInterval(0)
@@ -169,13 +172,18 @@ class LayerUpdater(QObject):
         """A run started (its ``RunStarted``): make its layers before it trains.
 
         The layers of every scale of the run (:func:`~.display_prep.n_scales_of`) are made,
-        one per event-loop pass, as hidden 1-pixel placeholders (existing layers of those names
-        reused and blanked; those of scales the run does not have removed); the view switches
-        to 3D for volumes. While this goes on the engine waits (:meth:`.runner.EngineRunner.hold`).
+        one per event-loop pass, as hidden placeholders (existing layers of those names reused
+        and blanked; those of scales the run does not have removed); the view switches to 3D
+        for volumes. Where ``ev`` gives the snapshots' shape, the placeholders are zeros of that
+        display shape at their final place and the view is framed on them, so a snapshot only
+        replaces data of the same shape (no change of the viewer's dims, no reframing: cheap);
+        else they are 1 pixel. While this goes on the engine waits
+        (:meth:`.runner.EngineRunner.hold`).
         Called by itself when the updater's parent widget has a ``runner``.
         """
         n = n_scales_of(ev)
         self._layers = {}
+        self._run_display, self._framed = placeholder_display(ev), False
         self._retire_leftovers(keep=n, rename=False)
         self._to_create = [(k, kind) for k in range(n) for kind in ("scale", "spectrum")]
         if ev.task == "reconstruct":  # its stage ends also send the backprojected maps
@@ -199,24 +207,42 @@ class LayerUpdater(QObject):
         if self._to_create:
             k, kind = self._to_create.pop(0)
             image, spectrum = self._layers.get(k, (None, None))
-            nd = self.spatial_ndim
-            blank = np.zeros((1,) * nd, np.float32)
+            shown = self._run_display
             if kind == "volume":
-                self.maps.blank(k)
+                self.maps.blank(k, shown and shown.image, lambda arr: self._world(arr, image=False))
             elif kind == "scale" and image is None:
-                image = ensure_image_layer(self.viewer, scale_layer_name(k), blank, (1.0,) * nd,
-                                           (0.0,) * nd, rgb=False, colormap="gray", blank=True)
+                data, scale, translate = self._blank_of("image")
+                image = ensure_image_layer(self.viewer, scale_layer_name(k), data, scale, translate,
+                                           rgb=bool(shown and shown.image.rgb), colormap="gray", blank=True)
             elif kind == "spectrum" and spectrum is None:
-                spectrum = ensure_image_layer(self.viewer, spectrum_layer_name(k), blank, (1.0,) * nd,
-                                              (0.0,) * nd, rgb=False, colormap="magma", blank=True)
+                data, scale, translate = self._blank_of("spectrum")
+                spectrum = ensure_image_layer(self.viewer, spectrum_layer_name(k), data, scale, translate,
+                                              rgb=False, colormap="magma", blank=True)
             if kind != "volume":
                 self._layers[k] = (image, spectrum)
         if self._to_create:
             self._create_timer.start()
-        elif self._release is not None:
+            self.gui_seconds += time.perf_counter() - t0
+            return
+        if self._run_display is not None and not self._framed and self._trained < 0:
+            self._framed = True  # frame the view now, not at the first snapshot
+            self.viewer.reset_view()
+            self._centre_slice()
+        if self._release is not None:
             release, self._release = self._release, None
             release()
         self.gui_seconds += time.perf_counter() - t0
+
+    def _blank_of(self, kind: str) -> tuple[np.ndarray, tuple, tuple]:
+        """(data, scale, translate) of a placeholder ``kind`` ("image" or "spectrum"): zeros
+        at the run's display shape and place, else 1 pixel at the origin."""
+        if self._run_display is None:
+            nd = self.spatial_ndim
+            return np.zeros((1,) * nd, np.float32), (1.0,) * nd, (0.0,) * nd
+        scale, translate, spec_translate = self._placement_of(self._run_display)
+        if kind == "image":
+            return self._run_display.image.data, scale, translate
+        return self._run_display.spectrum.data, scale, spec_translate
 
     def reset(self, spatial_ndim: int | None = None) -> None:
         """Before a new run: forget queued snapshots; the layers are replaced by this run's at
@@ -232,6 +258,7 @@ class LayerUpdater(QObject):
         self._run_open = True
         self._switched_3d = False
         self._to_create = []
+        self._run_display, self._framed = None, False
         self.maps.begin_run()
         self._create_timer.stop()
         if self._release is not None:
@@ -390,7 +417,11 @@ class LayerUpdater(QObject):
 
     def _placement(self, snap) -> tuple[tuple, tuple, tuple]:
         """Image scale/translate and the spectrum's translate (right of the image)."""
-        image = display_of(snap).image
+        return self._placement_of(display_of(snap))
+
+    def _placement_of(self, display) -> tuple[tuple, tuple, tuple]:
+        """:meth:`_placement` of a :class:`~.display_prep.SnapshotDisplay`."""
+        image = display.image
         scale, translate = self._world(image, image=True)
         width = image.spatial_shape[-1] * scale[-1]
         spec_translate = list(translate)
@@ -450,7 +481,7 @@ class LayerUpdater(QObject):
         self.n_applied += 1
         if len(shown.image.spatial_shape) == 3:
             self._show_volumes()
-        first = self._trained < 0
+        first = self._trained < 0 and not self._framed  # framed on the placeholders already
         if snap.scale > self._trained:
             self._trained = snap.scale
             if self.follow:

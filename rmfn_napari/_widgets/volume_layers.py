@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .display_prep import display_of
-from .layer_ops import assign_array, clear_stale_extent
+from .layer_ops import assign_array, clear_stale_extent, place
 
 #: Layer names of the engine's backprojected maps (``VolumeSnapshot.name`` -> layer name).
 VOLUME_LAYER_NAMES = {
@@ -55,23 +55,41 @@ class BackprojectedMapLayers:
         """A new run: its maps are not framed yet and no placeholder waits."""
         self._shown_at_first_data, self._framed = {}, False
 
-    def blank(self, key: str) -> None:
-        """Hidden 1-voxel placeholder of map ``key`` (an existing layer blanked); its visibility
-        (the existing layer's, else :data:`VOLUMES_VISIBLE`) is restored at its first data."""
+    def blank(self, key: str, like=None, world=None) -> None:
+        """Hidden placeholder of map ``key`` (an existing layer blanked); its visibility (the
+        existing layer's, else :data:`VOLUMES_VISIBLE`) is restored at its first data.
+
+        ``like`` (a zero :class:`~.display_prep.DisplayArray` of the run's maps, placed by
+        ``world`` as in :meth:`apply`): the placeholder has the maps' shape and place, so their
+        first data changes neither the viewer's dims nor its framing; else it is 1 voxel."""
+        if like is not None:
+            data, (scale, translate) = like.data, self._placement(like, world)
+            self._framed = True
+        else:
+            data, scale, translate = np.zeros((1, 1, 1), np.float32), (1.0,) * 3, (0.0,) * 3
         name = volume_layer_name(key)
         layers = self.viewer.layers
         if name in layers and _is_grey_volume(layers[name]):
             layer = layers[name]
             self._shown_at_first_data[key] = bool(layer.visible)
             layer.visible = False
-            layer.data = np.zeros((1, 1, 1), np.float32)
+            place(layer, scale, translate)
+            layer.data = data
             clear_stale_extent(layer)
             return
         if name in layers:
             layers.remove(layers[name])
         self._shown_at_first_data[key] = key in VOLUMES_VISIBLE
-        self.viewer.add_image(np.zeros((1, 1, 1), np.float32), name=name, colormap="gray",
-                              rendering="mip", visible=False, metadata={})
+        self.viewer.add_image(data, name=name, colormap="gray", rendering="mip", visible=False,
+                              scale=scale, translate=translate, metadata={})
+
+    @staticmethod
+    def _placement(arr, world) -> tuple[tuple, tuple]:
+        """(scale, translate) of a map: ``world(arr)``'s, moved left of the scale layers."""
+        scale, translate = world(arr)
+        translate = list(translate)
+        translate[-1] -= (1.0 + SPECTRUM_GAP) * arr.spatial_shape[-1] * scale[-1]
+        return tuple(scale), tuple(translate)
 
     def apply(self, snap, world) -> bool:
         """Put a prepared VolumeSnapshot into its layer (added, or an existing one of that name
@@ -80,10 +98,7 @@ class BackprojectedMapLayers:
         reframed (a new layer, or this run's first data in the placeholders)."""
         arr = display_of(snap).image
         name = volume_layer_name(snap.name)
-        scale, translate = world(arr)
-        translate = list(translate)
-        translate[-1] -= (1.0 + SPECTRUM_GAP) * arr.spatial_shape[-1] * scale[-1]
-        translate = tuple(translate)
+        scale, translate = self._placement(arr, world)
         meta = {"voxel_size": float(snap.voxel_size), "stage": int(snap.stage)}
         layers = self.viewer.layers
         self.n_applied += 1

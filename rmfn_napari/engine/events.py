@@ -28,13 +28,22 @@ class Event:
 
 @dataclass
 class RunStarted(Event):
-    """A run began. ``task`` is ``"fit-image"`` or ``"reconstruct"``."""
+    """A run began. ``task`` is ``"fit-image"`` or ``"reconstruct"``.
+
+    ``snapshot_shape`` is the shape of every :class:`ScaleSnapshot` ``data`` the run will send
+    (all scales share one grid: ``(box, box, box)`` voxels for a reconstruction, ``(H, W)`` or
+    ``(H, W, C)`` training pixels for an image) and ``snapshot_voxel_size`` their
+    ``voxel_size`` (Å, or original pixels per training pixel); ``()`` when not known. A viewer
+    makes its layers at that shape before the run trains.
+    """
 
     task: str
     n_stages: int
     total_steps: int
     device: str
     config: dict[str, Any] = field(default_factory=dict)
+    snapshot_shape: tuple[int, ...] = ()
+    snapshot_voxel_size: float = 1.0
 
 
 @dataclass

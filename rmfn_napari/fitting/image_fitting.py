@@ -212,7 +212,8 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
     empty_loss = float((target ** 2).mean())  # the loss of a black image: the scale of the losses
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     total = int(sum(config.schedule))
-    yield RunStarted("fit-image", n_scales, total, str(device), config=asdict(config))
+    yield RunStarted("fit-image", n_scales, total, str(device), config=asdict(config),
+                     snapshot_shape=tuple(int(n) for n in train.shape), snapshot_voxel_size=float(factor))
     yield Log(f"training on {h}x{w} ({channels} channel(s)), PSNR on {original.shape[0]}x{original.shape[1]}")
 
     t0 = time.perf_counter()

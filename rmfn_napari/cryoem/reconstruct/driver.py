@@ -183,7 +183,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     plan = cfg.stage_plan()
     batches_per_epoch = int(math.ceil(n / cfg.batch_size))
     total_batches = batches_per_epoch * sum(e for _, e in plan)
-    yield RunStarted("reconstruct", len(plan), total_batches, str(device), config=asdict(cfg))
+    yield RunStarted("reconstruct", len(plan), total_batches, str(device), config=asdict(cfg),
+                     snapshot_shape=(box,) * 3, snapshot_voxel_size=float(apix))
     crop_note = ""
     if getattr(ds, "source_box", box) != box:
         crop_note = f" (Fourier-cropped from {ds.source_box} px at {ds.source_apix:.3g} Å/px)"
