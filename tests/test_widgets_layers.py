@@ -429,3 +429,25 @@ def test_image_placeholders_lie_on_the_original_grid(make_napari_viewer, qtbot):
     np.testing.assert_allclose(image.scale, (2.0, 2.0))
     np.testing.assert_allclose(image.translate, (0.5, 0.5))
     np.testing.assert_allclose(spectrum.translate, (0.5, 0.5 + 1.15 * 64 * 2))
+
+
+def test_placeholders_replacing_a_larger_previous_run_leave_the_dims_right(make_napari_viewer, qtbot):
+    """Layers of an earlier, larger run (64³ at 4 Å) reused as this run's placeholders (32³ at
+    4 Å): the viewer's z range is this run's (0..124 Å), after the placeholders and after the
+    first same-shape snapshot (whose dims update is skipped)."""
+    from rmfn_napari.engine.events import RunStarted
+
+    viewer = make_napari_viewer()
+    for name in ("rMFN scale 1", "rMFN spectrum 1", "map (backprojected)", "half map 1",
+                 "half map 2"):
+        viewer.add_image(np.ones((64, 64, 64), np.float32), name=name, scale=(4.0, 4.0, 4.0),
+                         visible=False)
+    updater = LayerUpdater(viewer, spatial_ndim=3, min_interval_s=0.0)
+    updater.begin_run(RunStarted("reconstruct", 1, 10, "cpu", config={"n_layers": 1},
+                                 snapshot_shape=(32, 32, 32), snapshot_voxel_size=4.0))
+    qtbot.waitUntil(lambda: not updater._to_create and updater._framed, timeout=10000)
+    assert viewer.dims.range[0].stop == pytest.approx(31 * 4.0)
+    vol = np.ones((32, 32, 32), np.float32)
+    updater.handle(ScaleSnapshot(0, vol, log_spectrum(vol), 4.0, stage=0))
+    updater._apply_queue()
+    assert viewer.dims.range[0].stop == pytest.approx(31 * 4.0)

@@ -22,6 +22,8 @@ def assign_array(viewer, layer, arr: DisplayArray, scale, translate, colormap):
         return ensure_image_layer(viewer, layer.name, arr.data, scale, translate, rgb=arr.rgb,
                                   colormap=colormap, limits=arr.contrast_limits)
     place(layer, scale, translate)
+    if not layer.visible:
+        clear_stale_extent(layer)  # before too: the dims recomputed on new data read it
     with (same_extent(viewer, layer) if layer.data.shape == arr.data.shape else nullcontext()):
         layer.data = arr.data
     if not arr.rgb:
@@ -44,6 +46,7 @@ def ensure_image_layer(viewer, name, data, scale, translate, *, rgb, colormap, l
                 layers.remove(layer)  # an image of another kind: made anew below
             else:
                 place(layer, scale, translate)
+                clear_stale_extent(layer)  # before too: the dims recomputed on new data read it
                 layer.data = data
                 clear_stale_extent(layer)
                 return layer
@@ -88,7 +91,8 @@ def same_extent(viewer, layer):
 def clear_stale_extent(layer) -> None:
     """napari 0.9 keeps a hidden layer's cached extent when its data change (and showing it
     refreshes with ``extent=False``): drop the cache, or the layer's extent and the view's
-    bounds stay those of its old data."""
+    bounds stay those of its old data. Call it before new data too: the viewer recomputes
+    its dims from the extents when the data change."""
     clear = getattr(layer, "_clear_extent", None)
     if callable(clear):
         clear()

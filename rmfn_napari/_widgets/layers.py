@@ -228,6 +228,7 @@ class LayerUpdater(QObject):
             self._framed = True  # frame the view now, not at the first snapshot
             self.viewer.reset_view()
             self._centre_slice()
+        self._run_display = None  # the placeholders are made: their zeros are not needed
         if self._release is not None:
             release, self._release = self._release, None
             release()
@@ -276,6 +277,9 @@ class LayerUpdater(QObject):
         self._stage_end_pending = False
         self._to_create = []
         self._create_timer.stop()
+        if self._release is not None:  # a run waiting for its placeholders goes on
+            release, self._release = self._release, None
+            release()
         self._run_open = False
         names = {layer.name: layer for layer in self.viewer.layers}
         self._layers = {}

@@ -74,6 +74,7 @@ class BackprojectedMapLayers:
             self._shown_at_first_data[key] = bool(layer.visible)
             layer.visible = False
             place(layer, scale, translate)
+            clear_stale_extent(layer)  # before too: the dims recomputed on new data read it
             layer.data = data
             clear_stale_extent(layer)
             return
