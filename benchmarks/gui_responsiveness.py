@@ -289,10 +289,11 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def worst_stalls(result: dict, n: int = 8) -> str:
-    """The ``n`` longest stalls of the start and training phases, split."""
-    rows = [(phase, s) for phase in ("start", "training") for s in result[phase]["stalls"]]
-    rows.sort(key=lambda r: -r[1]["ms"])
+def worst_stalls(result: dict, n: int = 10) -> str:
+    """The longest stalls, split: the training phase's, then the start phase's (``n`` in all)."""
+    rows = []
+    for phase in ("training", "start"):  # every training stall first (the targets' phase)
+        rows += sorted(((phase, s) for s in result[phase]["stalls"]), key=lambda r: -r[1]["ms"])
     out = [f"{result['task']}: longest stalls (phase, at s, ms = plugin + drawing + other; "
            "drawing's part in the plot docks)"]
     for phase, s in rows[:n]:

@@ -30,7 +30,8 @@ GPU). A stage end's results — the final snapshots of every scale, then, after 
 are computed, the backprojected maps (:mod:`.volume_layers`) — are held until the engine's
 StageFinished (:meth:`LayerUpdater.stage_finished`, at most :data:`STAGE_END_WAIT_S` after the
 first) and applied in one event-loop pass: Qt coalesces the canvas' repaint requests, so a stage
-end is drawn once. :attr:`LayerUpdater.gui_seconds` accumulates the time spent in these
+end is drawn once, while the engine waits (:attr:`.runner.EngineRunner.hold_stage_ends`).
+:attr:`LayerUpdater.gui_seconds` accumulates the time spent in these
 GUI-thread handlers.
 
 Scale stepping: the *trained* scale is the highest scale a snapshot of this run has shown so far
@@ -154,10 +155,15 @@ class LayerUpdater(QObject):
         self._create_timer.setSingleShot(True)
         self._create_timer.setInterval(0)
         self._create_timer.timeout.connect(self._create_next)
+        self._drawn = QTimer(self)  # a real zero-interval timer: fires after the posted repaint
+        self._drawn.setSingleShot(True)
+        self._drawn.setInterval(0)
+        self._drawn.timeout.connect(self._stage_end_drawn)
         runner = getattr(parent, "runner", None)  # the widget's EngineRunner, when there is one
         if runner is not None and hasattr(runner, "event"):
             self.runner = runner
             runner.event.connect(self._on_runner_event)
+            runner.hold_stage_ends = True  # the engine waits while a stage end is drawn
         else:
             self.runner = None
 
@@ -342,9 +348,15 @@ class LayerUpdater(QObject):
         self.gui_seconds += time.perf_counter() - t0
 
     def stage_finished(self) -> None:
-        """The engine finished a stage (its StageFinished): draw its results, once."""
+        """The engine finished a stage (its StageFinished): draw its results, once; the
+        engine, which waits meanwhile, goes on after that redraw (:meth:`.runner.EngineRunner.stage_end_drawn`)."""
         self._timer.stop()
         self._apply_queue()
+        self._drawn.start()
+
+    def _stage_end_drawn(self) -> None:
+        if self.runner is not None:
+            self.runner.stage_end_drawn()
 
     def flush(self) -> None:
         """Apply queued snapshots now (end of run). A run that showed nothing renames the

@@ -12,7 +12,11 @@ worker's ``yielded`` signal (a queued connection) and is re-emitted there as
 GUI set-up before training: after the engine's ``RunStarted`` the worker waits (at most
 :data:`SETUP_HOLD_S`, or until stopped) until the GUI has handled that event and released every
 :meth:`EngineRunner.hold` taken meanwhile, e.g. by the layer updater while it creates the run's
-layers one per event-loop pass, so no layer is created while the engine trains.
+layers one per event-loop pass, so no layer is created while the engine trains. Likewise, with
+:attr:`EngineRunner.hold_stage_ends` on, the worker waits after each ``StageFinished`` (at most
+:data:`STAGE_END_HOLD_S`) until :meth:`EngineRunner.stage_end_drawn` says the GUI has drawn the
+stage's results: on a small machine the engine's thread, busy with the next stage, would
+otherwise compete with that one heavy redraw for the GIL and the cores (it roughly doubles).
 
 Pause, resume, next stage and stop go through the ``RunControl``; the engine blocks *itself*
 while paused (inside the worker thread), so the GUI thread never waits. While a run is alive
@@ -40,13 +44,15 @@ from qtpy.QtCore import QObject, Signal
 
 from ..engine.control import RunControl
 from ..engine.events import (
-    Event, Progress, RunFinished, RunPaused, RunResumed, RunStarted, StageStarted,
+    Event, Progress, RunFinished, RunPaused, RunResumed, RunStarted, StageFinished, StageStarted,
 )
 from ..errors import InputError
 from .display_prep import DisplayPreparer
 
 #: Longest wait of the worker for the GUI's set-up after ``RunStarted`` (s).
 SETUP_HOLD_S = 30.0
+#: Longest wait of the worker, after a ``StageFinished``, for the GUI to draw the stage (s).
+STAGE_END_HOLD_S = 2.0
 #: Python's thread switch interval while a run is alive (s; Python's default is 0.005). The
 #: engine's thread holds the GIL between torch calls; the GUI thread, which needs it for every
 #: slot and gives it up in every Qt call, waited up to the interval each time: with 5 ms an
@@ -133,7 +139,7 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _wait_for_setup(gate: threading.Event, control: RunControl, limit_s: float) -> None:
+def _wait_for_gate(gate: threading.Event, control: RunControl, limit_s: float) -> None:
     """Block (worker thread) until ``gate`` is set, the run is stopped, or ``limit_s`` passed."""
     deadline = time.monotonic() + limit_s
     while not gate.wait(0.05):
@@ -142,12 +148,14 @@ def _wait_for_setup(gate: threading.Event, control: RunControl, limit_s: float) 
 
 
 def drive(source: EventSource, control: RunControl,
-          setup_gate: threading.Event | None = None) -> Iterator[Event]:
+          setup_gate: threading.Event | None = None,
+          stage_end_gate: threading.Event | None = None) -> Iterator[Event]:
     """Worker-side generator: run ``source(control)`` and yield its events.
 
     Runs in the worker thread. With ``setup_gate``, the engine is not resumed after its
     ``RunStarted`` until the gate is set (the GUI's set-up; at most :data:`SETUP_HOLD_S`, or
-    until a stop is asked). Snapshots are made ready for display here
+    until a stop is asked); with ``stage_end_gate``, likewise after each ``StageFinished`` (the
+    gate is cleared before the event is handed over; at most :data:`STAGE_END_HOLD_S`). Snapshots are made ready for display here
     (:class:`~.display_prep.DisplayPreparer`: float32 contiguous arrays at display size, their
     contrast limits and grid), so the GUI thread only assigns them; other events pass
     unchanged. Exceptions become a final :class:`RunFailed` event. The engine generator is
@@ -158,9 +166,14 @@ def drive(source: EventSource, control: RunControl,
     try:
         gen = source(control)
         for ev in gen:
+            stage_end = stage_end_gate is not None and isinstance(ev, StageFinished)
+            if stage_end:
+                stage_end_gate.clear()  # before the GUI can see the event (and set it)
             yield prepare(ev)
             if setup_gate is not None and isinstance(ev, RunStarted):
-                _wait_for_setup(setup_gate, control, SETUP_HOLD_S)
+                _wait_for_gate(setup_gate, control, SETUP_HOLD_S)
+            elif stage_end:
+                _wait_for_gate(stage_end_gate, control, STAGE_END_HOLD_S)
     except InputError as exc:
         yield RunFailed(str(exc), user_error=True)
     except Exception as exc:  # noqa: BLE001 - reported in the GUI, not swallowed
@@ -202,6 +215,10 @@ class EngineRunner(QObject):
         self._stage_boundary = False
         self._setup_gate: threading.Event | None = None
         self._holds = 0
+        #: Whether the engine waits after each StageFinished until :meth:`stage_end_drawn`
+        #: (set by whoever draws stage ends, e.g. the layer updater; read at :meth:`start`).
+        self.hold_stage_ends = False
+        self._stage_end_gate: threading.Event | None = None
 
     # ---- queries -------------------------------------------------------------------
     @property
@@ -225,7 +242,8 @@ class EngineRunner(QObject):
         self.last_event = None
         self._stage_boundary = False
         self._setup_gate, self._holds = threading.Event(), 0
-        worker = create_worker(drive, source, self.control, self._setup_gate,
+        self._stage_end_gate = threading.Event() if self.hold_stage_ends else None
+        worker = create_worker(drive, source, self.control, self._setup_gate, self._stage_end_gate,
                                _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         token = _switch_interval.enter()
@@ -258,6 +276,12 @@ class EngineRunner(QObject):
                 gate.set()
 
         return release
+
+    def stage_end_drawn(self) -> None:
+        """The GUI has drawn the last stage end: the engine goes on (see
+        :attr:`hold_stage_ends`). Harmless when nothing waits."""
+        if self._stage_end_gate is not None:
+            self._stage_end_gate.set()
 
     def set_pause_at_stage_end(self, on: bool) -> None:
         """Change "pause at the end of each stage" (also while running)."""
