@@ -451,3 +451,28 @@ def test_placeholders_replacing_a_larger_previous_run_leave_the_dims_right(make_
     updater.handle(ScaleSnapshot(0, vol, log_spectrum(vol), 4.0, stage=0))
     updater._apply_queue()
     assert viewer.dims.range[0].stop == pytest.approx(31 * 4.0)
+
+
+def test_layer_changes_in_a_batch_rebuild_the_scene_graph_once(make_napari_viewer, monkeypatch):
+    """Three layers shown in one batch: napari's canvas rebuilds its scene graph (and draws)
+    once, at the end, not once per layer; a batch that shows or hides nothing rebuilds nothing."""
+    from rmfn_napari._widgets.layer_ops import batched_layer_changes
+
+    viewer = make_napari_viewer()
+    layers = [viewer.add_image(np.zeros((4, 4), np.float32), name=f"l{k}", visible=False)
+              for k in range(3)]
+    canvas = viewer.window._qt_viewer.canvas
+    paused_at_call: list[bool] = []
+    original = canvas._update_scenegraph
+    monkeypatch.setattr(canvas, "_update_scenegraph",
+                        lambda *a, **k: (paused_at_call.append(canvas._pause_scene_graph),
+                                         original(*a, **k))[1])
+    with batched_layer_changes(viewer):
+        for layer in layers:
+            layer.visible = True
+    assert paused_at_call.count(False) == 1 and paused_at_call[-1] is False
+    assert all(layer.visible for layer in layers) and not canvas._pause_scene_graph
+    paused_at_call.clear()
+    with batched_layer_changes(viewer):
+        layers[0].data = np.ones((4, 4), np.float32)
+    assert False not in paused_at_call

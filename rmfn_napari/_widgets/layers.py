@@ -54,7 +54,7 @@ from .display_prep import (
     DisplayArray, display_of, n_scales_of, placeholder_display, prepare_scale_snapshot,
     prepare_volume_snapshot,
 )
-from .layer_ops import assign_array, ensure_image_layer
+from .layer_ops import assign_array, batched_layer_changes, ensure_image_layer
 from .pacing import RedrawCost, opengl_renderer, paced_interval_s, volumes_in_3d_by_default
 from .volume_layers import (
     REFERENCE_NAME, SPECTRUM_GAP, VOLUME_LAYER_NAMES, BackprojectedMapLayers, set_reference_layer,
@@ -410,11 +410,12 @@ class LayerUpdater(QObject):
         self._last_heavy = time.monotonic()
         self.n_redraws += 1
         reframe = False
-        for (kind, _key), snap in queue.items():
-            if kind == "scale":
-                reframe = self._apply_scale(snap) or reframe
-            else:
-                reframe = self._apply_volume(snap) or reframe
+        with batched_layer_changes(self.viewer):
+            for (kind, _key), snap in queue.items():
+                if kind == "scale":
+                    reframe = self._apply_scale(snap) or reframe
+                else:
+                    reframe = self._apply_volume(snap) or reframe
         if reframe:
             self.redraw_cost.discard()  # a first frame of new data: not what a live update costs
             self.viewer.reset_view()
@@ -514,11 +515,12 @@ class LayerUpdater(QObject):
         self._update_visibility()
 
     def _update_visibility(self) -> None:
-        for k, (image, spectrum) in self._layers.items():
-            visible = k <= self._trained and (self._shown is None or k == self._shown)
-            for layer, show in ((image, visible), (spectrum, visible and self.spectra_visible)):
-                if layer is not None and layer in self.viewer.layers and layer.visible != show:
-                    layer.visible = show
+        with batched_layer_changes(self.viewer):
+            for k, (image, spectrum) in self._layers.items():
+                visible = k <= self._trained and (self._shown is None or k == self._shown)
+                for layer, show in ((image, visible), (spectrum, visible and self.spectra_visible)):
+                    if layer is not None and layer in self.viewer.layers and layer.visible != show:
+                        layer.visible = show
 
     # ---- backprojected maps -----------------------------------------------------------
     def _apply_volume(self, snap) -> bool:
