@@ -134,7 +134,28 @@ def instrument() -> tuple[Intervals, Intervals]:
                         and name in cls.__dict__:
                     drawing.wrap(cls, name)
     drawing.plots = plots
+    drawing.gc = GarbageCollections()
     return plugin, drawing
+
+
+class GarbageCollections(Intervals):
+    """Python's cyclic garbage collections (any thread: each stops every thread), timed
+    through ``gc.callbacks``."""
+
+    def __init__(self):
+        super().__init__()
+        import gc
+
+        self._t0: float | None = None
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self._t0 is not None:
+            self.spans.append((self._t0, time.perf_counter()))
+            self.names.append(f"gen {info.get('generation')}")
+            self._t0 = None
 
 
 class LoopProbe:
@@ -178,6 +199,7 @@ def phase_stats(ticks: np.ndarray, plugin: Intervals, drawing: Intervals) -> dic
         d_ms = drawing.overlap(a, b) * 1000.0
         stalls.append({"at_s": a - float(ticks[0]), "ms": float(delays[i]), "plugin_ms": p_ms,
                        "drawing_ms": d_ms, "plots_ms": drawing.plots.overlap(a, b) * 1000.0,
+                       "gc_ms": drawing.gc.overlap(a, b) * 1000.0,
                        "biggest": plugin.biggest(a, b),
                        "other_ms": max(0.0, (b - a) * 1000.0 - p_ms - d_ms)})
     if delays.size == 0:
@@ -295,11 +317,13 @@ def worst_stalls(result: dict, n: int = 10) -> str:
     for phase in ("training", "start"):  # every training stall first (the targets' phase)
         rows += sorted(((phase, s) for s in result[phase]["stalls"]), key=lambda r: -r[1]["ms"])
     out = [f"{result['task']}: longest stalls (phase, at s, ms = plugin + drawing + other; "
-           "drawing's part in the plot docks)"]
+           "the plot docks' part of the drawing; the garbage collector's time inside the stall, "
+           "in any of those)"]
     for phase, s in rows[:n]:
         out.append(f"  {phase:<8} {s['at_s']:7.1f} s  {s['ms']:6.0f} ms = {s['plugin_ms']:5.0f} plugin "
                    f"+ {s['drawing_ms']:5.0f} drawing + {s['other_ms']:5.0f} other "
-                   f"(plots {s['plots_ms']:.0f})" + (f"; most: {s['biggest']}" if s["biggest"] else ""))
+                   f"(plots {s['plots_ms']:.0f}; Python's garbage collector {s['gc_ms']:.0f})"
+                   + (f"; most: {s['biggest']}" if s["biggest"] else ""))
     return "\n".join(out)
 
 

@@ -21,7 +21,11 @@ otherwise compete with that one heavy redraw for the GIL and the cores (it rough
 Pause, resume, next stage and stop go through the ``RunControl``; the engine blocks *itself*
 while paused (inside the worker thread), so the GUI thread never waits. While a run is alive
 Python's thread switch interval is lowered to :data:`RUN_SWITCH_INTERVAL_S`, so the GUI thread
-gets the GIL back quickly from the engine's thread.
+gets the GIL back quickly from the engine's thread, and the objects that existed when it
+started are frozen out of the cyclic garbage collector (``gc.freeze``): with napari and torch
+loaded a full collection traverses millions of them, 0.3–0.45 s during which every thread
+stops — the GUI's longest stalls in ``benchmarks/gui_responsiveness.py`` before this. Objects
+made during the run are collected as usual; the freeze is lifted when the last run ends.
 
 Every event is delivered (counters stay exact at pauses and stops); the widgets repaint the
 progress bar at a bounded rate and heavy layer updates are throttled in :mod:`.layers`. Any
@@ -62,7 +66,9 @@ RUN_SWITCH_INTERVAL_S = 0.001
 
 
 class _SwitchInterval:
-    """Lowers ``sys.setswitchinterval`` while at least one run is alive; restores it after.
+    """Lowers ``sys.setswitchinterval`` and freezes the objects the garbage collector tracks
+    (unless something else froze some already) while at least one run is alive; restores both
+    after.
 
     :meth:`enter` returns a token that :meth:`leave` takes once (later calls do nothing). The
     runner leaves from a plain callable connected to the worker's ``finished`` signal, not
@@ -72,6 +78,7 @@ class _SwitchInterval:
     def __init__(self):
         self.active: set[int] = set()
         self.saved: float | None = None
+        self.froze = False  # whether enter() froze the tracked objects
         self._next = 0
         self._lock = threading.Lock()
 
@@ -80,6 +87,9 @@ class _SwitchInterval:
             if not self.active:
                 self.saved = sys.getswitchinterval()
                 sys.setswitchinterval(min(self.saved, RUN_SWITCH_INTERVAL_S))
+                self.froze = gc.get_freeze_count() == 0
+                if self.froze:
+                    gc.freeze()
             self._next += 1
             self.active.add(self._next)
             return self._next
@@ -91,6 +101,9 @@ class _SwitchInterval:
             self.active.discard(token)
             if not self.active and self.saved is not None:
                 sys.setswitchinterval(self.saved)
+                if self.froze:
+                    gc.unfreeze()
+                    self.froze = False
 
 
 _switch_interval = _SwitchInterval()
