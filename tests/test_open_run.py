@@ -222,3 +222,25 @@ def test_napari_opens_a_run_folder_with_the_plugin(make_napari_viewer, run_folde
     assert {"rMFN scale 1", "rMFN scale 3", "half map 1", "map (backprojected)"} <= names
     want, _ = _mrc(run_folder / "half_map_2.mrc")
     np.testing.assert_array_equal(np.asarray(viewer.layers["half map 2"].data, np.float32), want)
+
+
+def test_a_reference_given_as_an_array_is_kept_with_the_run(tmp_path, run_folder):
+    """A reference given as an array (a napari layer's) is written into the run folder at the
+    working box and voxel size, metrics.json points at it, and an opened run shows it."""
+    from rmfn_napari._widgets.open_run import _reference_layer
+    from rmfn_napari.cryoem.reconstruct import ReconstructConfig, reconstruct
+    from rmfn_napari.engine.control import RunControl
+
+    sim = run_folder.parent / "sim"
+    ref, apix = _mrc(run_folder.parent / "map16.mrc")
+    cfg = ReconstructConfig.from_preset("tiny", device="cpu", max_particles=64)
+    out = tmp_path / "run"
+    for _ev in reconstruct(sim / "particles.star", cfg, RunControl(), reference=ref, out_dir=out):
+        pass
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert Path(metrics["reference"]) == (out / "reference.mrc").resolve()
+    kept, kept_apix = _mrc(out / "reference.mrc")
+    np.testing.assert_array_equal(kept, ref)  # already at the working box: unchanged
+    assert kept_apix == pytest.approx(apix)
+    (data, kw, _kind), = _reference_layer(metrics)
+    np.testing.assert_array_equal(data, ref)

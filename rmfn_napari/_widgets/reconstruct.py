@@ -204,6 +204,7 @@ class ReconstructWidget(RunWidgetBase):
             true_poses = self.dataset.true_poses()
         ref = self.dataset.reference_map(sim_map)
         ref_volume = None if ref is None else ref[0]
+        ref_file = None if ref is None or ref[2] is None else str(ref[2])
         if simulate:
             vol, apix = read_map(sim_map)
             simulated = (int(vol.shape[-1]), float(apix), sim_map)
@@ -239,8 +240,9 @@ class ReconstructWidget(RunWidgetBase):
                           f"{result.apix:g} Å/px: {result.star}")
                 if control.stop_requested:
                     return
-            yield from reconstruct(dataset, cfg, control, reference=ref_volume, out_dir=out_dir,
-                                   true_poses=truth, resume=resume)
+            # a file by its path (metrics.json records it); a layer's array is kept in the run folder
+            yield from reconstruct(dataset, cfg, control, reference=ref_file or ref_volume,
+                                   out_dir=out_dir, true_poses=truth, resume=resume)
 
         return source
 

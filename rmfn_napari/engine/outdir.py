@@ -214,7 +214,7 @@ def prepare_run_dir(path, needed_bytes: int = 0, what: str = "the outputs"):
 #: File names (glob patterns) that mark a folder as holding a run's results.
 RESULT_PATTERNS = (
     "metrics.json", "run.log", "checkpoint.pt", "poses.star", "map.mrc", "half_map_*.mrc",
-    "mask_auto.mrc", "scale_*.mrc", "scale_*.tif", "spectrum_*.tif",
+    "mask_auto.mrc", "reference.mrc", "scale_*.mrc", "scale_*.tif", "spectrum_*.tif",
 )
 
 

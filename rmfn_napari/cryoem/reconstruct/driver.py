@@ -64,7 +64,9 @@ def reconstruct(
         Pause / next stage / stop; honoured between optimisation steps.
     reference : array, path to an MRC, or None
         Reference map for FSC (aligned first unless ``align_for_fsc=False``), at the
-        particles' box and pixel size (cropped like them) or at the working box.
+        particles' box and pixel size (cropped like them) or at the working box. An array
+        (a napari layer's) is kept in the run folder as ``reference.mrc`` (working box and
+        pixel size); ``metrics.json``'s ``reference`` is that file's path, or the given one.
     out_dir : path, optional
         Per-scale maps ``scale_k.mrc`` (working box and pixel size), the backprojected
         ``half_map_1.mrc``, ``half_map_2.mrc``, ``map.mrc`` and ``mask_auto.mrc`` (at each stage
@@ -137,6 +139,9 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     if writes:  # now that the box and the particle count are known
         check_output_dir(out, estimate_reconstruct_bytes(box, n, cfg.n_layers, cfg.hidden),
                          f"reconstruct ({n} particles of {box} px)")
+    reference_path = str(Path(reference).resolve()) if isinstance(reference, (str, Path)) else None
+    if writes and ref is not None and reference_path is None:  # an array: kept with the run
+        reference_path = str(write_map(out / "reference.mrc", ref, apix).resolve())
 
     torch.manual_seed(cfg.seed)
     net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
@@ -349,7 +354,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                        source_apix=getattr(ds, "source_apix", apix), seconds=seconds, stopped=stopped,
                        batches=state.step, band_limits_cycles=net.band_limits,
                        true_poses=None if truth is None else str(truth.path),
-                       reference=str(Path(reference).resolve()) if isinstance(reference, (str, Path)) else None,
+                       reference=reference_path,
                        world_size=ranks.world, global_batch=cfg.batch_size)
     outputs: dict[str, str] = {}
     sync_poses()
