@@ -14,12 +14,8 @@ are made at the run's first snapshot. A run
 that ends before either renames the previous run's layers ``"... (previous run)"`` and hides
 them. Afterwards layers are only updated in place.
 
-Placement: on the data's grid. Images: a fit-image snapshot is at training resolution (the
-original block-averaged by f = ``voxel_size``), so its layer gets ``scale=(f, f)`` and a
-translate of ``(f - 1)/2`` original pixels: its pixel centres land on the original image's
-extent (composed with :meth:`LayerUpdater.set_data_grid`, the source layer's own scale and
-translate). Volumes: ``scale=(voxel_size,)*3`` (Å). Spectra sit beside their image, right of it
-by 0.15 of its width (not on it); backprojected maps left of the scale layers.
+Placement: on the data's grid, spectra right of their image, backprojected maps left of the
+scales (:mod:`.placement`; :meth:`LayerUpdater.set_data_grid` gives a source image's grid).
 
 No GUI stall from the plugin: snapshots arrive prepared in the worker
 (:mod:`.display_prep`: float32 contiguous, display size, contrast limits), so applying one only
@@ -51,10 +47,11 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engine.events import RunStarted, ScaleSnapshot, VolumeSnapshot
 from .display_prep import (
-    DisplayArray, display_of, n_scales_of, placeholder_display, prepare_scale_snapshot,
+    display_of, n_scales_of, placeholder_display, prepare_scale_snapshot,
     prepare_volume_snapshot,
 )
 from .layer_ops import assign_array, batched_layer_changes, ensure_image_layer
+from .placement import DataGrid
 from .pacing import RedrawCost, opengl_renderer, paced_interval_s, volumes_in_3d_by_default
 from .volume_layers import (
     REFERENCE_NAME, SPECTRUM_GAP, VOLUME_LAYER_NAMES, BackprojectedMapLayers, set_reference_layer,
@@ -141,8 +138,7 @@ class LayerUpdater(QObject):
         self._queue: dict[tuple, object] = {}
         self._layers: dict[int, tuple] = {}  # this run's (image, spectrum) per 0-based scale
         self._run_open = False
-        self._grid_scale: tuple[float, ...] | None = None
-        self._grid_translate: tuple[float, ...] | None = None
+        self.grid = DataGrid()  # where results lie (:mod:`.placement`)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._apply_queue)
@@ -171,8 +167,7 @@ class LayerUpdater(QObject):
     def set_data_grid(self, scale=None, translate=None) -> None:
         """Place image results on a source layer's grid: its ``scale`` and ``translate``
         (world units per original pixel, world position of pixel 0). None: pixels, at 0."""
-        self._grid_scale = None if scale is None else tuple(float(v) for v in scale)[-2:]
-        self._grid_translate = None if translate is None else tuple(float(v) for v in translate)[-2:]
+        self.grid.set(scale, translate)
 
     def begin_run(self, ev: RunStarted) -> None:
         """A run started (its ``RunStarted``): make its layers before it trains.
@@ -215,7 +210,7 @@ class LayerUpdater(QObject):
             image, spectrum = self._layers.get(k, (None, None))
             shown = self._run_display
             if kind == "volume":
-                self.maps.blank(k, shown and shown.image, lambda arr: self._world(arr, image=False))
+                self.maps.blank(k, shown and shown.image, lambda arr: self.grid.world(arr, image=False))
             elif kind == "scale" and image is None:
                 data, scale, translate = self._blank_of("image")
                 image = ensure_image_layer(self.viewer, scale_layer_name(k), data, scale, translate,
@@ -246,7 +241,7 @@ class LayerUpdater(QObject):
         if self._run_display is None:
             nd = self.spatial_ndim
             return np.zeros((1,) * nd, np.float32), (1.0,) * nd, (0.0,) * nd
-        scale, translate, spec_translate = self._placement_of(self._run_display)
+        scale, translate, spec_translate = self.grid.image_and_spectrum(self._run_display)
         if kind == "image":
             return self._run_display.image.data, scale, translate
         return self._run_display.spectrum.data, scale, spec_translate
@@ -423,27 +418,9 @@ class LayerUpdater(QObject):
         self.gui_seconds += time.perf_counter() - t0
 
     # ---- scale layers ---------------------------------------------------------------
-    def _world(self, arr: DisplayArray, image: bool) -> tuple[tuple, tuple]:
-        """(scale, translate) of a display array on the data's grid."""
-        nd = len(arr.spatial_shape)
-        s0 = self._grid_scale if image and nd == 2 and self._grid_scale else (1.0,) * nd
-        t0 = self._grid_translate if image and nd == 2 and self._grid_translate else (0.0,) * nd
-        scale = tuple(arr.pixel * s for s in s0)
-        translate = tuple(t + arr.offset * s for t, s in zip(t0, s0))
-        return scale, translate
-
     def _placement(self, snap) -> tuple[tuple, tuple, tuple]:
         """Image scale/translate and the spectrum's translate (right of the image)."""
-        return self._placement_of(display_of(snap))
-
-    def _placement_of(self, display) -> tuple[tuple, tuple, tuple]:
-        """:meth:`_placement` of a :class:`~.display_prep.SnapshotDisplay`."""
-        image = display.image
-        scale, translate = self._world(image, image=True)
-        width = image.spatial_shape[-1] * scale[-1]
-        spec_translate = list(translate)
-        spec_translate[-1] += (1.0 + SPECTRUM_GAP) * width
-        return scale, translate, tuple(spec_translate)
+        return self.grid.image_and_spectrum(display_of(snap))
 
     def _begin_layers(self, snap) -> None:
         """This run's layers of every scale, made at its first snapshot (placeholders, hidden),
@@ -526,7 +503,7 @@ class LayerUpdater(QObject):
     def _apply_volume(self, snap) -> bool:
         """A backprojected map into its layer (:class:`.volume_layers.BackprojectedMapLayers`);
         True: reframe the view."""
-        reframe = self.maps.apply(snap, lambda arr: self._world(arr, image=False))
+        reframe = self.maps.apply(snap, lambda arr: self.grid.world(arr, image=False))
         if display_of(snap).image.data.ndim == 3:
             self._show_volumes()
         return reframe

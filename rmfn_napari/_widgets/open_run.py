@@ -135,7 +135,8 @@ def _reference_layer(metrics: dict) -> list[LayerData]:
 
 def _map_layers(folder: Path) -> list[LayerData]:
     from .._reader import read_mrc
-    from .layers import SCALE_NAME, SPECTRUM_GAP
+    from .layers import SCALE_NAME
+    from .placement import left_of
 
     layers: list[LayerData] = []
     files = scale_files(folder)
@@ -152,9 +153,8 @@ def _map_layers(folder: Path) -> list[LayerData]:
             continue
         data, kwargs, kind = read_mrc(path)
         scale = tuple(kwargs["scale"])
-        translate = [0.0] * data.ndim
-        translate[-1] = -(1.0 + SPECTRUM_GAP) * data.shape[-1] * scale[-1]  # left of the scales
-        kwargs.update(name=name, colormap="gray", rendering="mip", translate=tuple(translate),
+        translate = left_of((0.0,) * data.ndim, data.shape[-1] * scale[-1])  # left of the scales
+        kwargs.update(name=name, colormap="gray", rendering="mip", translate=translate,
                       visible=stem == "map")
         layers.append((data, kwargs, kind))
     return layers
@@ -163,7 +163,8 @@ def _map_layers(folder: Path) -> list[LayerData]:
 def _image_layers(folder: Path, metrics: dict) -> list[LayerData]:
     import tifffile
 
-    from .layers import SCALE_NAME, SPECTRUM_GAP, SPECTRUM_NAME
+    from .layers import SCALE_NAME, SPECTRUM_NAME
+    from .placement import right_of
 
     factor = _downsample_factor(metrics)
     layers: list[LayerData] = []
@@ -187,7 +188,7 @@ def _image_layers(folder: Path, metrics: dict) -> list[LayerData]:
         if spectrum_path.is_file():
             spectrum = _read_tif(spectrum_path, tifffile)
             width = image.shape[1] * factor
-            spec_translate = (translate[0], translate[1] + (1.0 + SPECTRUM_GAP) * width)
+            spec_translate = right_of(translate, width)
             layers.append((spectrum, dict(common, name=SPECTRUM_NAME.format(k),
                                           translate=spec_translate, colormap="magma",
                                           metadata={"path": str(spectrum_path), "scale": k}),

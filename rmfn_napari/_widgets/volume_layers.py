@@ -16,6 +16,7 @@ import numpy as np
 
 from .display_prep import display_of
 from .layer_ops import assign_array, clear_stale_extent, place
+from .placement import SPECTRUM_GAP, left_of  # noqa: F401 - SPECTRUM_GAP re-exported
 
 #: Layer names of the engine's backprojected maps (``VolumeSnapshot.name`` -> layer name).
 VOLUME_LAYER_NAMES = {
@@ -27,8 +28,6 @@ VOLUME_LAYER_NAMES = {
 VOLUMES_VISIBLE = {"map"}
 #: Name of the layer of the map a run is compared against.
 REFERENCE_NAME = "reference"
-#: Gap between an image (or map) and its neighbour, as a fraction of its width.
-SPECTRUM_GAP = 0.15
 
 
 def volume_layer_name(name: str) -> str:
@@ -88,9 +87,7 @@ class BackprojectedMapLayers:
     def _placement(arr, world) -> tuple[tuple, tuple]:
         """(scale, translate) of a map: ``world(arr)``'s, moved left of the scale layers."""
         scale, translate = world(arr)
-        translate = list(translate)
-        translate[-1] -= (1.0 + SPECTRUM_GAP) * arr.spatial_shape[-1] * scale[-1]
-        return tuple(scale), tuple(translate)
+        return tuple(scale), left_of(translate, arr.spatial_shape[-1] * scale[-1])
 
     def apply(self, snap, world) -> bool:
         """Put a prepared VolumeSnapshot into its layer (added, or an existing one of that name
