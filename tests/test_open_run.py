@@ -244,3 +244,7 @@ def test_a_reference_given_as_an_array_is_kept_with_the_run(tmp_path, run_folder
     assert kept_apix == pytest.approx(apix)
     (data, kw, _kind), = _reference_layer(metrics)
     np.testing.assert_array_equal(data, ref)
+    moved = out.rename(tmp_path / "moved")  # the folder moved: its own copy is found there
+    (data, kw, _kind), = _reference_layer(metrics, moved)
+    np.testing.assert_array_equal(data, ref)
+    assert _reference_layer(metrics) == []  # the recorded path alone: gone

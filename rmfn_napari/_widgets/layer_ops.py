@@ -92,16 +92,19 @@ def batched_layer_changes(viewer):
     if canvas is None or not callable(update) or getattr(canvas, "_pause_scene_graph", None) is not False:
         yield  # no canvas (headless), another napari, or already paused by napari itself
         return
-    def state():
-        return [(id(layer), bool(layer.visible)) for layer in viewer.layers]
-
-    before = state()
+    before = list(viewer.layers)
+    shown = [bool(layer.visible) for layer in before]
     canvas._pause_scene_graph = True
     try:
         yield
     finally:
         canvas._pause_scene_graph = False
-        if state() != before:  # a layer shown, hidden, added, removed or moved
+        now = list(viewer.layers)
+        if len(now) != len(before) or any(a is not b for a, b in zip(now, before)):
+            # added, removed or moved: napari's own clean-up first (it skipped it while paused)
+            clean = getattr(canvas, "_clean_and_update_scenegraph", None)
+            (clean if callable(clean) else update)()
+        elif [bool(layer.visible) for layer in now] != shown:
             update()
 
 

@@ -151,7 +151,7 @@ class LayerUpdater(QObject):
         self._create_timer.setSingleShot(True)
         self._create_timer.setInterval(0)
         self._create_timer.timeout.connect(self._create_next)
-        self._drawn = QTimer(self)  # a real zero-interval timer: fires after the posted repaint
+        self._drawn = QTimer(self)  # zero-interval: fires after the pending events, the repaint in practice
         self._drawn.setSingleShot(True)
         self._drawn.setInterval(0)
         self._drawn.timeout.connect(self._stage_end_drawn)
@@ -210,7 +210,7 @@ class LayerUpdater(QObject):
             image, spectrum = self._layers.get(k, (None, None))
             shown = self._run_display
             if kind == "volume":
-                self.maps.blank(k, shown and shown.image, lambda arr: self.grid.world(arr, image=False))
+                self.maps.blank(k, shown and shown.image, self.grid.backprojected_map)
             elif kind == "scale" and image is None:
                 data, scale, translate = self._blank_of("image")
                 image = ensure_image_layer(self.viewer, scale_layer_name(k), data, scale, translate,
@@ -503,7 +503,7 @@ class LayerUpdater(QObject):
     def _apply_volume(self, snap) -> bool:
         """A backprojected map into its layer (:class:`.volume_layers.BackprojectedMapLayers`);
         True: reframe the view."""
-        reframe = self.maps.apply(snap, lambda arr: self.grid.world(arr, image=False))
+        reframe = self.maps.apply(snap, self.grid.backprojected_map)
         if display_of(snap).image.data.ndim == 3:
             self._show_volumes()
         return reframe

@@ -102,20 +102,25 @@ def run_layer_data(folder, metrics: dict | None = None) -> list[LayerData]:
             metrics = read_run_metrics(folder)
         except InputError:
             metrics = {}  # the maps do not need it, only the reference layer does
-    return _map_layers(folder) + _reference_layer(metrics)
+    return _map_layers(folder) + _reference_layer(metrics, folder)
 
 
-def _reference_layer(metrics: dict) -> list[LayerData]:
+def _reference_layer(metrics: dict, folder=None) -> list[LayerData]:
     """The map the run's FSC was computed against (``metrics.json``'s ``reference``, a path), as
     the live run's hidden ``"reference"`` layer: at the run's box and voxel size (Fourier-cropped
-    like the particles when it is at their original box). None when the run had no reference
-    file, it is gone, or its size fits neither box (it changed since)."""
+    like the particles when it is at their original box). A ``reference.mrc`` the run kept in
+    its ``folder`` stands in when the recorded path is gone (the folder was moved). None when
+    the run had no reference, it is gone, or its size fits neither box (it changed since)."""
     from ..cryoem.downsample import fourier_crop_volume
     from ..cryoem.io import read_map
     from .layers import REFERENCE_NAME
 
     path = metrics.get("reference")
     box, apix = metrics.get("box"), metrics.get("apix")
+    kept = Path(folder) / "reference.mrc" if folder is not None else None
+    if path and not Path(path).is_file() and kept is not None and kept.is_file() \
+            and Path(path).name == kept.name:
+        path = str(kept)  # the run's own copy, in a folder moved since
     if not path or not box or not apix or not Path(path).is_file():
         return []
     try:

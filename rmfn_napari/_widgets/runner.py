@@ -25,7 +25,9 @@ gets the GIL back quickly from the engine's thread, and the objects that existed
 started are frozen out of the cyclic garbage collector (``gc.freeze``): with napari and torch
 loaded a full collection traverses millions of them, 0.3–0.45 s during which every thread
 stops — the GUI's longest stalls in ``benchmarks/gui_responsiveness.py`` before this. Objects
-made during the run are collected as usual; the freeze is lifted when the last run ends.
+made during the run are collected as usual; the freeze is lifted when the last run ends. The
+price: cycles among the older objects that become garbage during the run (e.g. the layers of
+an earlier run that a new run removes) wait until the next full collection after it.
 
 Every event is delivered (counters stay exact at pauses and stops); the widgets repaint the
 progress bar at a bounded rate and heavy layer updates are throttled in :mod:`.layers`. Any

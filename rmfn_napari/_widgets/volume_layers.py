@@ -16,7 +16,7 @@ import numpy as np
 
 from .display_prep import display_of
 from .layer_ops import assign_array, clear_stale_extent, place
-from .placement import SPECTRUM_GAP, left_of  # noqa: F401 - SPECTRUM_GAP re-exported
+from .placement import SPECTRUM_GAP  # noqa: F401 - re-exported
 
 #: Layer names of the engine's backprojected maps (``VolumeSnapshot.name`` -> layer name).
 VOLUME_LAYER_NAMES = {
@@ -54,15 +54,15 @@ class BackprojectedMapLayers:
         """A new run: its maps are not framed yet and no placeholder waits."""
         self._shown_at_first_data, self._framed = {}, False
 
-    def blank(self, key: str, like=None, world=None) -> None:
+    def blank(self, key: str, like=None, where=None) -> None:
         """Hidden placeholder of map ``key`` (an existing layer blanked); its visibility (the
         existing layer's, else :data:`VOLUMES_VISIBLE`) is restored at its first data.
 
         ``like`` (a zero :class:`~.display_prep.DisplayArray` of the run's maps, placed by
-        ``world`` as in :meth:`apply`): the placeholder has the maps' shape and place, so their
+        ``where`` as in :meth:`apply`): the placeholder has the maps' shape and place, so their
         first data changes neither the viewer's dims nor its framing; else it is 1 voxel."""
         if like is not None:
-            data, (scale, translate) = like.data, self._placement(like, world)
+            data, (scale, translate) = like.data, where(like)
             self._framed = True
         else:
             data, scale, translate = np.zeros((1, 1, 1), np.float32), (1.0,) * 3, (0.0,) * 3
@@ -83,20 +83,15 @@ class BackprojectedMapLayers:
         self.viewer.add_image(data, name=name, colormap="gray", rendering="mip", visible=False,
                               scale=scale, translate=translate, metadata={})
 
-    @staticmethod
-    def _placement(arr, world) -> tuple[tuple, tuple]:
-        """(scale, translate) of a map: ``world(arr)``'s, moved left of the scale layers."""
-        scale, translate = world(arr)
-        return tuple(scale), left_of(translate, arr.spatial_shape[-1] * scale[-1])
-
-    def apply(self, snap, world) -> bool:
+    def apply(self, snap, where) -> bool:
         """Put a prepared VolumeSnapshot into its layer (added, or an existing one of that name
-        updated keeping its visibility and display settings). ``world(arr)`` gives the data's
-        ``(scale, translate)``; the map goes left of that. Returns True when the view should be
+        updated keeping its visibility and display settings). ``where(arr)`` gives its
+        ``(scale, translate)`` (:meth:`.placement.DataGrid.backprojected_map`: left of the
+        scale layers). Returns True when the view should be
         reframed (a new layer, or this run's first data in the placeholders)."""
         arr = display_of(snap).image
         name = volume_layer_name(snap.name)
-        scale, translate = self._placement(arr, world)
+        scale, translate = where(arr)
         meta = {"voxel_size": float(snap.voxel_size), "stage": int(snap.stage)}
         layers = self.viewer.layers
         self.n_applied += 1

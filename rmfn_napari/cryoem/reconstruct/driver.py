@@ -139,9 +139,6 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     if writes:  # now that the box and the particle count are known
         check_output_dir(out, estimate_reconstruct_bytes(box, n, cfg.n_layers, cfg.hidden),
                          f"reconstruct ({n} particles of {box} px)")
-    reference_path = str(Path(reference).resolve()) if isinstance(reference, (str, Path)) else None
-    if writes and ref is not None and reference_path is None:  # an array: kept with the run
-        reference_path = str(write_map(out / "reference.mrc", ref, apix).resolve())
 
     torch.manual_seed(cfg.seed)
     net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
@@ -188,6 +185,9 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     plan = cfg.stage_plan()
     batches_per_epoch = int(math.ceil(n / cfg.batch_size))
     total_batches = batches_per_epoch * sum(e for _, e in plan)
+    reference_path = str(Path(reference).resolve()) if isinstance(reference, (str, Path)) else None
+    if writes and ref is not None and reference_path is None:  # an array: kept with the run
+        reference_path = str(write_map(out / "reference.mrc", ref, apix).resolve())
     yield RunStarted("reconstruct", len(plan), total_batches, str(device), config=asdict(cfg),
                      snapshot_shape=(box,) * 3, snapshot_voxel_size=float(apix))
     crop_note = ""
