@@ -70,7 +70,12 @@ class SnapshotDisplay:
 
 def is_rgb(data: np.ndarray) -> bool:
     """An ``(H, W, 3|4)`` colour image rather than a volume (volumes are cubic boxes)."""
-    return data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4
+    return is_rgb_shape(np.shape(data))
+
+
+def is_rgb_shape(shape) -> bool:
+    """:func:`is_rgb` of an array of ``shape``."""
+    return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4
 
 
 def display_factor(spatial_shape, max_side: int) -> int:
@@ -126,10 +131,11 @@ def display_array(data, pixel: float, offset: float, *, rgb: bool = False) -> Di
                         float(offset), rgb)
 
 
-def _grid_of(snap: ScaleSnapshot) -> tuple[float, float]:
-    """(pixel, first centre) of a snapshot's data: images in original pixels, volumes in Å."""
-    pixel = float(snap.voxel_size)
-    image = np.ndim(snap.data) == 2 or is_rgb(np.asarray(snap.data))
+def _grid_of(shape, voxel_size: float) -> tuple[float, float]:
+    """(pixel, first centre) of snapshot data of ``shape``: images in original pixels (a
+    training pixel of f originals is centred at (f - 1)/2), volumes in Å from 0."""
+    pixel = float(voxel_size)
+    image = len(shape) == 2 or is_rgb_shape(shape)
     return pixel, ((pixel - 1.0) / 2.0 if image else 0.0)
 
 
@@ -142,7 +148,7 @@ def prepare_scale_snapshot(snap: ScaleSnapshot, n_scales: int = 0) -> ScaleSnaps
     """Attach ``snap.display`` (image and spectrum, see the module doc) unless already there;
     ``n_scales`` the run's number of scales (0: unknown). Returns ``snap``."""
     if display_of(snap) is None:
-        pixel, offset = _grid_of(snap)
+        pixel, offset = _grid_of(np.shape(snap.data), snap.voxel_size)
         rgb = is_rgb(np.asarray(snap.data))
         snap.display = SnapshotDisplay(display_array(snap.data, pixel, offset, rgb=rgb),
                                        display_array(snap.spectrum, pixel, offset), int(n_scales))
@@ -165,10 +171,9 @@ def placeholder_display(ev: RunStarted) -> SnapshotDisplay | None:
     shape = tuple(int(n) for n in (ev.snapshot_shape or ()))
     if len(shape) not in (2, 3):
         return None
-    rgb = len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4  # as is_rgb
+    rgb = is_rgb_shape(shape)
     spatial = shape[:-1] if rgb else shape
-    pixel = float(ev.snapshot_voxel_size)
-    factor, pixel, offset = display_grid(spatial, pixel, (pixel - 1.0) / 2.0 if len(spatial) == 2 else 0.0)
+    factor, pixel, offset = display_grid(spatial, *_grid_of(shape, ev.snapshot_voxel_size))
     display = tuple(n // factor for n in spatial)
     image = np.zeros(display + ((3,) if rgb else ()), np.float32)
     return SnapshotDisplay(DisplayArray(image, (0.0, 1.0), pixel, offset, rgb),
