@@ -115,7 +115,7 @@ n, scale, D = ds.n, 2, ds.box
 net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True, lambdas=cfg.lambdas,
                   resolution=D, head_activation="relu", seed=0)
 fwd = ForwardModel(D, ds.apix, scale, net.band_limits[scale], stage_sigma(scale, cfg.n_layers, D, cfg.lambdas),
-                   cfg.pad, cfg.mask_radius, "cpu")
+                   cfg.pad, cfg.mask_radius, "cpu", ranks=ranks)
 owned = ranks.shard(n)
 data = StageData(ds, owned, fwd.freqs, image_scale(ds, n, cfg), cfg, "cpu", 4 * 2**30)
 model = ranks.wrap(net, uses_every_parameter=True)

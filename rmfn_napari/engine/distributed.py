@@ -106,6 +106,23 @@ class Ranks:
         t = torch.tensor([1.0 if flag else 0.0])
         return bool(self._reduce(t, torch.distributed.ReduceOp.MAX, what).item() > 0)
 
+    def sum(self, values: torch.Tensor, what: str) -> torch.Tensor:
+        """Element-wise sum over the ranks of ``values`` (any size), on every rank, returned on
+        ``values``' device (``values`` itself in one process)."""
+        if not self.active:
+            return values
+        return self._reduce(values.detach().clone(), torch.distributed.ReduceOp.SUM, what).to(values.device)
+
+    def join(self, part_values: torch.Tensor, parts: list[slice], what: str) -> torch.Tensor:
+        """The whole vector whose range ``parts[r]`` rank r computed (``part_values``: this rank's
+        range), on every rank. The ranges tile ``0..parts[-1].stop``; each element is one rank's
+        value exactly (the others add zeros)."""
+        if not self.active:
+            return part_values
+        whole = torch.zeros(parts[-1].stop, dtype=part_values.dtype, device=self.device)
+        whole[parts[self.rank]] = part_values.detach().to(self.device)
+        return self._reduce(whole, torch.distributed.ReduceOp.SUM, what).to(part_values.device)
+
     def sum_on_main(self, values: torch.Tensor, what: str) -> torch.Tensor:
         """Element-wise sum over the ranks of ``values`` (any size), in place, valid on rank 0
         only (a reduce, not an all-reduce: the other ranks' copies are left undefined)."""

@@ -226,7 +226,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         band = net.band_limits[scale]
         sigma = stage_sigma(scale, cfg.n_layers, box, cfg.lambdas)
         fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad, cfg.mask_radius, device,
-                           compile=cfg.compile_render)
+                           compile=cfg.compile_render, ranks=ranks)
         model = None  # the last stage's wrapper (and its gradient hooks) goes first
         model = ranks.wrap(net, uses_every_parameter=scale == cfg.n_layers - 1)
         yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band, scale=scale)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from ...engine.distributed import unwrap
+from ...engine.distributed import SINGLE, Ranks, unwrap
 from ...model import ResidualMFN, growth_factor
 from ...model.networks import grid_axis
 from ..offsets import centring_phase_at
@@ -109,11 +109,17 @@ class ForwardModel:
     render_n : samples across the box of the map whose spectrum :meth:`slices` samples; default
         the stage's window + 4 (a few samples of margin: the ReLU heads add harmonics beyond
         the band), at most the box. A map given at the full box (e.g. a reference) uses ``box``.
+    ranks : the data-parallel group (default: one process). With several ranks the render is
+        split: each rank evaluates the network on its own part of the support
+        (:meth:`SupportGrid.split`) and the parts are joined, so every rank holds the whole map
+        for its own images; in a structure step the map's gradient is summed over the ranks and
+        each back-propagates it through its own part only. :meth:`volume_ft` and
+        :meth:`structure_backward` are then collectives: every rank calls them together.
     """
 
     def __init__(self, box: int, apix: float, scale: int, band_cycles: float, sigma: float, pad: int,
                  mask_radius: float | None = None, device="cpu", chunk: int | None = None,
-                 compile: bool = False, render_n: int | None = None):
+                 compile: bool = False, render_n: int | None = None, ranks: Ranks = SINGLE):
         self.box, self.apix, self.scale, self.pad = box, apix, scale, pad
         self.mask_radius = mask_radius
         self.sigma = sigma
@@ -124,6 +130,8 @@ class ForwardModel:
         # a grid of n samples over the box sums to (n/D)^3 of the D-grid sum; the 1/D
         # makes images O(1)
         self._factor = (self.box / self.render_n) ** 3 / self.box
+        self.ranks = ranks
+        self.parts = self.support.split(ranks.world) if ranks.active and len(self.support) >= ranks.world else None
 
     def map_ft(self, values: torch.Tensor) -> torch.Tensor:
         """Padded centred 3D FT of the masked map from the support's voxel values ``(P,)``,
@@ -131,9 +139,13 @@ class ForwardModel:
         return volume_fourier(self.support.volume(values), pad=self.pad) * self._factor
 
     def volume_ft(self, net) -> torch.Tensor:
-        """Padded centred 3D FT of the stage's map, without gradients."""
+        """Padded centred 3D FT of the stage's map, without gradients (with several ranks each
+        renders its part: every rank calls this together)."""
         with torch.no_grad():
-            return self.map_ft(self.support.values(net, self.scale))
+            if self.parts is None:
+                return self.map_ft(self.support.values(net, self.scale))
+            own = self.support.values(unwrap(net), self.scale, part=self.parts[self.ranks.rank])
+            return self.map_ft(self.ranks.join(own, self.parts, "joining the map's parts"))
 
     def slices(self, vol_ft: torch.Tensor, rotations: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         """Model spectra at the stage's frequencies (or at ``k`` ``(K, 2)``, cycles/box),
@@ -162,6 +174,8 @@ class ForwardModel:
         batch's mean loss. A rank with no image in the batch still takes part (zero loss)."""
         if loss_scale is None:
             loss_scale = 1.0 / max(1, obs.shape[0])
+        if self.parts is not None:
+            return self._split_structure_backward(net, obs, ctf, rotations, loss_scale)
         if self.support.single_chunk:
             values = self.support.values(net, self.scale, grad=True)
             loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).sum() * loss_scale
@@ -171,4 +185,23 @@ class ForwardModel:
         loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).sum() * loss_scale
         loss.backward()
         self.support.backward(net, self.scale, values.grad)
+        return loss.detach()
+
+    def _split_structure_backward(self, net, obs, ctf, rotations, loss_scale: float) -> torch.Tensor:
+        """:meth:`structure_backward` with the render split over the ranks. Rank r's parameter
+        gradient is ``J_rᵀ g``: its voxels' Jacobian times ``g``, the map's gradient summed over
+        the ranks' losses; DistributedDataParallel's average ``(1/W) Σ_r J_rᵀ g`` is then the
+        one-process gradient ``Jᵀ g / W`` of the global batch's mean (``loss_scale`` is
+        ``W / global batch``)."""
+        part = self.parts[self.ranks.rank]
+        graph = part.stop - part.start <= self.support.chunk  # one chunk: keep its graph
+        own = self.support.values(net if graph else unwrap(net), self.scale, grad=graph, part=part)
+        values = self.ranks.join(own, self.parts, "joining the map's parts").requires_grad_(True)
+        loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).sum() * loss_scale
+        loss.backward()
+        grad = self.ranks.sum(values.grad, "summing the map's gradient")
+        if graph:
+            own.backward(grad[part])
+        else:
+            self.support.backward(net, self.scale, grad, part=part)
         return loss.detach()

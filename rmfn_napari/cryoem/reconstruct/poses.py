@@ -195,8 +195,9 @@ def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, s
     stopping = control is not None and control.stop_requested
     if move_poses and not stopping:
         loss_p = torch.zeros(())
+        vol_ft = fwd.volume_ft(unwrap(net))  # every rank: with several, each renders a part
         if len(idx) > 0:
-            loss_p = _pose_batch(unwrap(net), fwd, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts,
+            loss_p = _pose_batch(vol_ft, fwd, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts,
                                  idx, cfg, control) * (len(idx) * loss_scale)
     losses = torch.stack([loss_s.float().to(device), loss_p.float().to(device)])
     if reduce is not None:
@@ -204,11 +205,10 @@ def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, s
     return tuple(losses.cpu().tolist())
 
 
-def _pose_batch(net, fwd: ForwardModel, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts, idx, cfg,
+def _pose_batch(vol_ft, fwd: ForwardModel, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts, idx, cfg,
                 control) -> torch.Tensor:
-    """The pose steps of :func:`train_batch`; returns their last mean loss (NaN: diverged, and
-    the stored poses were left as they were)."""
-    vol_ft = fwd.volume_ft(net)
+    """The pose steps of :func:`train_batch` against the map's spectrum ``vol_ft``; returns their
+    last mean loss (NaN: diverged, and the stored poses were left as they were)."""
     lr_shift = cfg.lr_shift if estimates_shifts(cfg) else 0.0
     new, new_sh, loss_p = pose_steps(vol_ft, fwd, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
                                      cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)

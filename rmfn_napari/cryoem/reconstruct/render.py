@@ -94,9 +94,10 @@ class SupportGrid:
             self._compiled[key] = torch.compile(evaluate, dynamic=False)
         return self._compiled[key]
 
-    def _chunks(self):
-        for start in range(0, len(self), self.chunk):
-            yield slice(start, min(start + self.chunk, len(self)))
+    def _chunks(self, part: slice | None = None):
+        lo, hi = (0, len(self)) if part is None else (part.start, part.stop)
+        for start in range(lo, hi, self.chunk):
+            yield slice(start, min(start + self.chunk, hi))
 
     def _evaluate(self, fn, sl: slice) -> torch.Tensor:
         coords = self.coords[sl]
@@ -106,26 +107,28 @@ class SupportGrid:
         out = fn(coords)
         return out[:out.shape[0] - short] if self.compile and short > 0 else out
 
-    def values(self, net, scale: int, grad: bool = False) -> torch.Tensor:
-        """Network output of ``scale`` at the support's voxels, ``(P,)`` (not yet masked).
-        ``grad=True`` builds the autograd graph (one chunk only: see :meth:`backward`)."""
+    def values(self, net, scale: int, grad: bool = False, part: slice | None = None) -> torch.Tensor:
+        """Network output of ``scale`` at the support's voxels, ``(P,)`` (not yet masked), or at
+        the voxels ``part`` of them only. ``grad=True`` builds the autograd graph (one chunk
+        only: see :meth:`backward`)."""
         fn = self._evaluator(net, scale)
         with torch.set_grad_enabled(grad):
-            return torch.cat([self._evaluate(fn, sl) for sl in self._chunks()])
+            return torch.cat([self._evaluate(fn, sl) for sl in self._chunks(part)])
 
     def volume(self, values: torch.Tensor) -> torch.Tensor:
         """The masked map ``(n, n, n)`` ``[z, y, x]`` from voxel values ``(P,)``, zero outside."""
         vol = torch.zeros(self.n**3, dtype=values.dtype, device=values.device)
         return vol.index_put((self.index,), values * self.mask).reshape(self.n, self.n, self.n)
 
-    def backward(self, net, scale: int, grad_values: torch.Tensor) -> None:
+    def backward(self, net, scale: int, grad_values: torch.Tensor, part: slice | None = None) -> None:
         """Accumulate into the network's ``.grad`` the gradient whose derivative with respect
-        to the voxel values is ``grad_values`` ``(P,)``, one chunk at a time.
+        to the voxel values is ``grad_values`` ``(P,)``, one chunk at a time (over the voxels
+        ``part`` only, when given: the network's share of the gradient that flows through them).
 
         A network in ``DistributedDataParallel`` accumulates the chunks locally (``no_sync``)
         and all-reduces the sum once, in the last chunk's backward pass."""
         fn = self._evaluator(net, scale)
-        chunks = list(self._chunks())
+        chunks = list(self._chunks(part))
         for i, sl in enumerate(chunks):
             local = net.no_sync() if hasattr(net, "no_sync") and i < len(chunks) - 1 else contextlib.nullcontext()
             with local, torch.enable_grad():
@@ -136,3 +139,9 @@ class SupportGrid:
     def single_chunk(self) -> bool:
         """Whether the whole support is one chunk (then a structure step needs no recomputation)."""
         return len(self) <= self.chunk
+
+    def split(self, parts: int) -> list[slice]:
+        """The support's voxels in ``parts`` contiguous ranges of nearly equal size (one per
+        rank of a data-parallel run: each renders its own); every voxel in exactly one."""
+        edges = [len(self) * i // parts for i in range(parts + 1)]
+        return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
