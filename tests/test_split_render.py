@@ -6,7 +6,9 @@ voxels only; after DistributedDataParallel's all-reduce, the parameter gradient 
 process computes for the whole batch's mean loss on the whole map — which
 ``test_fast_engine.py`` proves against one autograd graph over the cube — and the joined map
 the one a single process renders. Both structure-step paths: one graph per rank's part (a GPU's
-chunk) and chunk-by-chunk recomputation (a CPU's).
+chunk) and chunk-by-chunk recomputation (a CPU's), and shares on either side of a chunk's size (every rank
+must take the same path: they meet DDP's collectives in different orders). Two steps each: DDP
+rebuilds its buckets, a collective, at the second.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ out, chunk = sys.argv[1], int(sys.argv[2])
 ranks = start("cpu")
 net, fwd, obs, ctf, R = make_case(chunk, ranks)
 mine = slice(0, RANK0_IMAGES) if ranks.rank == 0 else slice(RANK0_IMAGES, GLOBAL_BATCH)
-loss = fwd.structure_backward(ranks.wrap(net), obs[mine], ctf[mine], R[mine], ranks.world / GLOBAL_BATCH)
+model = ranks.wrap(net)
+for step in range(2):  # DDP rebuilds its buckets (a collective) at the second step's forward
+    net.zero_grad(set_to_none=True)
+    loss = fwd.structure_backward(model, obs[mine], ctf[mine], R[mine], ranks.world / GLOBAL_BATCH)
 vol_ft = fwd.volume_ft(net)
 loss = float(ranks.mean(loss))
 if ranks.is_main:
@@ -62,7 +67,8 @@ def make_case(chunk: int, ranks=SINGLE):
     return net, fwd, fwd.freqs.take(obs), fwd.freqs.take(ctf), R
 
 
-@pytest.mark.parametrize("chunk", [4096, 300], ids=["one-graph-per-part", "chunk-by-chunk"])
+@pytest.mark.parametrize("chunk", [4096, 300, 522],
+                         ids=["one-graph-per-part", "chunk-by-chunk", "shares-straddling-a-chunk"])
 def test_two_ranks_splitting_the_render_give_one_process_gradient(chunk, tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(tests=str(TESTS)))
@@ -77,7 +83,7 @@ def test_two_ranks_splitting_the_render_give_one_process_gradient(chunk, tmp_pat
     n_support = len(fwd.support)
     # two halves tiling the support; each part is one chunk, or several
     assert got["parts"] == [(0, n_support // 2), (n_support // 2, n_support)]
-    assert (n_support // 2 <= chunk) == (chunk == 4096)
+    assert n_support % 2 == 1  # shares of 522 and 523 voxels: with chunk 522, one fits a chunk, one does not
     loss = fwd.structure_backward(net, obs, ctf, R)  # the global batch's mean, one process
     assert got["loss"] == pytest.approx(float(loss), rel=1e-5)
     for (name, p), g in zip(net.named_parameters(), got["grads"]):

@@ -194,7 +194,9 @@ class ForwardModel:
         one-process gradient ``Jᵀ g / W`` of the global batch's mean (``loss_scale`` is
         ``W / global batch``)."""
         part = self.parts[self.ranks.rank]
-        graph = part.stop - part.start <= self.support.chunk  # one chunk: keep its graph
+        # one chunk: keep its graph. Decided alike on every rank (the parts may differ by a
+        # voxel): the two paths meet DistributedDataParallel's collectives in different orders
+        graph = max(p.stop - p.start for p in self.parts) <= self.support.chunk
         own = self.support.values(net if graph else unwrap(net), self.scale, grad=graph, part=part)
         values = self.ranks.join(own, self.parts, "joining the map's parts").requires_grad_(True)
         loss = self.loss(self.slices(self.map_ft(values), rotations), obs, ctf).sum() * loss_scale
