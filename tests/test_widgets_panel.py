@@ -348,6 +348,47 @@ def test_pause_status_bar_and_eta_agree_then_next_stage_clears_paused(
     assert w.runner.finished_event.stopped
 
 
+def test_progress_bar_repaints_with_the_window_and_with_the_layers(make_napari_viewer, qtbot, tmp_out):
+    """The bar never repaints synchronously (with napari's OpenGL canvas in the window each
+    repaint composes the whole window, ~23 ms in software), and a repaint held back by the
+    interval is done with the next layer update instead of on its own."""
+    from qtpy.QtCore import QEvent, QObject
+
+    viewer = make_napari_viewer(show=True)
+    w = _classes()[0](viewer)
+    viewer.window.add_dock_widget(w, name="fake run")
+    bar = w.panel.progress
+
+    class Paints(QObject):
+        n = 0
+
+        def eventFilter(self, obj, ev):  # noqa: N802 - Qt name
+            if ev.type() == QEvent.Type.Paint:
+                self.n += 1
+            return False
+
+    paints = Paints()
+    bar.installEventFilter(paints)
+    w.panel.set_total(100)
+    qtbot.waitUntil(lambda: paints.n > 0, timeout=5000)  # the bar is on screen
+    qtbot.wait(100)
+    paints.n = 0
+    w.panel.show_progress(Progress(0, 7, 100, 7, 50, 0.5, 1.0, 10.0), n_stages=2)
+    assert paints.n == 0  # QProgressBar.setValue alone repaints before returning
+    assert bar.value() == 7 and "step 7/100" in bar.format()
+    qtbot.waitUntil(lambda: paints.n >= 1, timeout=5000)  # with the window's next paint
+
+    w.progress_interval_s = 60.0
+    w._last_paint = 0.0
+    w._on_event(Progress(0, 8, 100, 8, 50, 0.5, 1.0, 10.0))  # due: painted
+    w._on_event(Progress(0, 9, 100, 9, 50, 0.5, 1.0, 10.0))  # within the interval: waits
+    assert bar.value() == 8 and w._paint_timer.isActive()
+    w.layers.redrawn.emit()
+    assert bar.value() == 9 and "step 9/100" in bar.format() and not w._paint_timer.isActive()
+    w.layers.redrawn.emit()  # nothing due: nothing painted
+    assert bar.value() == 9
+
+
 # ------------------------------------------------------------- never a silent overwrite
 @pytest.mark.parametrize("answer", ["cancel", "new", "overwrite"])
 def test_folder_with_results_asks_first(make_napari_viewer, qtbot, tmp_out, answer):

@@ -105,9 +105,13 @@ class LayerUpdater(QObject):
     scales_changed(int)
         The scale the engine last trained changed: its 1-based number, which is also the
         number of scales with results (0: none yet, a new run began).
+    redrawn()
+        Queued snapshots were just put into the layers (the window repaints next): other
+        widgets' repaints due soon are best done now, in the same repaint.
     """
 
     scales_changed = Signal(int)
+    redrawn = Signal()
 
     def __init__(self, viewer, spatial_ndim: int = 2, min_interval_s: float | None = None,
                  parent: QObject | None = None):
@@ -416,6 +420,7 @@ class LayerUpdater(QObject):
             self.viewer.reset_view()
             self._centre_slice()
         self.gui_seconds += time.perf_counter() - t0
+        self.redrawn.emit()
 
     # ---- scale layers ---------------------------------------------------------------
     def _placement(self, snap) -> tuple[tuple, tuple, tuple]:
