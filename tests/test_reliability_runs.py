@@ -223,6 +223,27 @@ def test_cli_exploding_learning_rate_stops_at_the_first_batch(data, tmp_path):
     _assert_maps_finite(out)
 
 
+def test_a_stop_excuses_a_nan_loss_only_where_the_batch_honoured_it():
+    """A NaN placeholder from a batch cut short by its stop is not a divergence; in a
+    data-parallel run (no control: every rank takes every step, and the losses are the ranks'
+    average) a NaN is one on every rank, whatever stop one rank was asked for — a rank that
+    skipped the check would wait for the others in the next collective until the timeout."""
+    from rmfn_napari.cryoem.reconstruct.divergence import check_losses
+    from rmfn_napari.engine.control import RunControl
+
+    stopping = RunControl()
+    stopping.request_stop()
+    cfg = _cfg()
+    check_losses(float("nan"), float("nan"), 1.0, cfg, stopping, True, "here")  # excused
+    for control in (None, RunControl()):
+        with pytest.raises(InputError, match="here: the structure loss is nan"):
+            check_losses(float("nan"), 0.5, 1.0, cfg, control, True, "here")
+        with pytest.raises(InputError, match="here: the pose loss is 2e\\+08, over"):
+            check_losses(0.5, 2e8, 1.0, cfg, control, True, "here")
+        check_losses(0.5, 2e8, 1.0, cfg, control, False, "here")  # no pose steps: not checked
+        check_losses(0.5, 0.5, 1.0, cfg, control, True, "here")
+
+
 @pytest.mark.parametrize("mode", ["coarse-to-fine", "oracle-poses"])
 def test_nan_mid_run_keeps_the_last_finite_checkpoint(data, tmp_path, monkeypatch, mode):
     """A step that turns the network NaN (here: forced at batch 5, stage 2 epoch 1, after two

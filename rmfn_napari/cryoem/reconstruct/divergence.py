@@ -39,14 +39,17 @@ def empty_map_loss(fwd: ForwardModel, obs, ctf_b, loss_scale: float | None = Non
 
 
 def check_losses(loss_s: float, loss_p: float, empty_loss: float, cfg: ReconstructConfig,
-                 control: RunControl, poses_moved: bool, where: str) -> None:
+                 control: RunControl | None, poses_moved: bool, where: str) -> None:
     """Stop the run within its batch when the structure loss, or the pose loss of a batch that
     refined poses, is not finite or exceeds :data:`EXPLOSION_FACTOR` x ``empty_loss``. Nothing
     of the batch is kept: the error leaves the last checkpoint (from an epoch's end) as it was.
 
-    A batch cut short by a stop request may report a NaN placeholder: it is not checked here
-    (:func:`check_finite` checks the weights before anything is written)."""
-    if control.stop_requested:
+    ``control`` is the one the batch's steps honoured: a batch cut short by its stop request
+    may report a NaN placeholder, which is not checked here (:func:`check_finite` checks the
+    weights before anything is written). None: the batch took every step (a data-parallel
+    run, where the losses are the ranks' average), so every loss is checked — the same
+    decision on every rank, whatever stop each of them was asked for."""
+    if control is not None and control.stop_requested:
         return
     limit = EXPLOSION_FACTOR * max(empty_loss, 1e-30)
     structure = f"--lr-structure than {cfg.lr_structure:g}"

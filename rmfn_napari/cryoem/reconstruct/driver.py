@@ -283,7 +283,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                     loss_s, loss_p = train_batch(model, opt, fwd, obs, ctf_b, rotations, shifts_px,
                                                  start_shifts, idx, cfg, step_control, device,
                                                  moves_poses(cfg, stage_idx), loss_scale, ranks.mean)
-                check_losses(loss_s, loss_p, empty_loss, cfg, control, moves_poses(cfg, stage_idx),
+                check_losses(loss_s, loss_p, empty_loss, cfg, step_control, moves_poses(cfg, stage_idx),
                              f"stage {stage_idx + 1}, epoch {epoch + 1}, batch {b + 1} (step {state.step + 1})")
                 state.step += 1
                 stage_batches += 1
