@@ -53,6 +53,7 @@ from .display_prep import (
 from .layer_ops import assign_array, batched_layer_changes, ensure_image_layer
 from .placement import DataGrid
 from .pacing import RedrawCost, opengl_renderer, paced_interval_s, volumes_in_3d_by_default
+from .runner import freeze_objects_made_so_far
 from .volume_layers import (
     REFERENCE_NAME, SPECTRUM_GAP, VOLUME_LAYER_NAMES, BackprojectedMapLayers, set_reference_layer,
     show_central_plane, volume_layer_name,
@@ -225,6 +226,7 @@ class LayerUpdater(QObject):
                                               rgb=False, colormap="magma", blank=True)
             if kind != "volume":
                 self._layers[k] = (image, spectrum)
+            freeze_objects_made_so_far()  # a layer is thousands of objects: out of the collector's way
         if self._to_create:
             self._create_timer.start()
             self.gui_seconds += time.perf_counter() - t0
