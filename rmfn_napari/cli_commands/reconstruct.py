@@ -81,10 +81,13 @@ def run(args: argparse.Namespace) -> int:
         return launch_local(args.nproc, strip_nproc(args.argv), "reconstruct",
                             f"the last checkpoint in {args.out} is kept (--resume continues it)")
     ranks = start(cfg.device)
+    finished = False
     try:
-        return _run_rank(args, cfg, ranks)
+        status = _run_rank(args, cfg, ranks)
+        finished = True
+        return status
     finally:
-        stop(ranks)
+        stop(ranks, finished)
 
 
 def _run_rank(args: argparse.Namespace, cfg: ReconstructConfig, ranks) -> int:
