@@ -80,7 +80,8 @@ def quality(star: Path, out: Path, preset: str) -> dict:
     ``poses.star`` against ``true_poses.star``, as with ``--true-poses``."""
     import torch
     from rmfn_napari.cryoem.ground_truth import read_true_poses
-    from rmfn_napari.cryoem.io import read_map, read_particles
+    from rmfn_napari.cryoem.io import read_map
+    from rmfn_napari.cryoem.particles import read_particles
     from rmfn_napari.cryoem.reconstruct import ReconstructConfig, load_dataset
     from rmfn_napari.cryoem.reconstruct.data import load_reference
     from rmfn_napari.cryoem.reconstruct.outputs import pose_error_metrics, reference_fsc

@@ -262,9 +262,10 @@ def simulate(box: int, n: int, snr: float, seed: int, max_shift: float, work: Pa
 
 def ours(data: Path, seed: int) -> dict:
     from rmfn_napari.cryoem import io, validation
+    from rmfn_napari.cryoem.particles import read_particles
     from rmfn_napari.cryoem.metrics import fsc, fsc_full_from_half
 
-    ds = io.read_particles(data / "true_poses.star")
+    ds = read_particles(data / "true_poses.star")
     truth, apix_t = io.read_map(data / "reference.mrc")
     box, apix = int(ds.box), float(ds.apix)
     assert truth.shape == (box,) * 3 and abs(apix_t - apix) < 1e-4, "reference and particles disagree"
@@ -304,8 +305,9 @@ def cryodrgn_run(drgn: CryoDRGN, data: Path, box: int, apix: float, hm, truth, s
                  log: Path) -> dict:
     from rmfn_napari.cryoem import io
     from rmfn_napari.cryoem.metrics import align_map, gold_standard_fsc
+    from rmfn_napari.cryoem.particles import read_particles
 
-    ds = io.read_particles(data / "true_poses.star")
+    ds = read_particles(data / "true_poses.star")
     # backproject_voxel reads the .mrcs in stack order: check the STAR lists it in that order
     names = [s.split("@") for s in ds.image_names]
     stacks = {s for _, s in names}

@@ -41,7 +41,7 @@ MAP64 = ROOT / "sample_data" / "maps" / "1ol5_64_1.0A.mrc"
 READ_PASS = """
 import sys, numpy as np
 from rmfn_napari.cryoem.downsample import CroppedParticles
-from rmfn_napari.cryoem.io import read_particles
+from rmfn_napari.cryoem.particles import read_particles
 ds = CroppedParticles(read_particles(sys.argv[1]), int(sys.argv[2]))
 for i in range(0, ds.n, 200):
     ds.images(np.arange(i, min(i + 200, ds.n)))

@@ -88,7 +88,8 @@ def evaluate(run_dir: Path, star: Path) -> dict:
     """FSC against the cropped truth, pose and offset errors against true_poses.star."""
     from rmfn_napari.cryoem.downsample import fourier_crop_volume
     from rmfn_napari.cryoem.ground_truth import read_true_poses
-    from rmfn_napari.cryoem.io import read_map, read_particles
+    from rmfn_napari.cryoem.io import read_map
+    from rmfn_napari.cryoem.particles import read_particles
     from rmfn_napari.cryoem.metrics import align_map, fsc, pose_error_stats, pose_errors, resolution_at
     from rmfn_napari.cryoem.offsets import shift_errors
 

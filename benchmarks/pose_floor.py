@@ -38,7 +38,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 
 def main(argv=None) -> int:
-    from rmfn_napari.cryoem.io import read_map, read_particles
+    from rmfn_napari.cryoem.io import read_map
+    from rmfn_napari.cryoem.particles import read_particles
     from rmfn_napari.cryoem.projector import volume_fourier
     from rmfn_napari.cryoem.reconstruct import (
         ForwardModel, ReconstructConfig, StageData, image_scale, pose_steps, stage_sigma,

@@ -9,7 +9,7 @@ pixel size.
 
 Large files are not read into memory: an MRC file is memory-mapped when it is bigger than
 :data:`MMAP_THRESHOLD_BYTES`, and a ``.star`` stack is a dask array whose chunks are read on
-demand through :func:`rmfn_napari.cryoem.io.read_particles`.
+demand through :func:`rmfn_napari.cryoem.particles.read_particles`.
 
 Every problem with a file is raised as :class:`rmfn_napari.errors.InputError` naming the file.
 """
@@ -187,7 +187,7 @@ def read_mrc(path: str | os.PathLike) -> LayerData:
 def read_star_stack(path: str | os.PathLike) -> LayerData:
     """Read the particle images referenced by a RELION ``.star`` file as a lazy 3D layer.
 
-    The images are read through :func:`rmfn_napari.cryoem.io.read_particles`, in chunks of
+    The images are read through :func:`rmfn_napari.cryoem.particles.read_particles`, in chunks of
     :data:`STAR_CHUNK` particles, only when napari displays them (a dask array).
 
     Parameters
@@ -214,7 +214,7 @@ def read_star_stack(path: str | os.PathLike) -> LayerData:
     if not path.is_file():
         raise InputError("no such file", path=path)
 
-    from .cryoem.io import read_particles  # lazy: keeps napari start-up light
+    from .cryoem.particles import read_particles  # lazy: keeps napari start-up light
     try:
         particles = read_particles(path)
     except InputError:

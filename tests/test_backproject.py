@@ -19,7 +19,8 @@ import torch
 from rmfn_napari.cryoem.backproject import FourierBackprojector, backproject_dataset, insert_dataset
 from rmfn_napari.cryoem.ctf import CTFParams
 from rmfn_napari.cryoem.downsample import crop_dataset, fourier_crop_volume
-from rmfn_napari.cryoem.io import read_particles, write_map
+from rmfn_napari.cryoem.io import write_map
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.projector import (fft2_centered, fourier_slices, project, project_real_space,
                                           slices_to_images, volume_fourier)
 from rmfn_napari.cryoem.rotations import random_rotations

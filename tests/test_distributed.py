@@ -24,7 +24,8 @@ import pytest
 from rmfn_napari.cli import build_parser
 from rmfn_napari.cli_commands._launch import strip_nproc
 from rmfn_napari.cli_commands.reconstruct import config_from_args
-from rmfn_napari.cryoem.io import read_map, read_particles
+from rmfn_napari.cryoem.io import read_map
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.metrics import fsc
 from rmfn_napari.cryoem.reconstruct import reconstruct
 from rmfn_napari.cryoem.reconstruct.outputs import load_checkpoint

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from rmfn_napari.cli import main as cli_main
-from rmfn_napari.cryoem.io import read_map, read_particles, write_star
+from rmfn_napari.cryoem.io import read_map, write_star
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.offsets import centre_spectra, shift_errors, shift_grid
 from rmfn_napari.cryoem.pose_search import global_pose_search
 from rmfn_napari.cryoem.projector import fft2_centered, ifft2_centered

@@ -146,7 +146,7 @@ def test_bad_files_raise_input_error_naming_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------ .star stacks
 class _FakeParticles:
-    """Stand-in for rmfn_napari.cryoem.io.read_particles' result (n, box, apix, images)."""
+    """Stand-in for rmfn_napari.cryoem.particles.read_particles' result (n, box, apix, images)."""
 
     def __init__(self, n=600, box=16, apix=3.0):
         self.n, self.box, self.apix = n, box, apix
@@ -161,12 +161,12 @@ class _FakeParticles:
 
 def test_star_stack_is_lazy(tmp_path, monkeypatch):
     fake = _FakeParticles()
-    mod = types.ModuleType("rmfn_napari.cryoem.io")
+    mod = types.ModuleType("rmfn_napari.cryoem.particles")
     mod.read_particles = lambda path: fake
-    monkeypatch.setitem(__import__("sys").modules, "rmfn_napari.cryoem.io", mod)
+    monkeypatch.setitem(__import__("sys").modules, "rmfn_napari.cryoem.particles", mod)
     import rmfn_napari.cryoem as cryoem
 
-    monkeypatch.setattr(cryoem, "io", mod, raising=False)
+    monkeypatch.setattr(cryoem, "particles", mod, raising=False)
     star = tmp_path / "parts.star"
     star.write_text("data_particles\n")
     (layer,) = _reader.read_layers(str(star))
@@ -182,13 +182,16 @@ def test_star_stack_is_lazy(tmp_path, monkeypatch):
 
 
 def test_star_errors_are_input_errors(tmp_path, monkeypatch):
-    mod = types.ModuleType("rmfn_napari.cryoem.io")
+    mod = types.ModuleType("rmfn_napari.cryoem.particles")
 
     def broken(path):
         raise KeyError("rlnImageName")
 
     mod.read_particles = broken
-    monkeypatch.setitem(__import__("sys").modules, "rmfn_napari.cryoem.io", mod)
+    monkeypatch.setitem(__import__("sys").modules, "rmfn_napari.cryoem.particles", mod)
+    import rmfn_napari.cryoem as cryoem
+
+    monkeypatch.setattr(cryoem, "particles", mod, raising=False)
     star = tmp_path / "bad.star"
     star.write_text("data_\n")
     with pytest.raises(InputError, match="bad.star.*rlnImageName"):
@@ -196,7 +199,7 @@ def test_star_errors_are_input_errors(tmp_path, monkeypatch):
 
 
 def test_star_with_real_cryoem_io(tmp_path):
-    """A RELION-style STAR + MRCS pair reads through the project's cryoem.io, lazily."""
+    """A RELION-style STAR + MRCS pair reads through the project's cryoem.particles, lazily."""
     pd = pytest.importorskip("pandas")
     import starfile
 

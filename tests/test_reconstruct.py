@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from rmfn_napari.cli import main as cli_main
-from rmfn_napari.cryoem.io import read_map, read_particles, write_map
+from rmfn_napari.cryoem.io import read_map, write_map
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.projector import fft2_centered
 from rmfn_napari.cryoem.reconstruct import (
     ForwardModel, ReconstructConfig, forward_images_real_space, gaussian_weight,

@@ -27,7 +27,8 @@ import pytest
 from rmfn_napari import _reader
 from rmfn_napari.cli import main as cli_main
 from rmfn_napari.cryoem import io
-from rmfn_napari.cryoem.io import read_map, read_mrc_header, read_particles
+from rmfn_napari.cryoem.io import read_map, read_mrc_header
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.errors import InputError
 
 # byte offsets of int32 header fields (MRC2014)
@@ -141,7 +142,8 @@ def test_refused_input_stays_under_300_mb_rss(hostile):
     script = textwrap.dedent(f"""
         import json, resource
         from rmfn_napari import _reader
-        from rmfn_napari.cryoem.io import read_map, read_particles
+        from rmfn_napari.cryoem.io import read_map
+        from rmfn_napari.cryoem.particles import read_particles
         from rmfn_napari.errors import InputError
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         msgs = []

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .io import DatasetBase, ParticleDataset
+from .particles import DatasetBase, ParticleDataset
 
 __all__ = [
     "fourier_crop_images",
@@ -130,7 +130,7 @@ def validate_box(new_box: int, box: int, source=None) -> None:
 
 
 class CroppedParticles(DatasetBase):
-    """A :class:`~rmfn_napari.cryoem.io.ParticleDataset` seen at a smaller box, Fourier-cropped.
+    """A :class:`~rmfn_napari.cryoem.particles.ParticleDataset` seen at a smaller box, Fourier-cropped.
 
     Same interface as the dataset it wraps (what the reconstruction engine uses), at the new
     box: ``box`` = ``D'`` px and ``apix`` = ``apix·D/D'`` Å. Poses, origins in Å

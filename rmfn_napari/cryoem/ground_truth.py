@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .io import read_particles
+from .particles import read_particles
 
 __all__ = ["TruePoses", "read_true_poses"]
 

@@ -11,7 +11,8 @@ import torch
 from ...errors import InputError
 from ..contrast import contrast_check
 from ..downsample import crop_dataset, fourier_crop_volume, validate_box
-from ..io import read_map, read_particles
+from ..io import read_map
+from ..particles import read_particles
 from ..offsets import centre_spectra
 from ..pose_search import crop_center
 from ..projector import fft2_centered

@@ -3,7 +3,7 @@ widget calls :func:`check_inputs` at Start (on the GUI thread) so that it refuse
 ``rmfn reconstruct`` refuses, with the same words.
 
 Cost: a STAR file's table is parsed and its stacks' headers are checked (no pixels are read:
-:func:`~rmfn_napari.cryoem.io.read_particles` is lazy), the reference map is read once.
+:func:`~rmfn_napari.cryoem.particles.read_particles` is lazy), the reference map is read once.
 """
 
 from __future__ import annotations
