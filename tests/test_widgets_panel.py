@@ -492,6 +492,8 @@ def test_errors_and_warnings_become_notifications(make_napari_viewer, qtbot, tmp
     assert emitted(n0) == [(NotificationSeverity.WARNING, "reference box differs"),
                            (NotificationSeverity.ERROR, "RuntimeError: the fake engine broke")]
     assert w.panel.progress.format() == "failed"
+    qtbot.wait(int(1000 * w.progress_interval_s) + 300)  # no late progress repaint over it
+    assert w.panel.progress.format() == "failed"
     assert "ERROR: RuntimeError: the fake engine broke" in w.log.lines()[-1]
 
 

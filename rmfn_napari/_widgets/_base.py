@@ -417,6 +417,7 @@ class RunWidgetBase(QWidget):
             self.panel.set_status(f"{verb} after {ev.steps_done} steps, {ev.seconds:.1f} s. "
                                   f"Outputs: {where}")
         elif isinstance(ev, RunFailed):
+            self._paint_progress()  # the last step now: no repaint due later covers "failed"
             self.layers.flush()  # what the run showed before it failed
             self.panel.progress.setFormat("failed")
             self.panel.set_status(ev.message, error=True)
