@@ -102,8 +102,11 @@ class _SwitchInterval:
         """While a run is alive and :meth:`enter` froze, freeze what was made since too (young
         garbage collected first: generations 0 and 1, a few ms)."""
         with self._lock:
-            if self.active and self.froze:
-                gc.collect(1)
+            if not (self.active and self.froze):
+                return
+        gc.collect(1)  # outside the lock: finalisers run here
+        with self._lock:
+            if self.active and self.froze:  # the last run may have ended meanwhile
                 gc.freeze()
 
     def leave(self, token: int) -> None:

@@ -81,13 +81,10 @@ def run(args: argparse.Namespace) -> int:
         return launch_local(args.nproc, strip_nproc(args.argv), "reconstruct",
                             f"the last checkpoint in {args.out} is kept (--resume continues it)")
     ranks = start(cfg.device)
-    finished = False
     try:
-        status = _run_rank(args, cfg, ranks)
-        finished = True
-        return status
+        return _run_rank(args, cfg, ranks)
     finally:
-        stop(ranks, finished)
+        stop(ranks)
 
 
 def _run_rank(args: argparse.Namespace, cfg: ReconstructConfig, ranks) -> int:

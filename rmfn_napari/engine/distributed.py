@@ -222,25 +222,17 @@ def start(device_name: str = "auto", timeout_s: float | None = None) -> Ranks:
     return ranks
 
 
-def stop(ranks: Ranks, finished: bool = True) -> None:
+def stop(ranks: Ranks) -> None:
     """Leave the process group (nothing in one process).
 
-    ``finished``: this rank ended its work normally, as every rank does in a run that did not
-    fail; the ranks then meet in a barrier before the group is destroyed. Without it a rank
-    that exits right after a collective can abort in the interpreter's shutdown ("terminate
-    called without an active exception", SIGABRT): one of gloo's threads still holds that
-    collective's tensors and must take the GIL to release their Python objects (seen in 5 of
-    25 runs of the distributed benchmark's step worker; 1 of 25 with the barrier alone, 0 of
-    40 with both). So the rank also sleeps :data:`END_GRACE_S` before leaving, which leaves
-    the GIL to those threads — after an error too (``finished`` False), but without the
-    barrier there: the other ranks may be gone or elsewhere.
+    The rank first leaves the GIL free for :data:`END_GRACE_S`: a rank that exits right after a
+    collective could abort in the interpreter's shutdown ("terminate called without an active
+    exception", SIGABRT), because one of gloo's threads still held that collective's tensors
+    and must take the GIL to release their Python objects. Measured on the distributed
+    benchmark's step worker (2 gloo ranks): 5 of 25 runs aborted without the pause, 0 of 40
+    with it (1 of 25 with a barrier instead; no barrier is used: the other ranks may have
+    failed, or rank 0 may still be writing the outputs for longer than the group's timeout).
     """
-    if not (ranks.active and torch.distributed.is_initialized()):
-        return
-    try:
-        if finished:
-            with ranks.guard("meeting the other ranks at the end"):
-                torch.distributed.barrier()
-    finally:
+    if ranks.active and torch.distributed.is_initialized():
         time.sleep(END_GRACE_S)  # the GIL free for gloo's threads to drop what they hold
         torch.distributed.destroy_process_group()
