@@ -28,7 +28,7 @@ import torch
 from ..errors import InputError
 
 DEFAULT_TIMEOUT_S = 600.0
-#: Seconds a finished rank leaves the GIL free before it leaves the group (:func:`stop`).
+#: Seconds a rank leaves the GIL free before it leaves the group (:func:`stop`).
 END_GRACE_S = 0.05
 
 
