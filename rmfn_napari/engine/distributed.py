@@ -123,8 +123,7 @@ class Ranks:
         if not self.active:
             return part_values
         whole = torch.zeros(parts[-1].stop, dtype=part_values.dtype, device=self.device)
-        whole[parts[self.rank]] = part_values.detach().to(self.device)
-        return self._reduce(whole, torch.distributed.ReduceOp.SUM, what).to(part_values.device)
+        return self._assemble(whole, parts[self.rank], part_values, what).to(part_values.device)
 
     def sum_on_main(self, values: torch.Tensor, what: str) -> torch.Tensor:
         """Element-wise sum over the ranks of ``values`` (any size), in place, valid on rank 0
@@ -145,11 +144,17 @@ class Ranks:
         put together, in place and returned: afterwards all ranks hold the same array."""
         if not self.active:
             return values
-        mine = torch.zeros_like(values)
         sel = torch.as_tensor(owned, dtype=torch.long)
-        mine[sel] = values[sel]
-        values.copy_(self._reduce(mine, torch.distributed.ReduceOp.SUM, what).to(values.device))
+        whole = torch.zeros_like(values, device=self.device)
+        values.copy_(self._assemble(whole, sel.to(self.device), values[sel], what).to(values.device))
         return values
+
+    def _assemble(self, zeros: torch.Tensor, index, own: torch.Tensor, what: str) -> torch.Tensor:
+        """``zeros`` (on this rank's device) with this rank's ``own`` values put at ``index``,
+        summed over the ranks: where the ranks' indices do not overlap, every element is its
+        owner's value exactly (the others add zeros)."""
+        zeros[index] = own.detach().to(zeros.device)
+        return self._reduce(zeros, torch.distributed.ReduceOp.SUM, what)
 
     def wrap(self, net: torch.nn.Module, uses_every_parameter: bool = True) -> torch.nn.Module:
         """``net`` in ``DistributedDataParallel`` (the same module itself in one process).
