@@ -12,8 +12,8 @@ import torch
 
 from rmfn_napari.cli import main as cli_main
 from rmfn_napari.cryoem.ctf import ctf_2d
-from rmfn_napari.cryoem.io import read_map, write_map, write_star
-from rmfn_napari.cryoem.particles import read_particles, write_particles_star
+from rmfn_napari.cryoem.io import read_map, write_map, write_particles_star, write_star
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.projector import fourier_slices, project, slices_to_images, volume_fourier
 from rmfn_napari.cryoem.rotations import euler_to_matrix, geodesic_distance, random_rotations
 from rmfn_napari.cryoem.simulate import simulate_particles

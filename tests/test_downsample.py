@@ -13,8 +13,8 @@ import torch
 from rmfn_napari.cryoem.ctf import ctf_2d
 from rmfn_napari.cryoem.downsample import (CroppedParticles, crop_dataset, cropped_pixel_size,
                                            fourier_crop_images, fourier_crop_volume, validate_box)
-from rmfn_napari.cryoem.io import write_star
-from rmfn_napari.cryoem.particles import read_particles, write_particles_star
+from rmfn_napari.cryoem.io import write_particles_star, write_star
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.simulate import simulate_particles
 from rmfn_napari.errors import InputError
 

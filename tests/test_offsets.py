@@ -17,10 +17,10 @@ import pytest
 import starfile
 import torch
 
-from rmfn_napari.cryoem.io import read_map, star_round, write_map
+from rmfn_napari.cryoem.io import read_map, star_round, write_map, write_particles_star
 
 
-from rmfn_napari.cryoem.particles import read_particles, write_particles_star
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.projector import fft2_centered, fourier_slices, slices_to_images, volume_fourier
 from rmfn_napari.cryoem.rotations import random_rotations
 from rmfn_napari.cryoem.simulate import simulate_particles

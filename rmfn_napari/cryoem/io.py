@@ -3,8 +3,8 @@
 * MRC files are read through :mod:`rmfn_napari.cryoem.mrc` (header checked against the file
   size before any allocation, axis order applied); mrcfile writes them.
 * Maps are ``[z, y, x]`` float32 cubic boxes of even size with the voxel size (Å) in the header.
-* Particle STAR files (RELION 3.0 and 3.1+) are read and written by
-  :mod:`rmfn_napari.cryoem.particles`, with :func:`write_star` from here.
+* Particle STAR files (RELION 3.0 and 3.1+) are read by :mod:`rmfn_napari.cryoem.particles`;
+  :func:`write_particles_star` writes one (RELION 3.1) for a dataset with new poses.
 * Every problem with an input file raises :class:`rmfn_napari.errors.InputError` naming the
   file and the problem. Every writer writes to a temporary name in the destination
   directory (``.NAME.tmp-PID``), fsyncs it and renames it into place
@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +24,10 @@ from ..engine.atomic import atomic_path as _atomic_path
 from ..engine.atomic import temp_path_for
 from ..errors import InputError
 from .mrc import MrcLayout, read_mrc_data, read_mrc_header
+from .rotations import matrix_to_euler
+
+if TYPE_CHECKING:  # particles imports this module
+    from .particles import ParticleDataset
 
 __all__ = [
     "MrcLayout",
@@ -33,6 +39,7 @@ __all__ = [
     "StackWriter",
     "write_star",
     "star_round",
+    "write_particles_star",
 ]
 
 
@@ -202,3 +209,76 @@ def star_round(x) -> np.ndarray:
     """Round values exactly as they come back from a STAR file written by :func:`write_star`."""
     x = np.asarray(x, dtype=np.float64)
     return np.char.mod(_STAR_FLOAT, x).astype(np.float64)
+
+
+# ------------------------------------------------------------------ particle STAR writing
+def _relative_name(target: Path, star_dir: Path) -> str:
+    try:
+        return os.path.relpath(target.resolve(), star_dir.resolve())
+    except ValueError:  # different drives on Windows
+        return str(target.resolve())
+
+
+def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_A=None,
+                         random_subset=None) -> Path:
+    """Write a RELION 3.1 STAR for ``dataset`` with (optionally) new poses, atomically.
+
+    All particle columns of the source STAR are kept; image names are rewritten relative to
+    the new file's directory; the Euler angles (and origins) are replaced when given.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output STAR file.
+    dataset : ParticleDataset or CroppedParticles
+        A wrapper with a ``source`` dataset (:class:`~rmfn_napari.cryoem.downsample.CroppedParticles`)
+        is written as its source: the STAR describes the original stacks, box and pixel size
+        (origins in Å do not depend on the box).
+    rotations : array_like ``(n, 3, 3)``, optional
+        RELION matrices ``A`` (e.g. estimated poses); converted to rlnAngleRot/Tilt/Psi (°).
+    shifts_A : array_like ``(n, 2)``, optional
+        rlnOriginXAngst/YAngst in Å.
+    random_subset : array_like ``(n,)`` of 1/2, optional
+        rlnRandomSubset: the gold-standard half-set of each particle.
+
+    Returns
+    -------
+    Path
+    """
+    import pandas as pd
+
+    path = Path(path)
+    dataset = getattr(dataset, "source", dataset)
+    p = dataset.particles.copy()
+    names = []
+    for i in range(dataset.n):
+        s, k = int(dataset._stack_of[i]), int(dataset._index[i])
+        names.append(f"{k + 1:06d}@{_relative_name(dataset._stack_paths[s], path.parent)}")
+    p["rlnImageName"] = names
+    if rotations is not None:
+        R = np.asarray(rotations.detach().cpu() if hasattr(rotations, "detach") else rotations,
+                       dtype=np.float64)
+        if R.shape != (dataset.n, 3, 3):
+            raise ValueError(f"rotations must have shape ({dataset.n}, 3, 3), got {R.shape}")
+        rot, tilt, psi = matrix_to_euler(R)
+        p["rlnAngleRot"], p["rlnAngleTilt"], p["rlnAnglePsi"] = rot, tilt, psi
+    if shifts_A is not None:
+        sh = np.asarray(shifts_A, dtype=np.float64).reshape(dataset.n, 2)
+        p["rlnOriginXAngst"], p["rlnOriginYAngst"] = sh[:, 0], sh[:, 1]
+        p = p.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in p.columns])  # RELION 3.0 px
+    if random_subset is not None:
+        p["rlnRandomSubset"] = np.asarray(random_subset, dtype=np.int64).reshape(dataset.n)
+    if dataset.optics is not None:
+        optics = dataset.optics.copy()
+        p = p[[c for c in p.columns if c not in optics.columns or c == "rlnOpticsGroup"]]
+    else:
+        row = {"rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1"}
+        for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
+            if c in p.columns and p[c].nunique() == 1:
+                row[c] = float(p[c].iloc[0])
+                p = p.drop(columns=c)
+        row.update(rlnImagePixelSize=dataset.apix, rlnImageSize=dataset.box,
+                   rlnImageDimensionality=2)
+        optics = pd.DataFrame([row])
+        p["rlnOpticsGroup"] = 1
+    return write_star(path, {"optics": optics, "particles": p})

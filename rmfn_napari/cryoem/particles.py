@@ -1,4 +1,4 @@
-"""Particle stacks described by RELION STAR files: read (lazily), validate, write atomically.
+"""Particle stacks described by RELION STAR files: read (lazily) and validate.
 
 * Particle STAR files follow RELION 3.1+ (``data_optics`` + ``data_particles``); RELION 3.0
   files (one table, optics columns per particle) are read too. ``rlnImageName`` entries are
@@ -8,15 +8,12 @@
   Angles, origins, CTF and pixel-size columns must hold finite numbers. The stacks' headers
   are read through :mod:`rmfn_napari.cryoem.mrc`.
 * Every problem with an input file raises :class:`rmfn_napari.errors.InputError` naming the
-  file and the problem. Every writer writes to a temporary name in the destination
-  directory (``.NAME.tmp-PID``), fsyncs it and renames it into place
-  (:func:`rmfn_napari.engine.atomic.atomic_path`), so an interrupted write never leaves a
-  half-written file under the final name.
+  file and the problem. A STAR with new poses is written by
+  :func:`rmfn_napari.cryoem.io.write_particles_star`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -24,11 +21,10 @@ import numpy as np
 
 from ..errors import InputError
 from .ctf import CTFParams
-from .io import write_star
 from .mrc import _stack_transposed, read_mrc_header
-from .rotations import euler_to_matrix, matrix_to_euler
+from .rotations import euler_to_matrix
 
-__all__ = ["DatasetBase", "ParticleDataset", "read_particles", "write_particles_star"]
+__all__ = ["DatasetBase", "ParticleDataset", "read_particles"]
 
 
 _NAME_RE = re.compile(r"^\s*(\d+)@(.+?)\s*$")
@@ -400,75 +396,3 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
     if check_pixels:
         ds.check_pixels()
     return ds
-
-
-def _relative_name(target: Path, star_dir: Path) -> str:
-    try:
-        return os.path.relpath(target.resolve(), star_dir.resolve())
-    except ValueError:  # different drives on Windows
-        return str(target.resolve())
-
-
-def write_particles_star(path, dataset: ParticleDataset, rotations=None, shifts_A=None,
-                         random_subset=None) -> Path:
-    """Write a RELION 3.1 STAR for ``dataset`` with (optionally) new poses, atomically.
-
-    All particle columns of the source STAR are kept; image names are rewritten relative to
-    the new file's directory; the Euler angles (and origins) are replaced when given.
-
-    Parameters
-    ----------
-    path : str or Path
-        Output STAR file.
-    dataset : ParticleDataset or CroppedParticles
-        A wrapper with a ``source`` dataset (:class:`~rmfn_napari.cryoem.downsample.CroppedParticles`)
-        is written as its source: the STAR describes the original stacks, box and pixel size
-        (origins in Å do not depend on the box).
-    rotations : array_like ``(n, 3, 3)``, optional
-        RELION matrices ``A`` (e.g. estimated poses); converted to rlnAngleRot/Tilt/Psi (°).
-    shifts_A : array_like ``(n, 2)``, optional
-        rlnOriginXAngst/YAngst in Å.
-    random_subset : array_like ``(n,)`` of 1/2, optional
-        rlnRandomSubset: the gold-standard half-set of each particle.
-
-    Returns
-    -------
-    Path
-    """
-    import pandas as pd
-
-    path = Path(path)
-    dataset = getattr(dataset, "source", dataset)
-    p = dataset.particles.copy()
-    names = []
-    for i in range(dataset.n):
-        s, k = int(dataset._stack_of[i]), int(dataset._index[i])
-        names.append(f"{k + 1:06d}@{_relative_name(dataset._stack_paths[s], path.parent)}")
-    p["rlnImageName"] = names
-    if rotations is not None:
-        R = np.asarray(rotations.detach().cpu() if hasattr(rotations, "detach") else rotations,
-                       dtype=np.float64)
-        if R.shape != (dataset.n, 3, 3):
-            raise ValueError(f"rotations must have shape ({dataset.n}, 3, 3), got {R.shape}")
-        rot, tilt, psi = matrix_to_euler(R)
-        p["rlnAngleRot"], p["rlnAngleTilt"], p["rlnAnglePsi"] = rot, tilt, psi
-    if shifts_A is not None:
-        sh = np.asarray(shifts_A, dtype=np.float64).reshape(dataset.n, 2)
-        p["rlnOriginXAngst"], p["rlnOriginYAngst"] = sh[:, 0], sh[:, 1]
-        p = p.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in p.columns])  # RELION 3.0 px
-    if random_subset is not None:
-        p["rlnRandomSubset"] = np.asarray(random_subset, dtype=np.int64).reshape(dataset.n)
-    if dataset.optics is not None:
-        optics = dataset.optics.copy()
-        p = p[[c for c in p.columns if c not in optics.columns or c == "rlnOpticsGroup"]]
-    else:
-        row = {"rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1"}
-        for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
-            if c in p.columns and p[c].nunique() == 1:
-                row[c] = float(p[c].iloc[0])
-                p = p.drop(columns=c)
-        row.update(rlnImagePixelSize=dataset.apix, rlnImageSize=dataset.box,
-                   rlnImageDimensionality=2)
-        optics = pd.DataFrame([row])
-        p["rlnOpticsGroup"] = 1
-    return write_star(path, {"optics": optics, "particles": p})

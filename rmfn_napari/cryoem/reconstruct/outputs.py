@@ -17,8 +17,7 @@ from ...engine.events import (
 )
 from ...errors import InputError
 from ...fitting.metrics import log_spectrum
-from ..io import write_map
-from ..particles import write_particles_star
+from ..io import write_map, write_particles_star
 from ..metrics import align_map, apply_alignment, fsc, pose_error_stats, pose_errors, resolution_at
 from ..offsets import shift_errors
 from .forward import render_all_scales, render_volume
