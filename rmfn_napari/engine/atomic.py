@@ -21,15 +21,16 @@ import errno
 import logging
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import OutputDirError
+from ..errors import DiskFullError, OutputDirError
 from .runlock import _held_lock, _pid_alive, _pid_started_after
 
 __all__ = [
-    "atomic_path", "clean_stale_temps", "fsync_dir", "fsync_file", "replace_no_clobber",
-    "replace_synced", "temp_path_for",
+    "NO_ROOM_ERRNOS", "atomic_path", "clean_stale_temps", "fsync_dir", "fsync_file",
+    "replace_no_clobber", "replace_synced", "temp_path_for", "write_failure",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,21 +81,80 @@ def replace_synced(tmp, final) -> None:
     os.replace(tmp, final)
 
 
+#: errno values of a write that failed for want of room: disk full, quota exceeded, file too big
+_EDQUOT = getattr(errno, "EDQUOT", errno.ENOSPC)
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, _EDQUOT, errno.EFBIG})
+#: how torch.save (its PytorchStreamWriter, inline_container.cc) reports a failed write: a
+#: RuntimeError without an errno ("file write failed", "unexpected pos 64 vs 0")
+_TORCH_WRITE_FAILED = re.compile(
+    r"PytorchStreamWriter|inline_container|file write failed|unexpected pos|iostream error", re.IGNORECASE)
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def write_failure(exc: BaseException, path) -> DiskFullError | None:
+    """The one-line :class:`~rmfn_napari.errors.DiskFullError` naming ``path`` for a write of it
+    that failed for want of room, or ``None`` when ``exc`` is something else (a bug, a refused
+    value, Ctrl-C).
+
+    Recognised: an ``OSError`` with ENOSPC, EDQUOT or EFBIG, and the ``RuntimeError`` that
+    ``torch.save`` raises when its writes fail (no errno: "unexpected pos 64 vs 0", "file write
+    failed", "iostream error"). The folder's free space is measured and said:
+    ``PATH: disk full (0 bytes free): No space left on device; not written, ...``."""
+    if isinstance(exc, OutputDirError):
+        return None
+    try:
+        free_bytes = shutil.disk_usage(Path(path).absolute().parent).free
+    except OSError:
+        free_bytes = None
+    free = "free space unknown" if free_bytes is None else f"{_size(free_bytes)} free"
+    if isinstance(exc, OSError):
+        if exc.errno not in NO_ROOM_ERRNOS:
+            return None
+        code = exc.errno
+        cause = {errno.EFBIG: "file too large for the file system",
+                 _EDQUOT: "disk quota exceeded"}.get(exc.errno, "disk full")
+        detail = exc.strerror or os.strerror(exc.errno)
+    elif isinstance(exc, RuntimeError) and _TORCH_WRITE_FAILED.search(str(exc)):
+        code = errno.ENOSPC
+        first = (str(exc).strip().splitlines() or ["write failed"])[0][:120]
+        detail = f"torch.save failed ({first})"
+        # no errno: a full disk when it has (almost) no room left, else say only what failed
+        cause = "disk full" if free_bytes is None or free_bytes < 16 * 2**20 else "write failed"
+    else:
+        return None
+    return DiskFullError(f"{cause} ({free}): {detail}; not written, its earlier version (if any) "
+                         "untouched", path, code)
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temp path next to ``path`` (:func:`temp_path_for`); on success it is fsynced and
     renamed onto ``path`` (:func:`replace_synced`). On any exception (KeyboardInterrupt too) the
-    temp file is removed and ``path`` is left untouched."""
+    temp file is removed and ``path`` is left untouched.
+
+    A write that fails for want of room (:func:`write_failure`: ENOSPC, EDQUOT, EFBIG, or
+    ``torch.save``'s RuntimeError on a failed write) is raised as one :class:`OutputDirError`
+    line naming ``path``: "disk full (N free)"."""
     path = Path(path)
     tmp = temp_path_for(path)
     try:
         yield tmp
         replace_synced(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        failure = write_failure(exc, path)  # measured before the temp's space is given back
         try:
             tmp.unlink()
         except FileNotFoundError:
             pass
+        if failure is not None:
+            raise failure from exc
         raise
     fsync_dir(path.parent)
 

@@ -197,8 +197,8 @@ def prepare_run_dir(path, needed_bytes: int = 0, what: str = "the outputs"):
             try:
                 yield lock
             except OSError as exc:
-                if exc.errno not in _NO_ROOM:
-                    raise
+                if exc.errno not in _NO_ROOM or isinstance(exc, OutputDirError):
+                    raise  # (a DiskFullError from an atomic write already names its file)
                 where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
                 raise OutputDirError(f"cannot write {what}: {exc.strerror or exc}{where}", folder) from exc
     except Exception:  # refused or failed (not interrupted: Ctrl-C keeps the folder, as before)
