@@ -5,6 +5,9 @@ half-written and nothing lost.
 * A disk filling while ``reconstruct`` writes its checkpoint (``torch.save`` raises a
   RuntimeError without an errno) or its stage-end maps (``OSError`` ENOSPC): handled once, in
   :func:`rmfn_napari.engine.atomic.atomic_path`, for every writer.
+* Impossible origins (the particle's centre outside its box, ``|origin| >= box/2`` px): a STAR
+  where more than 1 % of the particles have them is refused naming the STAR; fewer are left out
+  with a warning in the run's log (``cryoem/particles.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import starfile
 import torch
 
 from rmfn_napari.cli import main as cli_main
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.reconstruct.outputs import load_checkpoint
 from rmfn_napari.cryoem.simulate import simulate_particles
 from rmfn_napari.engine import atomic
@@ -32,15 +37,15 @@ Usage = namedtuple("Usage", "total used free")
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    """60 noisy CTF particles of a 16^3 map."""
+    """120 noisy CTF particles of a 16^3 map (with their true origins: up to 2 px)."""
     root = tmp_path_factory.mktemp("hostile")
     map_path = write_sample_map_16(root / "map16.mrc")
-    return simulate_particles(map_path, root / "sim", n=60, snr=0.5, seed=3)
+    return simulate_particles(map_path, root / "sim", n=120, snr=0.5, seed=3, max_shift=2.0)
 
 
 def _tiny(star, out, *extra) -> list[str]:
     return ["reconstruct", str(star), "--out", str(out), "--preset", "tiny", "--epochs", "2,1,1",
-            "--batch", "30", "--device", "cpu", "--seed", "4", "--pose-init", "random", "--threads", "1",
+            "--batch", "40", "--device", "cpu", "--seed", "4", "--pose-init", "random", "--threads", "1",
             "--no-align", "--quiet", *extra]
 
 
@@ -120,3 +125,51 @@ def test_atomic_write_failures_for_want_of_room_are_one_line_oserrors_too(tmp_pa
                 raise exc
         assert info.value is exc
     assert np.frombuffer(target.read_bytes(), np.uint8).size == 3
+
+
+# ----------------------------------------------------------------------- impossible origins
+def _with_origins(src: Path, name: str, rows, x, y=None, pre31: bool = False) -> Path:
+    """A copy of the STAR ``src`` (beside it: the stack's path is relative) with other origins."""
+    dst = Path(src).parent / name
+    blocks = starfile.read(src, always_dict=True)
+    p = blocks["particles"]
+    p.loc[rows, "rlnOriginXAngst"] = x
+    if y is not None:
+        p.loc[rows, "rlnOriginYAngst"] = y
+    if pre31:  # RELION 3.0 names: origins in px
+        apix = float(blocks["optics"]["rlnImagePixelSize"].iloc[0])
+        p["rlnOriginX"] = p.pop("rlnOriginXAngst") / apix
+        p["rlnOriginY"] = p.pop("rlnOriginYAngst") / apix
+    starfile.write(blocks, dst, overwrite=True)
+    return dst
+
+
+@pytest.mark.parametrize("case", ["all at +-1e30", "all just past the edge (px, RELION 3.0)", "2 of 120"])
+def test_impossible_origins_on_many_particles_are_refused_naming_the_star(case, sim, tmp_path, capsys):
+    rows = slice(None) if case.startswith("all") else [3, 50]
+    x, y = {"all at +-1e30": (1e30, -1e30), "2 of 120": (1e9, None)}.get(case, (8 * 4.0, None))
+    star = _with_origins(sim.true_poses, f"{tmp_path.name}.star", rows, x, y, pre31="RELION 3.0" in case)
+    out = tmp_path / "run"
+    rc = cli_main(_tiny(star, out))
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and line.startswith(f"rmfn reconstruct: error: {star}: impossible origins"), line
+    n_bad = 120 if case.startswith("all") else 2
+    assert f"{n_bad} of 120 particles" in line and "16 px box" in line, line
+    assert not out.exists()  # refused before anything is written
+
+
+def test_a_few_impossible_origins_are_left_out_with_a_count_in_the_log(sim, tmp_path, capsys):
+    star = _with_origins(sim.true_poses, "one.star", [7], 1e9)
+    ds = read_particles(star)
+    good = read_particles(sim.true_poses)
+    assert ds.n == 119 and len(ds.notes) == 1 and "left out 1 of 120 particles" in ds.notes[0]
+    assert ds.image_names == good.image_names[:7] + good.image_names[8:]  # the others, in order
+    np.testing.assert_array_equal(ds.shifts_A, np.delete(good.shifts_A, 7, axis=0))
+    np.testing.assert_array_equal(ds.images([7]), good.images([8]))  # the rows and their images agree
+    assert read_particles(sim.true_poses).notes == []  # a normal STAR: nothing left out, no note
+    out = tmp_path / "run"
+    assert cli_main(_tiny(star, out)) == 0
+    err = capsys.readouterr().err
+    assert f"{star}: warning: left out 1 of 120 particles" in err  # shown even with --quiet
+    log = (out / "run.log").read_text()
+    assert "left out 1 of 120 particles" in log and "119 particles" in log

@@ -157,7 +157,7 @@ class CroppedParticles(DatasetBase):
         self.box = int(new_box)
         self.apix = cropped_pixel_size(source.apix, source.box, self.box)
         for name in ("star_path", "n", "rotations", "euler", "has_poses", "shifts_A", "ctf",
-                     "image_names", "particles", "optics"):
+                     "image_names", "particles", "optics", "notes"):
             setattr(self, name, getattr(source, name))
 
     def images(self, indices=None) -> np.ndarray:

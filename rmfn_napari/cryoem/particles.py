@@ -7,6 +7,9 @@
   resolved against the STAR file's directory (then the working directory, as RELION does).
   Angles, origins, CTF and pixel-size columns must hold finite numbers. The stacks' headers
   are read through :mod:`rmfn_napari.cryoem.mrc`.
+* Origins must put each particle's centre inside its box (``|origin| < box/2`` px on each
+  axis): a few particles (≤ 1 %) with impossible origins are left out, with a note in
+  ``ParticleDataset.notes`` that the run logs as a warning; more, and the STAR is refused.
 * Every problem with an input file raises :class:`rmfn_napari.errors.InputError` naming the
   file and the problem. A STAR with new poses is written by
   :func:`rmfn_napari.cryoem.io.write_particles_star`.
@@ -67,9 +70,11 @@ def _check_numeric(table, table_name: str, star_path: Path) -> None:
 
 class DatasetBase:
     """What every particle dataset shares: a context manager that calls ``close()``, and
-    ``len()`` = ``n``."""
+    ``len()`` = ``n``; ``notes``, warnings about the data for the run's log (e.g. particles
+    left out), none by default."""
 
     n: int
+    notes: tuple | list = ()
 
     def close(self) -> None:  # pragma: no cover - overridden
         """Release what the dataset holds."""
@@ -108,7 +113,10 @@ class ParticleDataset(DatasetBase):
     image_names : list of str
         ``rlnImageName`` as written in the STAR.
     particles, optics : pandas.DataFrame
-        The tables as read (``optics`` None for RELION 3.0 files).
+        The tables as read (``optics`` None for RELION 3.0 files), less the rows left out
+        (impossible origins, see ``notes``).
+    notes : list of str
+        Warnings about the STAR for the run's log: particles left out and why.
     """
 
     def __init__(self, star_path, particles, optics, stacks, layouts, stack_of, index_in_stack,
@@ -247,6 +255,49 @@ class ParticleDataset(DatasetBase):
     def __repr__(self) -> str:
         return (f"ParticleDataset({str(self.star_path)!r}, n={self.n}, box={self.box}, "
                 f"apix={self.apix}, stacks={len(self._stack_paths)}, ctf={self.ctf is not None})")
+
+
+#: at most this fraction of a STAR's particles may have impossible origins (beyond the box):
+#: they are left out with a note; more, and the STAR is refused
+MAX_EXCLUDED_FRACTION = 0.01
+
+
+def _possible_origins(particles, box: int, apix: float, star_path: Path):
+    """Which particles' origins are possible: their centre inside the image, ``|origin| < box/2``
+    px on each axis (``rlnOriginXAngst/YAngst`` in Å, or ``rlnOriginX/Y`` in px before RELION
+    3.1). Returns ``(keep, note)``: ``keep`` a boolean mask and ``note`` None when all are
+    possible, else a sentence for the log naming the STAR and the count left out.
+
+    Raises
+    ------
+    InputError
+        More than :data:`MAX_EXCLUDED_FRACTION` of the particles (or all of them) have
+        impossible origins: a unit mix-up (px written as Å?) or a damaged file.
+    """
+    cols = particles.columns
+    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(cols):
+        names, to_px = "rlnOriginXAngst/YAngst", 1.0 / apix
+        o = particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64)
+    elif {"rlnOriginX", "rlnOriginY"} <= set(cols):
+        names, to_px = "rlnOriginX/Y", 1.0
+        o = particles[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64)
+    else:
+        return None, None
+    with np.errstate(over="ignore", invalid="ignore"):
+        px = np.abs(o) * to_px
+        bad = ~np.all(np.isfinite(px) & (px < box / 2), axis=1)
+    n_bad, n = int(bad.sum()), len(bad)
+    if n_bad == 0:
+        return None, None
+    first = int(np.flatnonzero(bad)[0])
+    unit = "Å" if to_px != 1.0 else "px"
+    why = (f"{names} put the centre outside the {box} px box (row {first + 1}: ({o[first, 0]:.4g}, "
+           f"{o[first, 1]:.4g}) {unit}; each must be under {box / 2:g} px = {box / 2 * apix:.4g} Å)")
+    if n_bad == n or n_bad > MAX_EXCLUDED_FRACTION * n:
+        raise InputError(f"impossible origins: {n_bad} of {n} particles' {why}; check the columns "
+                         f"and their units (more than {MAX_EXCLUDED_FRACTION:.0%} of the particles: "
+                         "none left out)", star_path)
+    return ~bad, f"{star_path}: warning: left out {n_bad} of {n} particles whose {why}"
 
 
 def _resolve_stack(name: str, star_dir: Path) -> Path:
@@ -392,7 +443,14 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
         sizes = np.unique(particles["rlnImageSize"].to_numpy())
         if len(sizes) != 1 or int(sizes[0]) != box:
             raise InputError(f"rlnImageSize {sizes.tolist()} does not match the stacks' {box}", star_path)
+    notes = []
+    keep, note = _possible_origins(particles, box, apix, star_path)
+    if note:
+        particles = particles[keep].reset_index(drop=True)
+        stack_of, index = stack_of[keep], index[keep]
+        notes.append(note)
     ds = ParticleDataset(star_path, particles, optics, stacks, layouts, stack_of, index, box, apix)
+    ds.notes = notes
     if check_pixels:
         ds.check_pixels()
     return ds

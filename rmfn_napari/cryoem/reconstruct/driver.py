@@ -199,6 +199,10 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
               + (f"estimated within ±{cfg.shift_range_px:g} px" if estimates_shifts(cfg) else "fixed at the STAR's origins")
               + ("; pose errors against " + str(truth.path) if truth is not None else "; no true poses given: no pose errors"))
     yield log(halves_origin)
+    for note in getattr(ds, "notes", ()) if ranks.is_main else ():  # rows left out, duplicates
+        ev = log(note)
+        ev.level = "warning"
+        yield ev
     if ranks.active:
         yield log(f"data parallel: {ranks.world} processes ({ranks.backend}), global batch {cfg.batch_size} "
                   f"(~{cfg.batch_size / ranks.world:.0f} per rank), ~{n // ranks.world} particles per rank")
