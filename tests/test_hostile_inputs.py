@@ -8,6 +8,9 @@ half-written and nothing lost.
 * Impossible origins (the particle's centre outside its box, ``|origin| >= box/2`` px): a STAR
   where more than 1 % of the particles have them is refused naming the STAR; fewer are left out
   with a warning in the run's log (``cryoem/particles.py``).
+* A huge image for ``fit-image``: the PSNR on the original grid is rendered in blocks of
+  bounded size (an 8000² image at width 64 held 16 GiB per scale when rendered whole), and
+  an image that cannot be read and held is refused from its header.
 """
 
 from __future__ import annotations
@@ -173,3 +176,45 @@ def test_a_few_impossible_origins_are_left_out_with_a_count_in_the_log(sim, tmp_
     assert f"{star}: warning: left out 1 of 120 particles" in err  # shown even with --quiet
     log = (out / "run.log").read_text()
     assert "left out 1 of 120 particles" in log and "119 particles" in log
+
+
+# ------------------------------------------------------------------------------ huge images
+def test_fit_image_psnr_on_the_original_grid_is_rendered_in_bounded_blocks(monkeypatch):
+    from rmfn_napari.fitting import FitImageConfig, fit_image
+    from rmfn_napari.fitting import image_fitting
+    from rmfn_napari.fitting.image_fitting import run_to_completion
+    from rmfn_napari.fitting.metrics import psnr
+    from rmfn_napari.model.networks import ResidualMFN
+
+    rng = np.random.default_rng(1)
+    image = (rng.random((96, 80)) * 255).astype(np.uint8)
+    cfg = FitImageConfig.from_preset("cpu", schedule=(2, 2), hidden=16, downsample=4, device="cpu")
+    monkeypatch.setattr(image_fitting, "EVAL_BLOCK_VALUES", 80 * 16 * 3 * 7)  # at most 7 rows a block
+    seen, nets = [], []
+    real = ResidualMFN.render_axes
+
+    def render_axes(self, axes, max_scale=None):
+        seen.append(int(axes[0].shape[0]) * int(axes[1].shape[0]))
+        nets.append(self)
+        return real(self, axes, max_scale)
+    monkeypatch.setattr(ResidualMFN, "render_axes", render_axes)
+    end = run_to_completion(fit_image(image, cfg))
+    assert max(seen) <= 7 * 80 and sum(seen) == 2 * 96 * 80  # both stages, the whole grid, in blocks
+    # the same PSNR as the whole image rendered at once (the last stage)
+    axes = [image_fitting._axis_for_upsampled(24, 4, "cpu"), image_fitting._axis_for_upsampled(20, 4, "cpu")]
+    with torch.no_grad():
+        whole = real(nets[-1], axes, max_scale=1)[-1][..., 0].numpy()
+    expected = psnr(np.clip(whole, 0, 1), image.astype(np.float32) / np.float32(255))
+    assert end.metrics["psnr_db"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_an_image_too_big_to_hold_is_refused_from_its_header(monkeypatch):
+    from rmfn_napari.fitting import FitImageConfig
+    from rmfn_napari.fitting.image_fitting import check_training_memory
+
+    cfg = FitImageConfig.from_preset("cpu", downsample=64, device="cpu")  # a small training grid
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    side = int(np.sqrt(ram / 3 / 12 * 1.2)) // 64 * 64  # 12 bytes a value: over 80 % of the RAM
+    with pytest.raises(InputError, match=rf"^big.png: the image of {side}x{side} .* downsample it first"):
+        check_training_memory((side, side, 3), cfg, "big.png")
+    check_training_memory((side // 2, side // 2, 3), cfg, "big.png")  # a quarter of it: accepted

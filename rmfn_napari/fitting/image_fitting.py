@@ -36,7 +36,7 @@ from ..engine.settings_spec import config_from_preset
 from ..errors import InputError
 from ..model import METHODS, ResidualMFN
 from .images import downsample, normalize_image
-from .metrics import log_spectrum, psnr, spectrum_drift
+from .metrics import log_spectrum, spectrum_drift
 from .presets import PAPER_SCHEDULE, PRESETS
 
 
@@ -118,6 +118,32 @@ def _to_numpy(y: torch.Tensor) -> np.ndarray:
     return img[..., 0] if img.shape[-1] == 1 else img
 
 
+#: Values (rows x columns x hidden x scales) one block of the PSNR evaluation on the original
+#: grid may hold: 2^26 float32 = 256 MiB. The original grid is ``downsample``² times the
+#: training grid; rendered whole, an 8000² image at width 64 held 16 GiB per scale (issue 28).
+EVAL_BLOCK_VALUES = 2**26
+
+
+def _psnr_on_original(net, fine_axes, original: np.ndarray, scale: int, hidden: int) -> float:
+    """PSNR (dB) of scale ``scale``'s output, clipped to [0, 1], against ``original`` on the
+    original grid, rendered in blocks of rows (:data:`EVAL_BLOCK_VALUES`): the same value as
+    :func:`~rmfn_napari.fitting.metrics.psnr` of the whole rendered image, at the memory of
+    one block."""
+    rows_axis, cols_axis = fine_axes
+    n_rows, n_cols = int(rows_axis.shape[0]), int(cols_axis.shape[0])
+    block = max(1, EVAL_BLOCK_VALUES // max(1, n_cols * int(hidden) * (scale + 3)))
+    sq, count = 0.0, 0
+    with torch.no_grad():
+        for r0 in range(0, n_rows, block):
+            fine = _to_numpy(net.render_axes([rows_axis[r0:r0 + block], cols_axis], max_scale=scale)[-1])
+            ref = original[r0:r0 + fine.shape[0], : fine.shape[1]]
+            diff = np.clip(fine, 0, 1).astype(np.float64) - ref
+            sq += float(np.sum(diff * diff))
+            count += diff.size
+    mse = sq / max(count, 1)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
+
+
 def fit_image(
     image: np.ndarray,
     config: FitImageConfig | None = None,
@@ -170,20 +196,35 @@ def fit_image(
 TRAINING_TENSORS = 20
 
 
+#: Bytes per pixel value of the image itself: the decoded array (up to 8, a float64 TIFF) and
+#: the float32 copy the fit keeps on the CPU as the PSNR reference (normalised in place).
+IMAGE_BYTES_PER_VALUE = 12
+
+
 def check_training_memory(shape, config: FitImageConfig, source=None) -> None:
-    """Refuse (one line, before anything is allocated) a fit whose training grid cannot fit in
-    the device's memory: ``TRAINING_TENSORS`` x h x w x hidden x 4 bytes, with h x w the image
-    ``shape`` after ``config.downsample``, against 80% of the machine's RAM (CPU) or 90% of the
-    GPU's memory."""
+    """Refuse (one line, before anything is allocated, from the header for a file) a fit that
+    cannot fit in the machine's memory: the training grid, ``TRAINING_TENSORS`` x h x w x hidden
+    x 4 bytes with h x w the image ``shape`` after ``config.downsample``, against 80% of the
+    machine's RAM (CPU) or 90% of the GPU's memory; and on the CPU, the image itself
+    (:data:`IMAGE_BYTES_PER_VALUE` per value) with the training grid. The PSNR on the original
+    grid is computed in blocks of bounded size (:data:`EVAL_BLOCK_VALUES`)."""
     if len(shape) < 2:
         return
     h, w = int(shape[0]) // config.downsample, int(shape[1]) // config.downsample
     need = TRAINING_TENSORS * h * w * config.hidden * 4
+    values = int(shape[0]) * int(shape[1]) * (int(shape[2]) if len(shape) > 2 else 1)
+    image = IMAGE_BYTES_PER_VALUE * values + 4 * EVAL_BLOCK_VALUES
     device = resolve_device(config.device)
+    ram = 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if device.type == "cuda":
         have = 0.9 * torch.cuda.get_device_properties(device).total_memory
     else:
-        have = 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        have = ram
+        need += image
+    if image > ram:
+        raise InputError(f"the image of {shape[0]}x{shape[1]} ({values / 1e6:.0f} million values) needs about "
+                         f"{image / 2**30:.1f} GiB to read and hold, more than the {ram / 2**30:.0f} GiB this "
+                         "machine offers; downsample it first", source)
     if need > have:
         factor = config.downsample * max(2, math.ceil(math.sqrt(need / have)))
         raise InputError(f"training on {h}x{w} at width {config.hidden} needs about {need / 2**30:.0f} GiB, "
@@ -226,10 +267,7 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
     fine_axes = [_axis_for_upsampled(h, factor, device), _axis_for_upsampled(w, factor, device)]
 
     def evaluate_psnr(scale: int) -> float:
-        with torch.no_grad():
-            fine = _to_numpy(net.render_axes(fine_axes, max_scale=scale)[-1])
-        ref = original[: fine.shape[0], : fine.shape[1]]
-        return psnr(np.clip(fine, 0, 1), ref)
+        return _psnr_on_original(net, fine_axes, original, scale, config.hidden)
 
     def snapshot(scale: int, stage: int, final: bool) -> ScaleSnapshot:
         # on the training grid: one pixel is `factor` original pixels (the snapshot's voxel_size)

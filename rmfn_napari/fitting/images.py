@@ -24,18 +24,21 @@ def normalize_image(data: np.ndarray, name: str = "image") -> np.ndarray:
         raise InputError(f"expected a 2D grey or RGB image, got an array of shape {arr.shape}", name)
     if min(arr.shape[:2]) < 8:
         raise InputError(f"image is too small ({arr.shape[0]}x{arr.shape[1]}; need at least 8x8)", name)
+    # one float32 copy of the image, scaled in place (a huge image is held once, not thrice)
     if np.issubdtype(arr.dtype, np.integer):
-        out = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        out = arr.astype(np.float32)
+        out /= np.float32(np.iinfo(arr.dtype).max)
     elif np.issubdtype(arr.dtype, np.bool_):
         out = arr.astype(np.float32)
     else:
         out = arr.astype(np.float32)
-        if not np.all(np.isfinite(out)):
+        if not np.isfinite(out.min()) or not np.isfinite(out.max()):
             raise InputError("image contains NaN or Inf pixels", name)
         lo, hi = float(out.min()), float(out.max())
         if hi <= lo:
             raise InputError("image is constant; nothing to fit", name)
-        out = (out - lo) / (hi - lo)
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)
     return out
 
 
