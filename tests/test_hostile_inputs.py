@@ -11,6 +11,9 @@ half-written and nothing lost.
 * A huge image for ``fit-image``: the PSNR on the original grid is rendered in blocks of
   bounded size (an 8000² image at width 64 held 16 GiB per scale when rendered whole), and
   an image that cannot be read and held is refused from its header.
+* The napari writer (``_writer.write_mrc``) refuses, as one InputError naming the file and
+  writing nothing: a path under a file or that is a folder, NaN/Inf data, a voxel size that is
+  not > 0, data that are not real numbers.
 """
 
 from __future__ import annotations
@@ -218,3 +221,49 @@ def test_an_image_too_big_to_hold_is_refused_from_its_header(monkeypatch):
     with pytest.raises(InputError, match=rf"^big.png: the image of {side}x{side} .* downsample it first"):
         check_training_memory((side, side, 3), cfg, "big.png")
     check_training_memory((side // 2, side // 2, 3), cfg, "big.png")  # a quarter of it: accepted
+
+
+# ---------------------------------------------------------------------------- napari writer
+@pytest.mark.parametrize("case, expected", [
+    ("under a file", "is a file, not a folder"),
+    ("deep under a file", "is a file, not a folder"),
+    ("a folder", "is a folder"),
+    ("a folder named .mrc", "is a folder"),
+    ("NaN voxels", "1 NaN/Inf values"),
+    ("Inf voxels", "1 NaN/Inf values"),
+    ("voxel size 0", "voxel size must be > 0"),
+    ("voxel size -2", "voxel size must be > 0"),
+    ("voxel size NaN", "voxel size must be > 0"),
+    ("strings", "not numbers"),
+    ("complex", "complex"),
+])
+def test_napari_writer_refuses_bad_destinations_and_data_writing_nothing(case, expected, tmp_path):
+    from rmfn_napari._writer import write_mrc
+
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "folder.mrc").mkdir()
+    data, meta, path = np.ones((4, 4, 4), np.float32), {"scale": (1.5,) * 3}, tmp_path / "map.mrc"
+    if case == "under a file":
+        path = tmp_path / "notes.txt" / "map.mrc"
+    elif case == "deep under a file":
+        path = tmp_path / "notes.txt" / "sub" / "map.mrc"
+    elif case == "a folder":
+        path = tmp_path
+    elif case == "a folder named .mrc":
+        path = tmp_path / "folder.mrc"
+    elif case.endswith("voxels"):
+        data[1, 2, 3] = np.nan if case.startswith("NaN") else -np.inf
+    elif case.startswith("voxel size"):
+        meta["scale"] = (float(case.split()[-1]),) * 3
+    elif case == "strings":
+        data = np.array([["a", "b"], ["c", "d"]])
+    elif case == "complex":
+        data = data + 1j
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(InputError) as info:
+        write_mrc(path, data, meta)
+    assert str(info.value).startswith(f"{path}: ") and expected in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, no temp
+    (ok,) = write_mrc(tmp_path / "ok.mrc", np.ones((4, 4, 4), np.float32), {"scale": (1.5,) * 3})
+    assert Path(ok).is_file()
