@@ -64,7 +64,7 @@ def run_one(key: str, star: Path, cfg: dict, out: Path, device: str, seed: int, 
     label, mode, seed_offset, flags = RUNS[key]
     mode_dir = out / key
     # the paper's protocol: poses start 45-90 deg from the truth, which true_poses.star holds
-    cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", str(star), "--reference",
+    cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", "--overwrite", str(star), "--reference",
            str(star.parent / "reference.mrc"), "--true-poses", str(star.parent / "true_poses.star"),
            "--pose-init", "perturb", "--out", str(mode_dir), "--preset", cfg["preset"],
            "--mode", mode, "--device", device, "--seed", str(seed + seed_offset), "--quiet", *flags, *extra]

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -182,6 +183,7 @@ def end_to_end(engine: Path, star: Path, out: Path, flags: list[str], threads: i
            str(star.parent / "reference.mrc"), "--true-poses", str(star.parent / "true_poses.star"),
            "--out", str(out), "--threads", str(threads), "--device", "cpu", "--quiet", *flags]
     out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run (the pinned engine has no --overwrite)
     t0 = time.perf_counter()
     with open(out.parent / f"{out.name}.stderr", "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=engine, env=engine_env(engine, threads))

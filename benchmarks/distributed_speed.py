@@ -58,7 +58,7 @@ def one_run(star: Path, out: Path, nproc: int, batch: int, seed: int, preset: st
     no reference and no true poses (their evaluation is a benchmark's, not a run's, and rank 0
     would do it alone at every stage end); the wall time, then the map and poses it wrote scored
     against the truth (:func:`quality`)."""
-    cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", str(star),
+    cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", "--overwrite", str(star),
            "--out", str(out), "--preset", preset, "--batch", str(batch), "--seed", str(seed), "--threads", "1",
            "--device", "cpu", "--nproc", str(nproc), "--quiet", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         ("same pass through mrcfile.mmap (earlier read path)",
          py + ["-c", MMAP_PASS, str(star), str(args.box)]),
         (f"rmfn reconstruct --box {args.box} --preset tiny",
-         py + ["-m", "rmfn_napari.cli", "reconstruct", str(star), "--box", str(args.box),
+         py + ["-m", "rmfn_napari.cli", "reconstruct", "--overwrite", str(star), "--box", str(args.box),
                "--preset", "tiny", "--pose-init", "random", "--out", str(work / "run"),
                "--threads", "1", "--quiet"]),
     ]

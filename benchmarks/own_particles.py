@@ -71,7 +71,7 @@ def run_one(key: str, star: Path, out: Path, seed: int) -> dict:
     label, flags = RUNS[key]
     truth = star.parent / "true_poses.star"
     flags = [f.replace("{truth}", str(truth)) for f in flags]
-    cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", str(star), "--box", "32", "--preset",
+    cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", "--overwrite", str(star), "--box", "32", "--preset",
            "cpu-small", "--out", str(out / key), "--seed", str(seed), "--threads", "1", "--quiet", *flags]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -43,7 +43,7 @@ def simulate(out: Path, n: int, seed: int) -> Path:
 def run(name: str, star: Path, out: Path, mode: str, epochs: str, seed: int) -> dict:
     """One ``rmfn reconstruct`` (one thread); its metrics.json and wall time."""
     d = out / name
-    cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", str(star),
+    cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", "--overwrite", str(star),
            "--reference", str(star.parent / "reference.mrc"), "--true-poses", str(star.parent / "true_poses.star"),
            "--pose-init", "perturb", "--pose-search", "off", "--preset", "paper", "--mode", mode,
            "--epochs", epochs, "--out", str(d), "--threads", "1", "--device", "cpu", "--seed", str(seed), "--quiet"]

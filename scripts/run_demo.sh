@@ -23,6 +23,6 @@ if [[ ! -f "$out/data/particles.star" ]]; then
     --max-shift 2 --defocus-min 8000 --defocus-max 25000 --astig-min 0 --astig-max 500 \
     --seed 0 --out "$out/data"
 fi
-exec "$PY" -m rmfn_napari.cli reconstruct "$out/data/particles.star" \
+exec "$PY" -m rmfn_napari.cli reconstruct "$out/data/particles.star" --overwrite \
   --reference "$out/data/reference.mrc" --true-poses "$out/data/true_poses.star" \
   --preset cpu-small --out "$out/reconstruction" --threads 1

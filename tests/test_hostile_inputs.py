@@ -14,6 +14,10 @@ half-written and nothing lost.
 * The napari writer (``_writer.write_mrc``) refuses, as one InputError naming the file and
   writing nothing: a path under a file or that is a folder, NaN/Inf data, a voxel size that is
   not > 0, data that are not real numbers.
+* Messages that blamed the wrong thing (``--snr inf``, ``--box 100000000``, ``--layers 0``, a
+  folder given as a file) name the real problem; a 1-particle STAR is refused and duplicated
+  rows are warned about with a count; a new ``reconstruct`` into a folder holding an earlier
+  run's results is refused without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def _tiny(star, out, *extra) -> list[str]:
 
 
 def _one_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    """The one error line of a failed command (the run's warnings may come before it)."""
+    lines = [ln for ln in err.strip().splitlines() if ": error: " in ln]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -267,3 +272,82 @@ def test_napari_writer_refuses_bad_destinations_and_data_writing_nothing(case, e
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, no temp
     (ok,) = write_mrc(tmp_path / "ok.mrc", np.ones((4, 4, 4), np.float32), {"scale": (1.5,) * 3})
     assert Path(ok).is_file()
+
+
+# ------------------------------------------------------------- messages that named the wrong thing
+@pytest.mark.parametrize("case, expected, wrong", [
+    ("--snr inf", "--snr must be a finite number > 0", None),
+    ("--box 100000000", "--box 100000000 is larger than the particles' 16 px box", "free space"),
+    ("--layers 0", "--layers must be an integer >= 1, got 0", "epochs_per_stage"),
+    ("folder as the STAR", "is a folder, not a STAR file", "not found"),
+    ("folder as the .mrcs", "is a folder, not an MRC file", "not found"),
+    ("folder as the image", "is a folder, not an image file", "no such file"),
+])
+def test_messages_name_the_real_problem(case, expected, wrong, sim, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    if case == "--snr inf":
+        argv = ["simulate", "--map", str(Path(sim.star).parent / "reference.mrc"), "--n", "4", "--snr", "inf",
+                "--out", str(out)]
+    elif case == "folder as the image":
+        (tmp_path / "photo.png").mkdir()
+        argv = ["fit-image", str(tmp_path / "photo.png"), "--out", str(out)]
+    elif case == "folder as the STAR":
+        (tmp_path / "p.star").mkdir()
+        argv = _tiny(tmp_path / "p.star", out)
+    elif case == "folder as the .mrcs":
+        blocks = starfile.read(sim.star, always_dict=True)
+        (tmp_path / "stack.mrcs").mkdir()
+        blocks["particles"]["rlnImageName"] = [f"{i + 1:06d}@stack.mrcs" for i in range(len(blocks["particles"]))]
+        starfile.write(blocks, tmp_path / "p.star")
+        argv = _tiny(tmp_path / "p.star", out)
+    else:
+        if case.startswith("--box"):  # the estimate for a 1e8 box is ~1e25 bytes: more than any disk
+            monkeypatch.setattr("shutil.disk_usage", lambda p: Usage(10**12, 0, 10**12))
+        argv = _tiny(sim.star, out, *case.split())
+    rc = cli_main(argv)
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and expected in line, line
+    assert wrong is None or wrong not in line, line
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------- STARs a run cannot use well
+def test_one_particle_is_refused_and_duplicated_rows_are_counted(sim, tmp_path, capsys):
+    blocks = starfile.read(sim.star, always_dict=True)
+    parts = blocks["particles"]
+    one = Path(sim.star).parent / "one_particle.star"
+    starfile.write({**blocks, "particles": parts.iloc[:1]}, one, overwrite=True)
+    rc = cli_main(_tiny(one, tmp_path / "one"))
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and f"{one}: 1 particle: a reconstruction needs at least 2" in line, line
+
+    import pandas as pd
+    dup = Path(sim.star).parent / "duplicated.star"
+    starfile.write({**blocks, "particles": pd.concat([parts, parts.iloc[10:30]], ignore_index=True)}, dup,
+                   overwrite=True)
+    ds = read_particles(dup)
+    assert ds.n == 140 and len(ds.notes) == 1, ds.notes
+    assert "20 row(s) repeat an image of an earlier row (rows 11 and 121" in ds.notes[0]
+    assert read_particles(sim.star).notes == []
+    out = tmp_path / "dup"
+    assert cli_main(_tiny(dup, out)) == 0
+    assert "20 row(s) repeat an image" in capsys.readouterr().err
+    assert "20 row(s) repeat an image" in (out / "run.log").read_text()
+
+
+# ------------------------------------------------------------------ a new run over an earlier one
+def test_new_reconstruct_into_an_earlier_runs_folder_needs_overwrite(sim, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(_tiny(sim.star, out)) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    rc = cli_main(_tiny(sim.star, out, "--seed", "5"))
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and line.startswith(f"rmfn reconstruct: error: {out}: output exists: checkpoint.pt"), line
+    assert "--overwrite" in line and "--resume" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # untouched
+    assert cli_main(_tiny(sim.star, out, "--seed", "5", "--overwrite")) == 0  # replaced when asked
+    replaced = (out / "map.mrc").read_bytes()
+    assert replaced != before["map.mrc"]
+    assert cli_main(_tiny(sim.star, out, "--seed", "5", "--resume")) == 0  # a resume is no new run
+    assert (out / "map.mrc").read_bytes() == replaced  # (a finished run: nothing to do)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 
 from ..cryoem.reconstruct import PRESETS, ReconstructConfig, reconstruct
@@ -14,7 +15,7 @@ from ..cryoem.reconstruct.data import load_dataset
 from ..engine.control import RunControl
 from ..engine.distributed import launched_world, start, stop
 from ..errors import InputError
-from ..engine.outdir import check_output_dir, estimate_reconstruct_bytes, prepare_run_dir
+from ..engine.outdir import check_output_dir, estimate_reconstruct_bytes, existing_results, prepare_run_dir
 from ..engine.settings_spec import add_arguments, overrides_from_args
 from ._events import consume, stop_on_interrupt
 from ._launch import launch_local, strip_nproc
@@ -46,6 +47,8 @@ def register(subparsers) -> None:
                    "--nproc-per-node N -m rmfn_napari.cli reconstruct ... (use torchrun itself for "
                    "several machines). --batch is the global batch, split between the processes")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --out "
+                   "(without it, a new run into a folder that holds results is refused)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -55,6 +58,8 @@ def config_from_args(args: argparse.Namespace) -> ReconstructConfig:
     :data:`~rmfn_napari.cryoem.reconstruct.settings_spec.RECONSTRUCT_SETTINGS`)."""
     overrides = overrides_from_args(args, RECONSTRUCT_SETTINGS)
     overrides.pop("preset", None)
+    if args.n_layers is not None and args.n_layers < 1:  # before epochs_per_stage is sized by it
+        raise InputError(f"--layers must be an integer >= 1, got {args.n_layers}")
     if args.n_layers and not args.epochs_per_stage:  # --layers alone: the preset's epochs, extended
         overrides["epochs_per_stage"] = epochs_for_layers(PRESETS[args.preset]["epochs_per_stage"], args.n_layers)
     cfg = ReconstructConfig.from_preset(args.preset, **overrides)
@@ -72,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.nproc < 1:
         raise InputError(f"--nproc must be >= 1, got {args.nproc}")
+    if launched_world() == 1 or os.environ.get("RANK", "0") == "0":  # said once, by rank 0
+        _check_no_earlier_run(args)
     if args.nproc > 1 and launched_world() == 1:  # launch the ranks; each runs this command
         if args.nproc > cfg.batch_size:
             raise InputError(f"--nproc {args.nproc} is more processes than the batch has particles "
@@ -87,11 +94,40 @@ def run(args: argparse.Namespace) -> int:
         stop(ranks)
 
 
+def _check_no_earlier_run(args: argparse.Namespace) -> None:
+    """A new run (no ``--resume``) into a folder holding an earlier run's results is refused
+    without ``--overwrite``, as ``rmfn simulate`` refuses (and the widget asks first)."""
+    if args.resume or args.overwrite:
+        return
+    found = existing_results(args.out)
+    if found:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise InputError(f"output exists: {shown} (use --overwrite to replace them, or --resume to "
+                         "continue that run)", args.out)
+
+
+def _free_bytes(out) -> float:
+    """Free bytes on the file system that will hold ``out`` (its nearest existing folder);
+    infinity when it cannot be told (the folder checks say why)."""
+    import shutil
+    from pathlib import Path
+
+    anc = Path(out).absolute()
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    try:
+        return float(shutil.disk_usage(anc).free)
+    except OSError:
+        return float("inf")
+
+
 def _run_rank(args: argparse.Namespace, cfg: ReconstructConfig, ranks) -> int:
     """The run in this process (one of the ranks of a data-parallel run, or the only one)."""
     # --out checked (a file, not writable, too little space), locked against a second run and
     # cleared of dead runs' temps before the data are read; the box is known here only with --box
     need = estimate_reconstruct_bytes(box=cfg.box, n_layers=cfg.n_layers, hidden=cfg.hidden)
+    if cfg.box is not None and ranks.is_main and need > _free_bytes(args.out):
+        load_dataset(args.star, cfg.box)  # a --box beyond the particles' box: say that, not "no space"
     with prepare_run_dir(args.out, need, "reconstruct") if ranks.is_main else contextlib.nullcontext():
         control = RunControl()
         with stop_on_interrupt(control, announce=ranks.is_main) as signalled:

@@ -75,6 +75,8 @@ def read_mrc_header(path) -> MrcLayout:
     from mrcfile.dtypes import HEADER_DTYPE
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder, not an MRC file", path)
     if not path.is_file():
         raise InputError("file not found", path)
     size = path.stat().st_size

@@ -300,6 +300,23 @@ def _possible_origins(particles, box: int, apix: float, star_path: Path):
     return ~bad, f"{star_path}: warning: left out {n_bad} of {n} particles whose {why}"
 
 
+def _duplicates(stack_of: np.ndarray, index: np.ndarray, names, star_path: Path) -> str | None:
+    """A warning for the log when rows name an image already named by an earlier row (each
+    copy is used as one more particle: weighted twice), else None."""
+    keys = stack_of.astype(np.int64) * (int(index.max()) + 1 if index.size else 1) + index
+    unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    n_dup = int(len(keys) - len(first))
+    if n_dup == 0:
+        return None
+    seen = np.zeros(len(keys), dtype=bool)
+    seen[first] = True
+    row = int(np.flatnonzero(~seen)[0])  # the first copy, and the row it copies
+    orig = int(first[np.searchsorted(unique, keys[row])])
+    return (f"{star_path}: warning: {n_dup} row(s) repeat an image of an earlier row (rows "
+            f"{orig + 1} and {row + 1}: {str(names[row]).strip()!r}; {int((counts > 1).sum())} image(s) listed "
+            "more than once); each copy is used as another particle")
+
+
 def _resolve_stack(name: str, star_dir: Path) -> Path:
     p = Path(name)
     if p.is_absolute():
@@ -333,6 +350,8 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
     import starfile
 
     star_path = Path(star_path)
+    if star_path.is_dir():
+        raise InputError("is a folder, not a STAR file", star_path)
     if not star_path.is_file():
         raise InputError("STAR file not found", star_path)
     try:
@@ -443,7 +462,7 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
         sizes = np.unique(particles["rlnImageSize"].to_numpy())
         if len(sizes) != 1 or int(sizes[0]) != box:
             raise InputError(f"rlnImageSize {sizes.tolist()} does not match the stacks' {box}", star_path)
-    notes = []
+    notes = [dup] if (dup := _duplicates(stack_of, index, names, star_path)) else []  # STAR row numbers
     keep, note = _possible_origins(particles, box, apix, star_path)
     if note:
         particles = particles[keep].reset_index(drop=True)

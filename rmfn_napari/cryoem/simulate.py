@@ -115,7 +115,7 @@ class SimulationConfig:
         if int(self.n) != self.n or self.n < 1:
             raise InputError(f"--n must be a positive integer, got {self.n}")
         if not self.noise_free and not (np.isfinite(self.snr) and self.snr > 0):
-            raise InputError(f"--snr must be > 0, got {self.snr}")
+            raise InputError(f"--snr must be a finite number > 0 (--noise-free for no noise), got {self.snr}")
         if int(self.chunk) != self.chunk or self.chunk < 1:
             raise InputError(f"--chunk must be a positive integer, got {self.chunk}")
         if not 0 <= self.defocus_min <= self.defocus_max:

@@ -48,6 +48,8 @@ def load_image(path: str | Path) -> np.ndarray:
     Raises :class:`InputError` naming the file when it is missing or unreadable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder, not an image file", path)
     if not path.is_file():
         raise InputError("no such file", path)
     try:

@@ -23,6 +23,9 @@ def load_dataset(dataset, box: int | None):
     """The particles at the working box: read a STAR path, then Fourier-crop if asked."""
     ds = read_particles(dataset) if isinstance(dataset, (str, Path)) else dataset
     ds = getattr(ds, "source", ds)  # crop from the original images, never twice
+    if ds.n < 2:
+        raise InputError(f"{ds.n} particle: a reconstruction needs at least 2 (two half-sets, each "
+                         "with its own half-map)", ds.star_path)
     if box is not None:
         validate_box(int(box), ds.box, ds.star_path)
     return crop_dataset(ds, box)
