@@ -15,7 +15,9 @@ half-written and nothing lost.
   writing nothing: a path under a file or that is a folder, NaN/Inf data, a voxel size that is
   not > 0, data that are not real numbers.
 * Messages that blamed the wrong thing (``--snr inf``, ``--box 100000000``, ``--layers 0``, a
-  folder given as a file) name the real problem; a 1-particle STAR is refused and duplicated
+  folder given as a file, pixels of 1e37, a --true-poses STAR naming another stack, a 2³ map,
+  ``--nproc`` beyond the particles, an unreadable, constant or complex image) name the real
+  problem; a 1-particle STAR is refused and duplicated
   rows are warned about with a count; a new ``reconstruct`` into a folder holding an earlier
   run's results is refused without ``--overwrite``.
 """
@@ -282,6 +284,13 @@ def test_napari_writer_refuses_bad_destinations_and_data_writing_nothing(case, e
     ("folder as the STAR", "is a folder, not a STAR file", "not found"),
     ("folder as the .mrcs", "is a folder, not an MRC file", "not found"),
     ("folder as the image", "is a folder, not an image file", "no such file"),
+    ("pixels of 1e37", "pixel values are too large to use (up to", "constant"),
+    ("--true-poses naming another stack", "--true-poses ", None),
+    ("a 2^3 map to simulate", "the map is 2 px a side: too small", None),
+    ("--nproc 3 for 2 particles", "--nproc 3 is more processes than the 2 particles", None),
+    ("text renamed .png", "not a PNG, TIFF or JPEG image", "pip install"),
+    ("constant image", ": image is constant", None),
+    ("complex TIFF", ": image is complex", None),
 ])
 def test_messages_name_the_real_problem(case, expected, wrong, sim, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
@@ -300,6 +309,44 @@ def test_messages_name_the_real_problem(case, expected, wrong, sim, tmp_path, ca
         blocks["particles"]["rlnImageName"] = [f"{i + 1:06d}@stack.mrcs" for i in range(len(blocks["particles"]))]
         starfile.write(blocks, tmp_path / "p.star")
         argv = _tiny(tmp_path / "p.star", out)
+    elif case == "pixels of 1e37":
+        import mrcfile
+        with mrcfile.open(Path(sim.star).parent / "particles.mrcs") as m:
+            data, voxel = m.data * np.float32(1e37), m.voxel_size
+        with mrcfile.new(tmp_path / "particles.mrcs") as m, np.errstate(over="ignore", invalid="ignore"):
+            m.set_data(data.astype(np.float32))  # (its header statistics overflow)
+            m.voxel_size = voxel
+        (tmp_path / "p.star").write_bytes(Path(sim.star).read_bytes())
+        argv = _tiny(tmp_path / "p.star", out)
+    elif case == "--true-poses naming another stack":
+        blocks = starfile.read(sim.true_poses, always_dict=True)
+        blocks["particles"]["rlnImageName"] = blocks["particles"]["rlnImageName"].str.replace("particles", "other")
+        starfile.write(blocks, tmp_path / "truth.star")
+        argv = _tiny(sim.star, out, "--true-poses", str(tmp_path / "truth.star"))
+        expected = f"--true-poses {tmp_path / 'truth.star'}: {tmp_path / 'other.mrcs'}: file not found"
+    elif case == "a 2^3 map to simulate":
+        import mrcfile
+        with mrcfile.new(tmp_path / "map2.mrc") as m:
+            m.set_data(np.ones((2, 2, 2), np.float32))
+            m.voxel_size = 1.0
+        argv = ["simulate", "--map", str(tmp_path / "map2.mrc"), "--n", "4", "--out", str(out)]
+    elif case == "--nproc 3 for 2 particles":
+        blocks = starfile.read(sim.star, always_dict=True)
+        starfile.write({**blocks, "particles": blocks["particles"].iloc[:2]}, Path(sim.star).parent / "two.star",
+                       overwrite=True)
+        argv = _tiny(Path(sim.star).parent / "two.star", out, "--nproc", "3", "--batch", "4")
+    elif case in ("text renamed .png", "constant image", "complex TIFF"):
+        import tifffile
+        image = tmp_path / ("image.tif" if case == "complex TIFF" else "image.png")
+        if case == "text renamed .png":
+            image.write_text("not an image at all\n")
+        elif case == "constant image":
+            import imageio.v3 as iio
+            iio.imwrite(image, np.full((32, 32), 7, np.uint8))
+        else:
+            tifffile.imwrite(image, np.ones((32, 32), np.complex64) * (1 + 2j))
+        argv = ["fit-image", str(image), "--schedule", "1,1", "--out", str(out)]
+        expected = f"{image}{expected}" if expected.startswith(":") else expected
     else:
         if case.startswith("--box"):  # the estimate for a 1e8 box is ~1e25 bytes: more than any disk
             monkeypatch.setattr("shutil.disk_usage", lambda p: Usage(10**12, 0, 10**12))

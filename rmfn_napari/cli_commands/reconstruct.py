@@ -83,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
         if args.nproc > cfg.batch_size:
             raise InputError(f"--nproc {args.nproc} is more processes than the batch has particles "
                              f"({cfg.batch_size}); --batch is the global batch")
-        load_dataset(args.star, cfg.box)  # a bad STAR or stack is said once, before the launch
+        ds = load_dataset(args.star, cfg.box)  # a bad STAR or stack is said once, before the launch
+        n = ds.n if cfg.max_particles is None else min(ds.n, int(cfg.max_particles))
+        if args.nproc > n:  # and so is a rank without particles
+            raise InputError(f"--nproc {args.nproc} is more processes than the {n} particles: at most one "
+                             "process per particle", args.star)
         check_output_dir(args.out, 0, "reconstruct")  # and so is a bad --out
         return launch_local(args.nproc, strip_nproc(args.argv), "reconstruct",
                             f"the last checkpoint in {args.out} is kept (--resume continues it)")

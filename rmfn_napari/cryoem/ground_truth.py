@@ -48,7 +48,11 @@ def read_true_poses(path, dataset, n: int | None = None) -> TruePoses:
         The file cannot be read, has no angles, or lacks one of the dataset's particles.
     """
     path = Path(path)
-    truth = read_particles(path)
+    try:
+        truth = read_particles(path)
+    except InputError as exc:  # a problem of this file (or a stack it names): say it is --true-poses's
+        said = str(exc) if str(exc).startswith(f"{path}: ") else f"{path}: {exc}"
+        raise InputError(f"--true-poses {said}") from None
     if not truth.has_poses:
         raise InputError("true poses: no rlnAngleRot/Tilt/Psi columns", path)
     n = dataset.n if n is None else int(n)

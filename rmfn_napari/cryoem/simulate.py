@@ -130,6 +130,8 @@ class SimulationConfig:
             raise InputError(f"--amp-contrast must be in [0, 1), got {self.amp_contrast}")
         if not (np.isfinite(self.max_shift) and self.max_shift >= 0):
             raise InputError(f"--max-shift must be a finite number of px >= 0, got {self.max_shift}")
+        if box is not None and box < 8:  # the smallest box a reconstruction takes (downsample.MIN_BOX)
+            raise InputError(f"the map is {box} px a side: too small to simulate particles from (at least 8 px)")
         if box is not None and not self.max_shift < box / 4:
             raise InputError(f"--max-shift must be < box/4 = {box / 4:g} px for a {box}-px box, "
                              f"got {self.max_shift:g}")

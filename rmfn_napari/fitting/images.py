@@ -24,13 +24,17 @@ def normalize_image(data: np.ndarray, name: str = "image") -> np.ndarray:
         raise InputError(f"expected a 2D grey or RGB image, got an array of shape {arr.shape}", name)
     if min(arr.shape[:2]) < 8:
         raise InputError(f"image is too small ({arr.shape[0]}x{arr.shape[1]}; need at least 8x8)", name)
+    if np.iscomplexobj(arr):
+        raise InputError("image is complex; fit its real part or its amplitude instead", name)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"image values are not numbers (dtype {arr.dtype})", name)
     # one float32 copy of the image, scaled in place (a huge image is held once, not thrice)
     if np.issubdtype(arr.dtype, np.integer):
         out = arr.astype(np.float32)
         out /= np.float32(np.iinfo(arr.dtype).max)
     elif np.issubdtype(arr.dtype, np.bool_):
         out = arr.astype(np.float32)
-    else:
+    else:  # float: rescaled to [0, 1] below
         out = arr.astype(np.float32)
         if not np.isfinite(out.min()) or not np.isfinite(out.max()):
             raise InputError("image contains NaN or Inf pixels", name)
@@ -39,6 +43,9 @@ def normalize_image(data: np.ndarray, name: str = "image") -> np.ndarray:
             raise InputError("image is constant; nothing to fit", name)
         out -= np.float32(lo)
         out /= np.float32(hi - lo)
+        return out
+    if float(out.min()) == float(out.max()):  # integers: a constant image is as unfittable
+        raise InputError("image is constant; nothing to fit", name)
     return out
 
 
@@ -57,7 +64,12 @@ def load_image(path: str | Path) -> np.ndarray:
 
         data = iio.imread(path)
     except Exception as exc:  # imageio raises many types for bad files
-        raise InputError(f"cannot read image ({type(exc).__name__}: {exc})", path) from None
+        text = str(exc).strip()
+        if "Could not find a backend" in text or "pip install" in text:  # imageio's plugin advice
+            why = "not a PNG, TIFF or JPEG image (no reader recognises its content)"
+        else:  # its first line: one line, whatever the reader says
+            why = f"cannot read image ({type(exc).__name__}: {(text.splitlines() or [''])[0][:200]})"
+        raise InputError(why, path) from None
     return normalize_image(data, name=str(path))
 
 

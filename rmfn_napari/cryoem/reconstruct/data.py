@@ -66,9 +66,12 @@ def image_scale(ds, n: int, cfg: ReconstructConfig) -> float:
     """Global intensity scale of the images (std over up to 512 particles)."""
     idx = np.linspace(0, n - 1, num=min(n, 512)).astype(int)
     imgs = ds.images(np.unique(idx))
-    s = float(np.std(imgs))
-    if not np.isfinite(s) or s <= 0:
-        raise InputError("the particle images are constant or not finite", ds.star_path)
+    s = float(np.std(imgs, dtype=np.float64))  # float64: pixels of 1e37 square beyond float32
+    if not np.isfinite(s) or s > 1e30:
+        raise InputError(f"the particle images' pixel values are too large to use (up to "
+                         f"{float(np.abs(imgs).max()):.3g}; std {s:.3g})", ds.star_path)
+    if s <= 0:
+        raise InputError("the particle images are constant (every pixel the same)", ds.star_path)
     return s
 
 
