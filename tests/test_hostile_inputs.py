@@ -16,8 +16,8 @@ half-written and nothing lost.
   not > 0, data that are not real numbers.
 * Messages that blamed the wrong thing (``--snr inf``, ``--box 100000000``, ``--layers 0``, a
   folder given as a file, pixels of 1e37, a --true-poses STAR naming another stack, a 2³ map,
-  ``--nproc`` beyond the particles, an unreadable, constant or complex image) name the real
-  problem; a 1-particle STAR is refused and duplicated
+  ``--nproc`` beyond the particles, an unreadable, constant or complex image, a STAR row that
+  lost a field) name the real problem; a 1-particle STAR is refused and duplicated
   rows are warned about with a count; a new ``reconstruct`` into a folder holding an earlier
   run's results is refused without ``--overwrite``.
 """
@@ -288,6 +288,7 @@ def test_napari_writer_refuses_bad_destinations_and_data_writing_nothing(case, e
     ("--true-poses naming another stack", "--true-poses ", None),
     ("a 2^3 map to simulate", "the map is 2 px a side: too small", None),
     ("--nproc 3 for 2 particles", "--nproc 3 is more processes than the 2 particles", None),
+    ("a row that lost a field", "row 120 of data_particles has 12 of 13 fields (rlnRandomSubset missing", None),
     ("text renamed .png", "not a PNG, TIFF or JPEG image", "pip install"),
     ("constant image", ": image is constant", None),
     ("complex TIFF", ": image is complex", None),
@@ -324,6 +325,12 @@ def test_messages_name_the_real_problem(case, expected, wrong, sim, tmp_path, ca
         starfile.write(blocks, tmp_path / "truth.star")
         argv = _tiny(sim.star, out, "--true-poses", str(tmp_path / "truth.star"))
         expected = f"--true-poses {tmp_path / 'truth.star'}: {tmp_path / 'other.mrcs'}: file not found"
+    elif case == "a row that lost a field":  # its half-set: would have meant a random split
+        lines = Path(sim.true_poses).read_text().rstrip("\n").split("\n")
+        lines[-1] = lines[-1].rsplit(None, 1)[0]
+        star = Path(sim.true_poses).parent / "lost_a_field.star"
+        star.write_text("\n".join(lines) + "\n")
+        argv = _tiny(star, out)
     elif case == "a 2^3 map to simulate":
         import mrcfile
         with mrcfile.new(tmp_path / "map2.mrc") as m:

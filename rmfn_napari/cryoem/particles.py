@@ -68,6 +68,21 @@ def _check_numeric(table, table_name: str, star_path: Path) -> None:
             table[col] = values.astype(np.int64) if whole else values
 
 
+def _check_complete(table, table_name: str, star_path: Path) -> None:
+    """InputError naming the first row (1-based) and column of ``table`` without a value: a row
+    that lost fields (a truncated or damaged file; the reader fills them with NaN), which would
+    otherwise pass for data (a half-set lost: a random split instead of the STAR's)."""
+    missing = table.isna().to_numpy()
+    if not missing.any():
+        return
+    rows = np.flatnonzero(missing.any(axis=1))
+    r = int(rows[0])
+    cols = [str(c) for c, m in zip(table.columns, missing[r]) if m]
+    raise InputError(f"row {r + 1} of data_{table_name} has {len(table.columns) - len(cols)} of "
+                     f"{len(table.columns)} fields ({', '.join(cols[:3])}{'…' if len(cols) > 3 else ''} "
+                     f"missing; {len(rows)} such row(s)): a truncated or damaged row", star_path)
+
+
 class DatasetBase:
     """What every particle dataset shares: a context manager that calls ``close()``, and
     ``len()`` = ``n``; ``notes``, warnings about the data for the run's log (e.g. particles
@@ -368,10 +383,12 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
     if len(particles) == 0:
         raise InputError("particle table is empty", star_path)
     particles = particles.reset_index(drop=True).copy()
-    _check_numeric(particles, "particles", star_path)
+    _check_numeric(particles, "particles", star_path)  # (a "nan" written in these: "not finite")
+    _check_complete(particles, "particles", star_path)
     if optics is not None:
         optics = optics.reset_index(drop=True).copy()
         _check_numeric(optics, "optics", star_path)
+        _check_complete(optics, "optics", star_path)
 
     # merge optics-group columns into the particle rows (RELION 3.1+)
     group_apix = None
