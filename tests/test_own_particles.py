@@ -102,9 +102,12 @@ def test_global_search_finds_rotations_and_offsets():
     rotations = random_rotations(40, generator=gen)
     shifts = torch.zeros(40, 2, dtype=torch.float64)
     grid = shift_grid(2.0, 0.5)
+    # under a Gaussian prior of half their range: offsets the data pay for are found all the same
     moved, _ = global_pose_search(fwd, vol_ft, [(np.arange(40), obs, torch.ones(obs.shape))], rotations,
                                   shifts, 4000, 16, grid, torch.Generator().manual_seed(2), "cpu",
-                                  centres=torch.zeros(40, 2, dtype=torch.float64))
+                                  centres=torch.zeros(40, 2, dtype=torch.float64),
+                                  prior_centres=torch.zeros(40, 2, dtype=torch.float64),
+                                  prior_px=1.0)
     from rmfn_napari.cryoem.rotations import geodesic_distance
 
     assert moved > 30
@@ -117,6 +120,33 @@ def test_global_search_finds_rotations_and_offsets():
     global_pose_search(fwd, vol_ft, [(np.arange(40), obs, torch.ones(obs.shape))], rot0, sh0, 4000, 16,
                        torch.zeros(1, 2), torch.Generator().manual_seed(2), "cpu")
     assert float((sh0 - origins).norm(dim=1).median()) > 1.0
+
+
+def test_offset_prior_keeps_centred_particles_centred_where_the_map_cannot_tell():
+    """The cause of the 45-90° regression (issue 27): against a map that cannot tell the
+    particles' rotations apart (here a map of other blobs), a maximum-likelihood search over
+    rotations x offsets moves centred particles' offsets to fit the noise; under the Gaussian
+    prior they stay where they started."""
+    box, n = 16, 200
+    fwd, _, R_true, _, _ = _shifted_observations(n, box=box, max_shift=0.0)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        truth_ft = fwd.volume_ft(GaussianBlobs(seed=3, n=6, sigma=0.07))
+        clean = fwd.slices(truth_ft, R_true.float())
+        noise = torch.randn(clean.shape, generator=gen) + 1j * torch.randn(clean.shape, generator=gen)
+        obs = clean + noise * clean.abs().pow(2).mean().sqrt() * (10 ** 0.5)  # SNR 0.1, centred
+        wrong_ft = fwd.volume_ft(GaussianBlobs(seed=9, n=6, sigma=0.07))
+    grid = shift_grid(3.0, 0.75)
+    moved = {}
+    for prior in (None, 0.5):
+        rotations = random_rotations(n, generator=torch.Generator().manual_seed(5))
+        shifts = torch.zeros(n, 2, dtype=torch.float64)
+        global_pose_search(fwd, wrong_ft, [(np.arange(n), obs, torch.ones(obs.shape))], rotations, shifts, 2000,
+                           box, grid, torch.Generator().manual_seed(2), "cpu", centres=torch.zeros(n, 2, dtype=torch.float64),
+                           prior_centres=torch.zeros(n, 2, dtype=torch.float64), prior_px=prior)
+        moved[prior] = float(shifts.norm(dim=1).median())
+    assert moved[None] > 1.0, moved  # maximum likelihood: the noise moves them
+    assert moved[0.5] < 0.4, moved
 
 
 def test_pose_steps_refine_offsets_with_rotations():

@@ -18,6 +18,8 @@ is shown under the run panel and in the status line. The pose-error histogram is
 
 from __future__ import annotations
 
+import html
+
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,8 @@ from .reconstruct_dataset import (  # noqa: F401 - the names tests and scripts u
 )
 from .remembered import load_remembered, save_remembered
 from .settings_form import SettingsForm
+#: the form's --split-at values: after stage 1, 2 or 3, or at a resolution (the CLI takes any)
+SPLIT_CHOICES = ("1", "2", "3", "60A", "40A", "20A")
 
 #: How the gold-standard masks are named for people.
 MASK_WORDS = {"unmasked": "unmasked", "sphere": "sphere mask", "auto": "auto mask"}
@@ -77,7 +81,7 @@ class ReconstructWidget(RunWidgetBase):
         super().__init__(napari_viewer, parent)
         self.settings_form = SettingsForm(
             RECONSTRUCT_SETTINGS, SECTIONS, folded=FOLDED_SECTIONS,
-            choices={"device": available_devices(needs_float64=True)})
+            choices={"device": available_devices(needs_float64=True), "split_at": SPLIT_CHOICES})
         for setting in RECONSTRUCT_SETTINGS:
             inputs = self.settings_form.inputs[setting.name]
             for attr, widget in zip(setting.attrs, inputs if isinstance(inputs, tuple) else (inputs,)):
@@ -351,9 +355,11 @@ class ReconstructWidget(RunWidgetBase):
             n_half = v.get("n_half")
             halves = (f" · half-sets of {int(n_half[0])} and {int(n_half[1])} particles"
                       if n_half and len(n_half) == 2 else "")
+            verdict = ("" if v.get("trusted", True) else
+                       f"<br><span style='color:#e8a33d'>⚠ {html.escape(str(v.get('verdict', '')))}</span>")
             self.resolution_label.setText(
                 f"Stage {ev.stage + 1}: <b>{text}</b>"
-                + (f" ({', '.join(others)})" if others else "") + halves)
+                + (f" ({', '.join(others)})" if others else "") + halves + verdict)
             self.panel.set_status(f"Stage {ev.stage + 1}: {text}")
         elif ev.name == "pose_errors":
             summary = (f"stage {ev.stage + 1}: median {v.get('median_deg', float('nan')):.1f}°, "

@@ -72,7 +72,8 @@ def _gold_text(values: dict) -> str:
     res = values["resolution_A"]
     head = values["headline"]
     others = ", ".join(f"{k} {fmt(v)}" for k, v in res.items() if k != head)
-    return f"FSC0.143 {fmt(res[head])} ({head} mask; {others})"
+    text = f"FSC0.143 {fmt(res[head])} ({head} mask; {others})"
+    return text if values.get("trusted", True) else f"{text} UNTRUSTED: {values.get('verdict', '')}"
 
 
 def printed_values(ev: Metrics) -> dict:

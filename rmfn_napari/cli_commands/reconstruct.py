@@ -145,6 +145,10 @@ def _run_rank(args: argparse.Namespace, cfg: ReconstructConfig, ranks) -> int:
     summary = {"mode": m.get("mode"), "gold_standard_resolution_A": m.get("gold_standard_resolution_A"),
                "resolution_A": m.get("resolution_A"), "stopped": result.stopped,
                "seconds": round(result.seconds, 1)}
+    gold = m.get("gold_standard") or {}
+    if gold:  # whether the number can be believed, and why not
+        summary.update(gold_standard_trusted=gold.get("trusted"), gold_standard_verdict=gold.get("verdict"),
+                       poses_moving_fraction=gold.get("poses_moving_fraction"))
     if m.get("pose_errors"):
         pe = m["pose_errors"]
         summary.update(pose_median_deg=pe["median_deg"], pose_frac_under_5deg=pe["frac_under_5deg"],

@@ -67,9 +67,11 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
               ranks: Ranks = SINGLE) -> HalfMaps | None:
     """Backproject each half-set of the first ``n`` particles and compare the half-maps.
 
-    Both halves are backprojected with poses refined against one shared map, so the half-maps
-    are not independent refinements: when poses are wrong in a way both halves share, their
-    FSC overstates the resolution (measured in the README's "own particles" table).
+    The half-maps are independent only when each half-set's poses were refined against its
+    own network (:mod:`rmfn_napari.cryoem.reconstruct.halves`): poses refined against one shared
+    map make both halves inherit its errors, and their FSC then overstates the resolution
+    (:func:`gold_standard_values` says which case a run is in). ``full`` is the mean of the two
+    half-maps.
 
     Parameters
     ----------
@@ -101,7 +103,7 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
     if not ranks.is_main:
         return None
     half1, half2 = (bp.reconstruct().cpu().numpy() for bp in parts)
-    full = parts[0].add_(parts[1]).reconstruct().cpu().numpy()  # two accumulators, not three
+    full = (half1 + half2) / 2  # the map of the two independent halves
     del parts
     radius = 0.45 if mask_radius is None else float(mask_radius)
     masks = {"sphere": soft_sphere_mask(box, radius * box, 0.05 * box), "auto": auto_mask(full, apix)}
@@ -111,20 +113,81 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
     return HalfMaps(half1, half2, full, masks, gold, (int((halves == 1).sum()), int((halves == 2).sum())))
 
 
-def gold_standard_values(hm: HalfMaps) -> dict:
+#: a run with more than this fraction of its poses still turning by > 5° per epoch has not converged
+MOVING_LIMIT = 0.10
+
+
+def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, independent: bool = True,
+                         moving: dict | None = None) -> dict:
     """JSON-ready summary of :class:`HalfMaps`: curves (cycles/box), resolutions (Å or None),
     the randomisation point of each masked curve, the half-set sizes. ``headline`` names the
-    curve to quote (the automatic mask, as RELION's post-processing does)."""
+    curve to quote (the automatic mask, as RELION's post-processing does).
+
+    Only what the halves learned apart is a resolution (DESIGN.md §2):
+
+    - ``independent`` False (the halves share one network: before the split, or a run that
+      never splits): every resolution is None — the curves are kept, the number is not one;
+    - ``shared_band_cycles``: the band (cycles/box) of the last shared stage. A curve that
+      falls below the threshold at or inside it crossed where the halves were not apart: None;
+      ``resolution_raw_A`` keeps each crossing as computed;
+    - ``moving`` (:func:`~rmfn_napari.cryoem.reconstruct.poses.moving_poses` of the last epoch):
+      more than :data:`MOVING_LIMIT` of the poses still turning means the refinement has not
+      converged; the number stands, flagged.
+
+    ``trusted`` and ``verdict`` (one sentence for the log, the CLI and the widget) say which of
+    these holds; ``halves_correlation`` is the half-maps' real-space correlation inside the
+    auto mask (1: identical).
+    """
     g0 = hm.gold["unmasked"]
 
     def curve(c):
         return [None if not np.isfinite(v) else float(v) for v in np.asarray(c, dtype=float)]
 
+    raw = {name: g.resolution_A for name, g in hm.gold.items()}
+    box, apix = int(g0.box), float(g0.apix)
+    shared_A = None if shared_band_cycles is None else box * apix / shared_band_cycles
+    resolution = {}
+    for name, res in raw.items():
+        inside_shared = res is not None and shared_A is not None and res >= shared_A - 1e-9
+        resolution[name] = None if (not independent or inside_shared) else res
+    headline = resolution["auto"]
+    m = hm.masks["auto"] > 0.5
+    a, b = hm.half1[m] - hm.half1[m].mean(), hm.half2[m] - hm.half2[m].mean()
+    corr = float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-30))
+    moving_fraction = None if not moving else float(moving["fraction_moving"])
+    if not independent:
+        trusted, verdict = False, ("no gold standard: the half-maps' poses were refined against one shared "
+                                   "network, so their FSC measures agreement with it, not resolution")
+    elif headline is None and raw["auto"] is not None:
+        trusted, verdict = False, (f"not resolved beyond the shared band: the independent halves' FSC falls "
+                                   f"below {g0.threshold:g} at {raw['auto']:.1f} Å, inside the {shared_A:.1f} Å "
+                                   "the halves shared")
+    elif headline is None:
+        trusted, verdict = False, "not resolved: the halves' FSC is below the threshold from the first shell"
+    elif moving_fraction is not None and moving_fraction > MOVING_LIMIT:
+        trusted, verdict = False, (f"gold standard {headline:.1f} Å, NOT converged: {100 * moving_fraction:.0f}% "
+                                   f"of the poses turned by more than {moving['threshold_deg']:g}° in the last "
+                                   f"epoch (halves' correlation {corr:.2f})")
+    else:
+        trusted, verdict = True, (f"gold standard {headline:.1f} Å between independent halves (split below "
+                                  f"{shared_A:.1f} Å); halves' correlation {corr:.2f}" if shared_A is not None else
+                                  f"gold standard {headline:.1f} Å; halves' correlation {corr:.2f}")
+        if moving_fraction is not None:
+            verdict += f", {100 * moving_fraction:.0f}% of poses still moving"
+
     return {
+        "independent": bool(independent),
+        "shared_band_cycles": shared_band_cycles,
+        "shared_band_A": shared_A,
+        "resolution_raw_A": raw,
+        "poses_moving_fraction": moving_fraction,
+        "halves_correlation": corr,
+        "trusted": trusted,
+        "verdict": verdict,
         "freq_cycles": [float(f) for f in g0.freqs],
         "threshold": float(g0.threshold),
         "curves": {name: curve(g.fsc) for name, g in hm.gold.items()},
-        "resolution_A": {name: g.resolution_A for name, g in hm.gold.items()},
+        "resolution_A": resolution,
         "randomise_from_A": {name: hm.gold[name].randomise_from_A for name in ("sphere", "auto")},
         "masks": {"sphere": "soft sphere, radius as the engine's mask, raised-cosine edge 0.05 box",
                   "auto": "low-pass 15 Å, threshold median + 0.1 (max - median), dilated 3 px, "

@@ -30,13 +30,14 @@ from ..validation import gold_standard_values, half_maps, half_sets
 from .data import check_contrast, image_scale, load_dataset, load_reference
 from .divergence import check_finite, check_losses, empty_map_loss
 from .forward import ForwardModel, stage_sigma
+from .halves import HalfNetworks, epoch_batches, split_stage
 from .outputs import (
     RunLog, RunState, check_resume, evaluate, final_metrics, finished_run, read_resume_checkpoint,
     resume_state, run_identity, save_checkpoint, snapshot, summarise, write_outputs,
 )
 from .poses import (
-    clamp_offsets, estimates_shifts, initial_rotations, initial_shifts, moves_poses, search_offsets,
-    searches_poses, train_batch,
+    clamp_offsets, moving_poses, estimates_shifts, initial_rotations, initial_shifts, moves_poses, search_offsets,
+    searches_poses, shift_prior, train_batch,
 )
 from .settings import ReconstructConfig
 from .stage_data import StageData
@@ -145,7 +146,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                       lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed,
                       new_head_scale=cfg.new_head_scale).to(device)
     net.hidden_precision = cfg.precision
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr_structure)
+    # one network on every particle until the split, then one per half-set (halves.py)
+    nets = HalfNetworks(net, torch.optim.Adam(net.parameters(), lr=cfg.lr_structure))
     if estimates_shifts(cfg) and cfg.shift_range_px >= box / 4:
         raise InputError(f"--shift-range {cfg.shift_range_px:g} px must be less than a quarter of the "
                          f"{box} px box", ds.star_path)
@@ -164,14 +166,13 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             return
         if saved["net_config"] != net.config() or saved["rotations"].shape[0] != n:
             raise InputError("--resume: the checkpoint's network or particle count differs", ckpt_path)
-        net.load_state_dict(saved["net"])
-        opt.load_state_dict(saved["opt"])
+        nets.load(saved)
         rotations = saved["rotations"].to(torch.float64)
         shifts_px = saved["shifts_px"].to(torch.float64)
     if ranks.world > n:
         raise InputError(f"{ranks.world} processes for {n} particles: at most one process per particle",
                          ds.star_path)
-    model = None  # the network trained: in DistributedDataParallel across ranks, wrapped per stage
+    models: dict = {}  # the networks trained: in DistributedDataParallel across ranks, wrapped per stage
     owned = ranks.shard(n)  # this rank's particles: their images, poses, offsets and search
     is_owned = np.zeros(n, dtype=bool)
     is_owned[owned] = True
@@ -183,8 +184,11 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
 
     ctf = ds.ctf
     plan = cfg.stage_plan()
-    batches_per_epoch = int(math.ceil(n / cfg.batch_size))
-    total_batches = batches_per_epoch * sum(e for _, e in plan)
+    split_at = split_stage(cfg.split_at, plan, net.band_limits, box, apix)  # halves apart from here
+    # shared stages: batches of any particles; split stages: each batch one half-set's
+    stage_batches_per_epoch = [len(epoch_batches(np.arange(n), halves if i >= split_at else None, cfg.batch_size))
+                               for i in range(len(plan))]
+    total_batches = sum(b * e for b, (_, e) in zip(stage_batches_per_epoch, plan))
     reference_path = str(Path(reference).resolve()) if isinstance(reference, (str, Path)) else None
     if writes and ref is not None and reference_path is None:  # an array: kept with the run
         reference_path = str(write_map(out / "reference.mrc", ref, apix).resolve())
@@ -199,6 +203,12 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
               + (f"estimated within ±{cfg.shift_range_px:g} px" if estimates_shifts(cfg) else "fixed at the STAR's origins")
               + ("; pose errors against " + str(truth.path) if truth is not None else "; no true poses given: no pose errors"))
     yield log(halves_origin)
+    shared_band = net.band_limits[plan[split_at - 1][0]] if split_at < len(plan) else None
+    yield log(f"independent half-sets from stage {split_at + 1} (--split-at {cfg.split_at}): stage(s) 1-{split_at} "
+              f"train one network on every particle (band up to {box * apix / shared_band:.1f} Å); then each "
+              "half-set has its own network, poses and offsets" if shared_band is not None else
+              f"no independent half-sets (--split-at {cfg.split_at} is at or after the last stage): the half-maps "
+              "share one network, so their FSC is not a gold standard")
     for note in getattr(ds, "notes", ()) if ranks.is_main else ():  # rows left out, duplicates
         ev = log(note)
         ev.level = "warning"
@@ -219,7 +229,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     last_eval: list[Event] = []
     last_scale = plan[min(state.stage, len(plan) - 1)][0]
     # time left from each stage's measured cost per batch, pauses excluded (engine/eta.py)
-    eta_clock = EtaEstimator([epochs * batches_per_epoch for _scale, epochs in plan])
+    eta_clock = EtaEstimator([epochs * bpe for bpe, (_scale, epochs) in zip(stage_batches_per_epoch, plan)])
 
     for stage_idx in range(state.stage, len(plan)):
         if ranks.any(control.stop_requested):  # asked before this stage began: it never starts
@@ -231,8 +241,12 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         sigma = stage_sigma(scale, cfg.n_layers, box, cfg.lambdas)
         fwd = ForwardModel(box, apix, scale, band, sigma, cfg.pad, cfg.mask_radius, device,
                            compile=cfg.compile_render, ranks=ranks)
-        model = None  # the last stage's wrapper (and its gradient hooks) goes first
-        model = ranks.wrap(net, uses_every_parameter=scale == cfg.n_layers - 1)
+        if stage_idx >= split_at and not nets.independent:
+            nets.split()
+            yield log(f"stage {stage_idx + 1}: the half-sets split: each trains its own copy of the network")
+        models = {}  # the last stage's wrappers (and their gradient hooks) go first
+        models = {h: ranks.wrap(nets.net(h), uses_every_parameter=scale == cfg.n_layers - 1) for h in nets.groups()}
+        batches_per_epoch = stage_batches_per_epoch[stage_idx]
         yield StageStarted(stage_idx, len(plan), epochs * batches_per_epoch, band, scale=scale)
         yield log(f"stage {stage_idx + 1}: scale {scale + 1}, band {band:.2f} cycles/box "
                   f"({box * apix / max(band, 1e-9):.1f} Å), low-pass sigma {sigma:.2f} px, "
@@ -247,30 +261,36 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         skipped = False
         start_epoch = state.epoch_in_stage if stage_idx == state.stage else 0
         stage_batches = 0
-        empty_loss = None  # the loss of an empty map on the stage's first batch: the scale of its losses
+        empty_loss: dict = {}  # per network, the loss of an empty map on its first batch: the scale of its losses
         for epoch in range(start_epoch, epochs):
             order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
+            rotations_before = rotations.clone()  # how far the poses move in this epoch
             search_now = searches_poses(cfg, stage_idx, scale) and epoch > 0
             if search_now and not ranks.any(control.stop_requested):
                 t_search = time.perf_counter()
-                gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch)
                 offsets, whole_range = search_offsets(cfg, fwd, whole_range=not state.offsets_searched)
-                vol_ft = fwd.volume_ft(net)
                 centres = start_shifts if whole_range else None
-                moved, total = global_pose_search(fwd, vol_ft, data.all_chunks(), rotations, shifts_px,
-                                                  cfg.search_rotations, cfg.search_window, offsets,
-                                                  gen, device, centres=centres)
+                moved = total = 0
+                for h in nets.groups():  # each half-set against its own network only
+                    gen = torch.Generator().manual_seed(cfg.seed * 100003 + stage_idx * 1009 + epoch + 7 * h)
+                    vol_ft = fwd.volume_ft(nets.net(h))
+                    mine = owned if h == 0 else owned[halves[owned] == h]
+                    counts = global_pose_search(fwd, vol_ft, data.chunks_of(mine), rotations, shifts_px,
+                                                cfg.search_rotations, cfg.search_window, offsets,
+                                                gen, device, centres=centres, prior_centres=start_shifts,
+                                                prior_px=shift_prior(cfg))
+                    moved, total = moved + counts[0], total + counts[1]
                 moved, total = (int(v) for v in ranks.total([moved, total], "counting the search's moves"))
                 clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px)
                 state.offsets_searched = state.offsets_searched or (whole_range and estimates_shifts(cfg))
                 yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
                           f"({len(offsets)} offsets, {time.perf_counter() - t_search:.1f} s)")
-            global_batches = [np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-                              for b in range(batches_per_epoch)]
+            global_batches = epoch_batches(order, halves if nets.independent else None, cfg.batch_size)
             # this rank's part of each global batch; its losses are scaled so that the ranks'
             # average is the global batch's mean (and so is DistributedDataParallel's gradient)
-            batch_indices = [g[is_owned[g]] for g in global_batches]
+            batch_indices = [g[is_owned[g]] for _h, g in global_batches]
             for b, (idx, obs, ctf_b) in enumerate(data.batches(batch_indices)):
+                half = global_batches[b][0]
                 if ranks.active:
                     if ranks.any(control.stop_requested):
                         stopped = True
@@ -280,14 +300,14 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                     if command is not None:
                         stopped, skipped = command == "stop", command == "next"
                         break
-                loss_scale = ranks.world / len(global_batches[b])
-                if empty_loss is None:
-                    empty_loss = empty_map_loss(fwd, obs, ctf_b, loss_scale, ranks.mean)
+                loss_scale = ranks.world / len(global_batches[b][1])
+                if half not in empty_loss:
+                    empty_loss[half] = empty_map_loss(fwd, obs, ctf_b, loss_scale, ranks.mean)
                 with ranks.guard(f"stage {stage_idx + 1}, batch {state.step + 1}"):
-                    loss_s, loss_p = train_batch(model, opt, fwd, obs, ctf_b, rotations, shifts_px,
+                    loss_s, loss_p = train_batch(models[half], nets.opt(half), fwd, obs, ctf_b, rotations, shifts_px,
                                                  start_shifts, idx, cfg, step_control, device,
                                                  moves_poses(cfg, stage_idx), loss_scale, ranks.mean)
-                check_losses(loss_s, loss_p, empty_loss, cfg, step_control, moves_poses(cfg, stage_idx),
+                check_losses(loss_s, loss_p, empty_loss[half], cfg, step_control, moves_poses(cfg, stage_idx),
                              f"stage {stage_idx + 1}, epoch {epoch + 1}, batch {b + 1} (step {state.step + 1})")
                 state.step += 1
                 stage_batches += 1
@@ -300,34 +320,39 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 now = time.perf_counter()
                 if now - last_snap >= cfg.snapshot_interval_s and ranks.is_main:
                     last_snap = now
-                    yield snapshot(net, box, apix, scale, stage_idx, final=False, mask_radius=cfg.mask_radius)
+                    yield snapshot(nets.display, box, apix, scale, stage_idx, final=False, mask_radius=cfg.mask_radius)
             if stopped or skipped:
                 break
             state.epoch_in_stage = epoch + 1
             state.elapsed_s = time.perf_counter() - t_start
             sync_poses()
-            check_finite(net, rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end of epoch {epoch + 1}")
+            state.moving = moving_poses(rotations_before, rotations)  # this epoch's pose changes
+            for h in nets.groups():
+                check_finite(nets.net(h), rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end of epoch {epoch + 1}")
             if writes:
                 state.stage = stage_idx
-                save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg, identity)
+                save_checkpoint(ckpt_path, nets, rotations, shifts_px, state, cfg, identity)
         # end of stage: snapshots of every scale so far, FSC, pose errors (rank 0, all poses gathered)
         sync_poses()
-        check_finite(net, rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end")
+        for h in nets.groups():
+            check_finite(nets.net(h), rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end")
         if ranks.is_main:
             for k in range(scale + 1):
-                yield snapshot(net, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
+                yield snapshot(nets.display, box, apix, k, stage_idx, final=True, mask_radius=cfg.mask_radius)
         # the half-maps: every rank backprojects its own particles, rank 0 sums them (others: None)
         hm = half_maps(ds, n, rotations, shifts_px, halves, cfg.mask_radius, cfg.invert_contrast, device,
                        cfg.seed, ranks)
         if ranks.is_main:
-            last_eval = evaluate(net, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
+            last_eval = evaluate(nets.display, box, apix, scale, ref, rotations, shifts_px, truth, cfg, stage_idx)
             for name, vol in (("half_map_1", hm.half1), ("half_map_2", hm.half2), ("map", hm.full)):
                 if writes:
                     write_map(out / f"{name}.mrc", vol, apix)  # unmodified: what EMDB deposition needs
                 yield VolumeSnapshot(name, vol, apix, stage_idx)
             if writes:
                 write_map(out / "mask_auto.mrc", hm.masks["auto"], apix)
-            last_eval.append(Metrics("gold_standard", stage_idx, gold_standard_values(hm)))
+            gold = gold_standard_values(hm, shared_band_cycles=shared_band, independent=nets.independent,
+                                        moving=state.moving)
+            last_eval.append(Metrics("gold_standard", stage_idx, gold))
             state.history["final"] = final_metrics(last_eval)
             summary = summarise(last_eval)
             summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
@@ -340,13 +365,14 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                                 {k: v for k, v in summary.items() if isinstance(v, (int, float))})
             yield log("stage {stage}: {s}".format(stage=stage_idx + 1, s=json.dumps(
                 {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})))
+            yield log(f"stage {stage_idx + 1}: {gold['verdict']}", level="info" if gold["trusted"] else "warning")
         if stopped or ranks.any(control.stop_requested):  # also a stop during the evaluation: no next stage
             stopped = True
             break
         state.stage, state.epoch_in_stage = stage_idx + 1, 0
         if writes:
             state.elapsed_s = time.perf_counter() - t_start
-            save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg, identity)
+            save_checkpoint(ckpt_path, nets, rotations, shifts_px, state, cfg, identity)
         if control.pause_at_stage_end and stage_idx < len(plan) - 1:
             control.pause()
 
@@ -359,15 +385,18 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                        batches=state.step, band_limits_cycles=net.band_limits,
                        true_poses=None if truth is None else str(truth.path),
                        reference=reference_path,
-                       world_size=ranks.world, global_batch=cfg.batch_size)
+                       world_size=ranks.world, global_batch=cfg.batch_size,
+                       split_after_stage=split_at, split_at=cfg.split_at,
+                       shared_band_cycles=shared_band,
+                       shared_band_A=None if shared_band is None else box * apix / shared_band)
     outputs: dict[str, str] = {}
     sync_poses()
     if writes:
-        outputs = write_outputs(out, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves,
+        outputs = write_outputs(out, nets, box, apix, last_scale, ds, n, rotations, shifts_px, halves,
                                  metrics_out, scale_img, cfg.mask_radius)
         if not stopped:  # every stage ran and the outputs are written: a resume has nothing to do
             state.finished, state.elapsed_s = True, seconds
-            save_checkpoint(ckpt_path, net, opt, rotations, shifts_px, state, cfg, identity)
+            save_checkpoint(ckpt_path, nets, rotations, shifts_px, state, cfg, identity)
         if ckpt_path.exists():
             outputs["checkpoint"] = str(ckpt_path)
     yield RunFinished(stopped, state.step, seconds, outputs, metrics_out)

@@ -34,21 +34,23 @@ class RunState:
     step: int = 0  # batches done over the run
     elapsed_s: float = 0.0
     offsets_searched: bool = False  # the search over the whole offset range has run
+    # how the poses moved in the last epoch (poses.moving_poses): a run still moving has not converged
+    moving: dict = field(default_factory=dict)
     # "stages": the stage summaries so far; "final": final_metrics() of the last evaluation
     history: dict = field(default_factory=dict)
     finished: bool = False  # every stage ran and the outputs were written
 
 
-CHECKPOINT_FORMAT = "rmfn-napari/reconstruct/3"
+CHECKPOINT_FORMAT = "rmfn-napari/reconstruct/4"
 
 
-def save_checkpoint(path: Path, net, opt, rotations, shifts_px, state: RunState, cfg: ReconstructConfig,
+def save_checkpoint(path: Path, nets, rotations, shifts_px, state: RunState, cfg: ReconstructConfig,
                     identity: dict) -> None:
-    """Write everything a resume needs (settings, data identity, network, optimiser, rotations,
-    offsets, progress) atomically to ``path``."""
+    """Write everything a resume needs (settings, data identity, the network(s) and optimiser(s):
+    :meth:`HalfNetworks.state`, rotations, offsets, progress) atomically to ``path``."""
     payload = {
-        "config": asdict(cfg), "identity": identity, "net_config": net.config(), "net": net.state_dict(),
-        "opt": opt.state_dict(), "rotations": rotations.cpu(), "shifts_px": shifts_px.cpu(),
+        "config": asdict(cfg), "identity": identity, "net_config": nets.nets[0].config(), **nets.state(),
+        "rotations": rotations.cpu(), "shifts_px": shifts_px.cpu(),
         "state": asdict(state), "format": CHECKPOINT_FORMAT,
     }
     with atomic_path(path) as tmp:
@@ -222,9 +224,9 @@ class RunLog:
         if header is not None:
             self._append(header)
 
-    def __call__(self, msg: str) -> Log:
-        self._append(msg)
-        return Log(msg)
+    def __call__(self, msg: str, level: str = "info") -> Log:
+        self._append(msg if level == "info" else f"{level.upper()}: {msg}")
+        return Log(msg, level)
 
     def _append(self, line: str) -> None:
         if self.path is not None:
@@ -338,18 +340,25 @@ def final_metrics(events: list[Event]) -> dict:
     return res
 
 
-def write_outputs(out: Path, net, box, apix, last_scale, ds, n, rotations, shifts_px, halves, metrics,
+def write_outputs(out: Path, nets, box, apix, last_scale, ds, n, rotations, shifts_px, halves, metrics,
                    scale_img, mask_radius=None):
     """Write the network's maps (image units) ``scale_1.mrc`` .. ``scale_L.mrc`` (1-based, the
-    coarsest first), ``poses.star`` (or ``poses_subset.npz``) and ``metrics.json`` into
-    ``out``; returns their paths by name, ``run.log`` (written as the run goes,
-    :class:`RunLog`) among them."""
+    coarsest first; after a half-set split, the mean of the two networks' maps, and each
+    network's finest map as ``network_half_1.mrc`` / ``network_half_2.mrc``), ``poses.star`` (or
+    ``poses_subset.npz``) and ``metrics.json`` into ``out``; returns their paths by name,
+    ``run.log`` (written as the run goes, :class:`RunLog`) among them. ``nets`` is a
+    :class:`~.halves.HalfNetworks` (or one network)."""
     written: dict[str, str] = {}
-    maps = render_all_scales(net, box, last_scale, mask_radius)
+    display = getattr(nets, "display", nets)
+    maps = render_all_scales(display, box, last_scale, mask_radius)
     for k, vol in enumerate(maps):
         # back to the images' units: image = sum_z V / D in units of the image std
         path = write_map(out / f"scale_{k + 1}.mrc", vol * scale_img, apix)
         written[f"scale_{k + 1}"] = str(path)
+    if getattr(nets, "independent", False):
+        for h in (1, 2):
+            vol = render_all_scales(nets.net(h), box, last_scale, mask_radius)[-1]
+            written[f"network_half_{h}"] = str(write_map(out / f"network_half_{h}.mrc", vol * scale_img, apix))
     for name in ("half_map_1", "half_map_2", "map", "mask_auto"):
         if (out / f"{name}.mrc").exists():
             written[name] = str(out / f"{name}.mrc")

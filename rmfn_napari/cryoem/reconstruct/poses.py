@@ -11,7 +11,7 @@ from ...errors import InputError
 from ..ground_truth import TruePoses
 from ..offsets import shift_grid
 from ..projector import channels_first
-from ..rotations import axis_angle_to_matrix, perturb_rotations, random_rotations
+from ..rotations import axis_angle_to_matrix, geodesic_distance, perturb_rotations, random_rotations
 from .forward import ForwardModel
 from .settings import ReconstructConfig
 
@@ -82,13 +82,16 @@ def structure_steps(net, opt, fwd: ForwardModel, obs, ctf_b, R, steps: int, cont
 
 
 def pose_steps(vol_ft, fwd: ForwardModel, obs, ctf_b, R, steps: int, lr: float,
-               betas=(0.9, 0.9), control=None, shifts_px=None, lr_shift: float = 0.0):
+               betas=(0.9, 0.9), control=None, shifts_px=None, lr_shift: float = 0.0,
+               prior_centres=None, prior_px: float | None = None):
     """Refine poses of one batch against a fixed (rendered) volume; no network pass.
 
     Each image gets an axis-angle correction ``w_i`` (radians), ``R_i <- exp([w_i]x) R_i``,
     optimised by Adam for ``steps`` steps on its own loss. With ``shifts_px`` (B, 2) the
     ``obs`` are the uncentred spectra and are centred with those origins (px, RELION
-    convention); ``lr_shift`` > 0 also refines each origin by Adam (px per step).
+    convention); ``lr_shift`` > 0 also refines each origin by Adam (px per step), and with
+    ``prior_px`` under a Gaussian prior of that width (px) around ``prior_centres`` (B, 2)
+    (:func:`~rmfn_napari.cryoem.pose_search.global_pose_search` explains the prior).
 
     Returns
     -------
@@ -106,6 +109,7 @@ def pose_steps(vol_ft, fwd: ForwardModel, obs, ctf_b, R, steps: int, lr: float,
     volume = channels_first(vol_ft)  # laid out once for the sampler, not once per step
     target = obs if delta is None else fwd.centre(obs, shifts_px)
     last = torch.tensor(float("nan"))
+    noise = None
     for _ in range(steps):
         if control is not None and control.wait_or_stop():
             break
@@ -113,7 +117,13 @@ def pose_steps(vol_ft, fwd: ForwardModel, obs, ctf_b, R, steps: int, lr: float,
             target = fwd.centre(obs, shifts_px + delta)
         per_image = fwd.loss(fwd.slices(volume, axis_angle_to_matrix(omega) @ R), target, ctf_b)
         popt.zero_grad(set_to_none=True)
-        per_image.sum().backward()
+        total = per_image.sum()
+        if prior_px is not None and delta is not None and lr_shift > 0:
+            if noise is None:  # each image's residual power per coefficient at the start: its noise
+                noise = per_image.detach() / (fwd.freqs.weight ** 2).sum()
+            # the Gaussian prior in the loss's units: σ² |t − t₀|² / (2 s²)
+            total = total + (noise * ((shifts_px + delta - prior_centres) ** 2).sum(-1)).sum() / (2 * prior_px**2)
+        total.backward()
         popt.step()
         last = per_image.detach()
     with torch.no_grad():
@@ -142,6 +152,12 @@ def searches_poses(cfg: ReconstructConfig, stage_idx: int, scale: int) -> bool:
     return cfg.search_in_finest or scale < cfg.n_layers - 1
 
 
+def shift_prior(cfg: ReconstructConfig) -> float | None:
+    """Width (px) of the Gaussian prior on each offset around its starting origin, or None
+    (``shift_prior_px`` 0: maximum likelihood, no prior)."""
+    return cfg.shift_prior_px if cfg.shift_prior_px > 0 else None
+
+
 def estimates_shifts(cfg: ReconstructConfig) -> bool:
     """Whether this run estimates in-plane offsets (a range > 0 and poses not fixed)."""
     return cfg.shift_range_px > 0 and cfg.mode != "oracle-poses"
@@ -163,6 +179,18 @@ def search_offsets(cfg: ReconstructConfig, fwd: ForwardModel, whole_range: bool)
     if whole_range:
         return shift_grid(cfg.shift_range_px, step), True
     return shift_grid(min(step, cfg.shift_range_px), step), False
+
+
+MOVING_DEG = 5.0  # a pose that turned by more than this in an epoch has not converged
+
+
+def moving_poses(before: torch.Tensor, after: torch.Tensor, threshold_deg: float = MOVING_DEG) -> dict:
+    """How far the rotations ``(n, 3, 3)`` turned between ``before`` and ``after`` (one epoch):
+    ``fraction_moving`` (turned by more than ``threshold_deg`` degrees), ``median_deg`` and
+    ``threshold_deg``. A converged refinement moves few poses; a failed one keeps moving them."""
+    angle = torch.as_tensor(geodesic_distance(before, after), dtype=torch.float64)
+    return {"fraction_moving": float((angle > threshold_deg).double().mean()),
+            "median_deg": float(angle.median()), "threshold_deg": float(threshold_deg)}
 
 
 def clamp_offsets(shifts_px: torch.Tensor, start: torch.Tensor, range_px: float, idx=None) -> None:
@@ -211,7 +239,9 @@ def _pose_batch(vol_ft, fwd: ForwardModel, obs, ctf_b, R, sh, rotations, shifts_
     last mean loss (NaN: diverged, and the stored poses were left as they were)."""
     lr_shift = cfg.lr_shift if estimates_shifts(cfg) else 0.0
     new, new_sh, loss_p = pose_steps(vol_ft, fwd, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
-                                     cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift)
+                                     cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift,
+                                     prior_centres=start_shifts[idx].to(sh.device, sh.dtype),
+                                     prior_px=shift_prior(cfg))
     # fold the float32 correction into the float64 stored pose (on the CPU: one read-back)
     new, new_sh = new.cpu(), new_sh.cpu() if lr_shift > 0 else None
     if not (bool(torch.isfinite(new).all()) and (new_sh is None or bool(torch.isfinite(new_sh).all()))):

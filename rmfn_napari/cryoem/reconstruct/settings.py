@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ...engine.settings_spec import config_from_preset
 from ...errors import InputError
 from ...model.precision import PRECISIONS
+from .halves import parse_split_at
 
 
 MODES = ("coarse-to-fine", "full-scale", "oracle-poses")
@@ -61,6 +62,11 @@ class ReconstructConfig:
         refine each particle's offset with its rotation. 0: offsets stay at the STAR's
         origins (RELION convention, :mod:`rmfn_napari.cryoem.offsets`).
     lr_shift : Adam learning rate of the offsets in the pose steps (px per step).
+    shift_prior_px : width (px of the working box) of a Gaussian prior on each offset around
+        its starting origin (the STAR's, else 0), used by the global search and the pose steps
+        (:func:`~rmfn_napari.cryoem.pose_search.global_pose_search`): an offset moves only as
+        far as the data pay for. 0: no prior (maximum likelihood; the paper's 45-90° protocol
+        then fails with the offset search on: README, "The 45-90° regression").
     check_contrast : before training, test the particles' contrast with a matched filter
         (:mod:`rmfn_napari.cryoem.contrast`) and stop if they are dark.
     mask_radius : soft spherical solvent mask applied to the rendered map, radius as a
@@ -94,6 +100,10 @@ class ReconstructConfig:
         batch of each stage then waits for the compiler).
     stage_data_gb : memory budget (GiB) for each stage's spectra and CTFs on the device; over
         it they are computed batch by batch (:mod:`.stage_data`).
+    split_at : where the half-sets stop sharing one network (:mod:`.halves`): ``"1"`` (stage
+        1 is shared, each half-set trains its own copy of the network, with its own poses and
+        offsets, from stage 2 on), another stage count, or a resolution such as ``"40A"`` (the
+        stages whose band is coarser than 40 Å are shared).
     device, seed : where and how reproducibly to run.
     """
 
@@ -114,6 +124,7 @@ class ReconstructConfig:
     perturb_deg: tuple[float, float] = (45.0, 90.0)
     shift_range_px: float = 0.0
     lr_shift: float = 0.05
+    shift_prior_px: float = 0.5
     check_contrast: bool = True
     invert_contrast: bool = False
     max_particles: int | None = None
@@ -131,6 +142,7 @@ class ReconstructConfig:
     precision: str = "float32"
     compile_render: bool = False
     stage_data_gb: float = 4.0
+    split_at: str = "1"
     device: str = "auto"
     seed: int = 0
 
@@ -161,6 +173,8 @@ class ReconstructConfig:
             raise InputError(f"--box {self.box} {why}; an even number of pixels >= 8 is required")
         if not (math.isfinite(self.shift_range_px) and self.shift_range_px >= 0):
             raise InputError(f"shift_range_px must be >= 0 px, got {self.shift_range_px}")
+        if not (_finite(self.shift_prior_px) and self.shift_prior_px >= 0):
+            raise InputError(f"--shift-prior must be a finite number >= 0 px, got {self.shift_prior_px}")
         if not (math.isfinite(self.lr_shift) and self.lr_shift >= 0):
             raise InputError(f"lr_shift must be >= 0, got {self.lr_shift}")
         if self.precision not in PRECISIONS:
@@ -168,6 +182,7 @@ class ReconstructConfig:
         if not (math.isfinite(self.stage_data_gb) and self.stage_data_gb >= 0):
             raise InputError(f"stage_data_gb must be >= 0 GiB, got {self.stage_data_gb}")
         self._validate_numbers()
+        parse_split_at(self.split_at)
 
     def _validate_numbers(self) -> None:
         """Every number is finite and in its range: one line naming it instead of a NaN run or

@@ -75,6 +75,18 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
             "pose steps); 0 (off) keeps the STAR's origins (cpu-small: 3)", "float",
             minimum=0.0, maximum=64.0, step=0.5, decimals=1, special="off", suffix=" px",
             metavar="PX", attr="shift_search"),
+    Setting("shift_prior_px", "--shift-prior", "shift prior", "schedule",
+            "Width (px) of the Gaussian prior on each offset around its starting origin (the "
+            "STAR's, else the box centre): the search and the pose steps move an offset only as "
+            "far as the data pay for (RELION's sigma_offset). 0: no prior", "float",
+            minimum=0.0, maximum=64.0, step=0.1, decimals=2, special="none", suffix=" px",
+            metavar="PX", preset_keeps=True),
+    Setting("split_at", "--split-at", "independent halves after", "schedule",
+            "Where the half-sets stop sharing one network: a stage count (1: stage 1 is shared, "
+            "each half-set trains its own copy from stage 2 on; the default) or a resolution "
+            "(40A: the stages whose band is coarser than 40 A are shared). The gold-standard FSC "
+            "measures only what the halves learned apart", "choice", choices=None,
+            preset_keeps=True, metavar="N|DA"),
     # -- run
     Setting("device", "--device", "device", "run",
             "auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N", "choice",

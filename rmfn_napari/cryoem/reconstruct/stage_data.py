@@ -95,3 +95,9 @@ class StageData:
     def all_chunks(self) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Every particle, ``chunk`` at a time (the global search's input)."""
         return self.batches(self._chunks())
+
+    def chunks_of(self, particles: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """The held particles among ``particles`` (sorted ints), ``chunk`` at a time (one
+        half-set's global search)."""
+        particles = np.intersect1d(self.particles, np.asarray(particles, dtype=np.int64))
+        return self.batches(np.array_split(particles, max(1, -(-len(particles) // self.chunk))))
