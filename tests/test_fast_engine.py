@@ -178,7 +178,8 @@ def test_reconstruction_improves_the_map(clean_stack, tmp_path):
     13 gives the identical curve.)"""
     cfg = ReconstructConfig.from_preset("tiny", mode="oracle-poses", epochs_per_stage=(3, 3, 30), batch_size=50,
                                         hidden=64, structure_steps=5, device="cpu", snapshot_interval_s=1e9,
-                                        align_for_fsc=False, seed=1, check_contrast=False)
+                                        align_for_fsc=False, seed=1, check_contrast=False,
+                                        split_at="3")  # one network throughout: the forward model alone
     ref, _ = read_map(clean_stack.reference)
 
     def final_fsc(config, name):

@@ -17,9 +17,13 @@ import torch
 
 from ..engine.distributed import SINGLE, Ranks
 from .backproject import FourierBackprojector, insert_dataset
-from .metrics import GoldStandardFSC, auto_mask, gold_standard_fsc, soft_sphere_mask
+from .metrics import GoldStandardFSC, align_map, auto_mask, gold_standard_fsc, soft_sphere_mask
+from .rotations import geodesic_distance
 
-__all__ = ["half_sets", "HalfMaps", "half_maps", "gold_standard_values"]
+__all__ = ["half_sets", "HalfMaps", "half_maps", "halves_frame", "gold_standard_values"]
+
+#: half-map 2 turned by more than this (degrees) from half-map 1: the halves are in different frames
+FRAME_LIMIT_DEG = 10.0
 
 MASKS = ("unmasked", "sphere", "auto")
 
@@ -113,12 +117,28 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
     return HalfMaps(half1, half2, full, masks, gold, (int((halves == 1).sum()), int((halves == 2).sum())))
 
 
+def halves_frame(hm: HalfMaps, apix: float) -> dict:
+    """Whether the two half-maps are in one frame: the rigid transform and hand that best align
+    half-map 2 to half-map 1 (:func:`~rmfn_napari.cryoem.metrics.align_map`, 1,000 rotations per
+    hand). Independent refinements from a start that does not fix the hand (a featureless
+    coarse map) can settle in mirrored or turned frames; their FSC is then no resolution.
+
+    Returns ``{"angle_deg", "flipped", "shift_voxels", "correlation_aligned", "same_frame"}``
+    (``same_frame``: not flipped and turned by at most :data:`FRAME_LIMIT_DEG`)."""
+    _, al = align_map(hm.half2, hm.half1, apix, n_rotations=1000)
+    angle = float(geodesic_distance(torch.as_tensor(al.rotation, dtype=torch.float64)[None],
+                                    torch.eye(3, dtype=torch.float64)[None])[0])
+    return {"angle_deg": angle, "flipped": bool(al.flipped), "shift_voxels": [float(v) for v in al.shift_voxels],
+            "correlation_aligned": float(al.correlation),
+            "same_frame": bool(not al.flipped and angle <= FRAME_LIMIT_DEG)}
+
+
 #: a run with more than this fraction of its poses still turning by > 5° per epoch has not converged
 MOVING_LIMIT = 0.10
 
 
 def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, independent: bool = True,
-                         moving: dict | None = None) -> dict:
+                         moving: dict | None = None, frame: dict | None = None) -> dict:
     """JSON-ready summary of :class:`HalfMaps`: curves (cycles/box), resolutions (Å or None),
     the randomisation point of each masked curve, the half-set sizes. ``headline`` names the
     curve to quote (the automatic mask, as RELION's post-processing does).
@@ -130,6 +150,8 @@ def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, 
     - ``shared_band_cycles``: the band (cycles/box) of the last shared stage. A curve that
       falls below the threshold at or inside it crossed where the halves were not apart: None;
       ``resolution_raw_A`` keeps each crossing as computed;
+    - ``frame`` (:func:`halves_frame`): half-maps in different frames (mirrored, or turned by
+      more than :data:`FRAME_LIMIT_DEG`) are not compared: every resolution is None;
     - ``moving`` (:func:`~rmfn_napari.cryoem.reconstruct.poses.moving_poses` of the last epoch):
       more than :data:`MOVING_LIMIT` of the poses still turning means the refinement has not
       converged; the number stands, flagged.
@@ -146,10 +168,11 @@ def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, 
     raw = {name: g.resolution_A for name, g in hm.gold.items()}
     box, apix = int(g0.box), float(g0.apix)
     shared_A = None if shared_band_cycles is None else box * apix / shared_band_cycles
+    other_frame = frame is not None and not frame["same_frame"]
     resolution = {}
     for name, res in raw.items():
         inside_shared = res is not None and shared_A is not None and res >= shared_A - 1e-9
-        resolution[name] = None if (not independent or inside_shared) else res
+        resolution[name] = None if (not independent or inside_shared or other_frame) else res
     headline = resolution["auto"]
     m = hm.masks["auto"] > 0.5
     a, b = hm.half1[m] - hm.half1[m].mean(), hm.half2[m] - hm.half2[m].mean()
@@ -158,6 +181,11 @@ def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, 
     if not independent:
         trusted, verdict = False, ("no gold standard: the half-maps' poses were refined against one shared "
                                    "network, so their FSC measures agreement with it, not resolution")
+    elif other_frame:
+        trusted, verdict = False, (f"no gold standard: the half-sets settled in different frames (half-map 2 is "
+                                   f"{'mirrored and ' if frame['flipped'] else ''}turned by {frame['angle_deg']:.0f}° "
+                                   f"from half-map 1; aligned, they correlate {frame['correlation_aligned']:.2f}): the "
+                                   "shared start did not fix the frame; split later (--split-at)")
     elif headline is None and raw["auto"] is not None:
         trusted, verdict = False, (f"not resolved beyond the shared band: the independent halves' FSC falls "
                                    f"below {g0.threshold:g} at {raw['auto']:.1f} Å, inside the {shared_A:.1f} Å "
@@ -182,6 +210,7 @@ def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, 
         "resolution_raw_A": raw,
         "poses_moving_fraction": moving_fraction,
         "halves_correlation": corr,
+        "halves_frame": frame,
         "trusted": trusted,
         "verdict": verdict,
         "freq_cycles": [float(f) for f in g0.freqs],

@@ -25,7 +25,7 @@ from ...model.precision import supports_precision
 from ..ground_truth import read_true_poses
 from ..io import write_map
 from ..pose_search import global_pose_search
-from ..validation import gold_standard_values, half_maps, half_sets
+from ..validation import gold_standard_values, half_maps, half_sets, halves_frame
 from .data import check_contrast, image_scale, load_dataset, load_reference
 from .divergence import check_finite, check_losses, empty_map_loss
 from .forward import ForwardModel, stage_sigma
@@ -349,8 +349,9 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 yield VolumeSnapshot(name, vol, apix, stage_idx)
             if writes:
                 write_map(out / "mask_auto.mrc", hm.masks["auto"], apix)
+            frame = halves_frame(hm, apix) if nets.independent else None  # one frame, one hand?
             gold = gold_standard_values(hm, shared_band_cycles=shared_band, independent=nets.independent,
-                                        moving=state.moving)
+                                        moving=state.moving, frame=frame)
             last_eval.append(Metrics("gold_standard", stage_idx, gold))
             state.history["final"] = final_metrics(last_eval)
             summary = summarise(last_eval)
