@@ -160,7 +160,7 @@ def _run(star, out, noisy_half2_from_stage: int | None):
 
     ds.images = images
     cfg = ReconstructConfig.from_preset("tiny", epochs_per_stage=(2, 2, 2), pose_init="random", seed=seed,
-                                        align_for_fsc=False, check_contrast=False)
+                                        align_for_fsc=False, check_contrast=False, split_at="1")
     for ev in reconstruct(ds, cfg, out_dir=out):
         if isinstance(ev, StageStarted) and noisy_half2_from_stage is not None \
                 and ev.stage >= noisy_half2_from_stage:

@@ -43,7 +43,7 @@ from .reconstruct_dataset import (  # noqa: F401 - the names tests and scripts u
 from .remembered import load_remembered, save_remembered
 from .settings_form import SettingsForm
 #: the form's --split-at values: after stage 1, 2 or 3, or at a resolution (the CLI takes any)
-SPLIT_CHOICES = ("1", "2", "3", "60A", "40A", "20A")
+SPLIT_CHOICES = ("2", "1", "3", "60A", "40A", "20A")
 
 #: How the gold-standard masks are named for people.
 MASK_WORDS = {"unmasked": "unmasked", "sphere": "sphere mask", "auto": "auto mask"}

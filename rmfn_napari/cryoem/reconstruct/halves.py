@@ -9,10 +9,13 @@ optimiser state) at the split, and half-set ``h`` trains network ``h`` only, wit
 and offsets, searched and refined against network ``h`` only. Frequencies below the shared
 band's edge are not measured by the half-maps' FSC: a crossing there is not a resolution.
 
-``split_after`` is a stage count: 1 (the default) shares stage 1 — 44 Å at 32 px and 2 Å/px,
-the role of RELION's 60 Å start — and splits before stage 2. ``--split-at 40A`` shares every stage
-whose band is coarser than 40 Å. A split at or after the last stage never happens: the halves
-then share one network, and the run says its half-map FSC is not a gold standard.
+``split_after`` is a stage count: 2 (the default) shares stages 1-2 — 13 Å at 32 px and 2 Å/px —
+and splits before stage 3. A split after stage 1 (44 Å, the role of RELION's ~60 Å start) was
+measured first: there the shared map had not yet fixed the hand (poses still 67° off), and the
+two halves of the cpu benchmark settled in mirrored frames; RELION's ``--ini_high`` start is a
+converged map whose hand is fixed. ``--split-at 40A`` shares every stage whose band is coarser
+than 40 Å. A split at or after the last stage never happens: the halves then share one
+network, and the run says its half-map FSC is not a gold standard.
 """
 
 from __future__ import annotations

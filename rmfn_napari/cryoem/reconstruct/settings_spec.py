@@ -82,8 +82,8 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
             minimum=0.0, maximum=64.0, step=0.1, decimals=2, special="none", suffix=" px",
             metavar="PX", preset_keeps=True),
     Setting("split_at", "--split-at", "independent halves after", "schedule",
-            "Where the half-sets stop sharing one network: a stage count (1: stage 1 is shared, "
-            "each half-set trains its own copy from stage 2 on; the default) or a resolution "
+            "Where the half-sets stop sharing one network: a stage count (2, the default: stages "
+            "1-2 are shared, each half-set trains its own copy from stage 3 on) or a resolution "
             "(40A: the stages whose band is coarser than 40 A are shared). The gold-standard FSC "
             "measures only what the halves learned apart", "choice", choices=None,
             preset_keeps=True, metavar="N|DA"),
