@@ -34,7 +34,8 @@ from ..errors import InputError
 METRICS_FILE = "metrics.json"
 #: Reconstruct maps other than the scales: file stem -> layer name.
 MAP_FILES = {"half_map_1": "half map 1", "half_map_2": "half map 2",
-             "map": "map (backprojected)", "mask_auto": "mask (auto)"}
+             "map": "map (backprojected)", "map_postprocessed": "map (postprocessed)",
+             "mask_auto": "mask (auto)"}
 _SCALE_FILE = re.compile(r"^scale_(\d+)\.(mrc|tif)$")
 
 LayerData = tuple[Any, dict, str]

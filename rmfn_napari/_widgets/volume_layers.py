@@ -23,6 +23,7 @@ VOLUME_LAYER_NAMES = {
     "half_map_1": "half map 1",
     "half_map_2": "half map 2",
     "map": "map (backprojected)",
+    "map_postprocessed": "map (postprocessed)",
 }
 #: Shown when first added (the half-maps are there for inspection, hidden by default).
 VOLUMES_VISIBLE = {"map"}

@@ -18,9 +18,10 @@ import torch
 from ..engine.distributed import SINGLE, Ranks
 from .backproject import FourierBackprojector, insert_dataset
 from .metrics import GoldStandardFSC, align_map, auto_mask, gold_standard_fsc, soft_sphere_mask
+from .metrics.postprocess import PostProcessed, postprocess
 from .rotations import geodesic_distance
 
-__all__ = ["half_sets", "HalfMaps", "half_maps", "halves_frame", "gold_standard_values"]
+__all__ = ["half_sets", "HalfMaps", "half_maps", "halves_frame", "gold_standard_values", "postprocessed_map"]
 
 #: half-map 2 turned by more than this (degrees) from half-map 1: the halves are in different frames
 FRAME_LIMIT_DEG = 10.0
@@ -227,3 +228,14 @@ def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, 
         "box": int(g0.box),
         "apix": float(g0.apix),
     }
+
+
+def postprocessed_map(hm: HalfMaps, values: dict, apix: float) -> PostProcessed | None:
+    """The post-processed map of a stage (:func:`~rmfn_napari.cryoem.metrics.postprocess.postprocess`:
+    FSC-weighted mean of the half-maps, sharpened by the Guinier B-factor, low-passed at the
+    gold-standard resolution, auto-masked), from the auto-masked corrected FSC; None when
+    :func:`gold_standard_values` gave no trusted resolution (nothing to low-pass at)."""
+    res = values["resolution_A"].get(values["headline"])
+    if res is None or not values["trusted"]:
+        return None
+    return postprocess(hm.half1, hm.half2, hm.gold["auto"].fsc, res, apix, mask=hm.masks["auto"])

@@ -25,7 +25,7 @@ from ...model.precision import supports_precision
 from ..ground_truth import read_true_poses
 from ..io import write_map
 from ..pose_search import global_pose_search
-from ..validation import gold_standard_values, half_maps, half_sets, halves_frame
+from ..validation import gold_standard_values, half_maps, half_sets, halves_frame, postprocessed_map
 from .data import check_contrast, image_scale, load_dataset, load_reference
 from .divergence import check_finite, check_losses, empty_map_loss
 from .forward import ForwardModel, stage_sigma
@@ -352,6 +352,16 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             frame = halves_frame(hm, apix) if nets.independent else None  # one frame, one hand?
             gold = gold_standard_values(hm, shared_band_cycles=shared_band, independent=nets.independent,
                                         moving=state.moving, frame=frame)
+            post = postprocessed_map(hm, gold, apix)  # None without a trusted resolution
+            if post is not None:
+                gold["postprocess"] = {"bfactor_A2": post.bfactor, "fit_range_A": list(post.fit_range_A),
+                                       "lowpass_A": post.resolution_A, "stage": stage_idx + 1}
+                yield VolumeSnapshot("map_postprocessed", post.map, apix, stage_idx)
+            if writes:  # the sharpened map of this stage, or none (never an earlier stage's)
+                if post is not None:
+                    write_map(out / "map_postprocessed.mrc", post.map, apix)
+                else:
+                    (out / "map_postprocessed.mrc").unlink(missing_ok=True)
             last_eval.append(Metrics("gold_standard", stage_idx, gold))
             state.history["final"] = final_metrics(last_eval)
             summary = summarise(last_eval)

@@ -359,7 +359,7 @@ def write_outputs(out: Path, nets, box, apix, last_scale, ds, n, rotations, shif
         for h in (1, 2):
             vol = render_all_scales(nets.net(h), box, last_scale, mask_radius)[-1]
             written[f"network_half_{h}"] = str(write_map(out / f"network_half_{h}.mrc", vol * scale_img, apix))
-    for name in ("half_map_1", "half_map_2", "map", "mask_auto"):
+    for name in ("half_map_1", "half_map_2", "map", "map_postprocessed", "mask_auto"):
         if (out / f"{name}.mrc").exists():
             written[name] = str(out / f"{name}.mrc")
     shifts_A = shifts_px.numpy() * apix  # origins in Å do not depend on the box
