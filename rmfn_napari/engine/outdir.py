@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OutputDirError
-from .atomic import clean_stale_temps
+from .atomic import _EDQUOT, NO_ROOM_ERRNOS, _size, clean_stale_temps
 from .runlock import RunLock, _hostname
 
 __all__ = [
@@ -57,16 +57,7 @@ __all__ = [
 _MRC_HEADER = 1024
 _SLACK = 64 * 2**10
 #: errno values of a write that failed because the disk (or quota) is full or read-only.
-_EDQUOT = getattr(errno, "EDQUOT", errno.ENOSPC)
-_NO_ROOM = {errno.ENOSPC, _EDQUOT, errno.EFBIG, errno.EROFS}
-
-
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+_NO_ROOM = NO_ROOM_ERRNOS | {errno.EROFS}
 
 
 # ------------------------------------------------------------------------------ estimates
