@@ -267,3 +267,15 @@ def test_fsc_dock_screenshot(make_napari_viewer, qtbot, tmp_out, artifacts_dir):
         assert dock.save(str(path))
     iio.imwrite(artifacts_dir / "widget_reconstruct_gold_standard.png",
                 viewer.screenshot(canvas_only=False, flash=False))
+
+
+def test_an_untrusted_gold_standard_says_why(make_napari_viewer, tmp_out):
+    """The engine's verdict (issue 26) is shown under the headline and flagged in the status."""
+    _viewer, w = _widget(make_napari_viewer, tmp_out)
+    ev = _gold(1, auto=None, unmasked=None)
+    ev.values.update(trusted=False, verdict="not resolved beyond the shared band: crosses at 30.1 Å")
+    w.on_metrics(ev)
+    assert "not resolved beyond the shared band: crosses at 30.1 Å" in w.resolution_label.text()
+    assert "not trusted" in w.panel.status.text()
+    w.on_metrics(_gold(2))  # a trusted one: no warning left behind
+    assert "shared band" not in w.resolution_label.text() and "not trusted" not in w.panel.status.text()

@@ -360,7 +360,8 @@ class ReconstructWidget(RunWidgetBase):
             self.resolution_label.setText(
                 f"Stage {ev.stage + 1}: <b>{text}</b>"
                 + (f" ({', '.join(others)})" if others else "") + halves + verdict)
-            self.panel.set_status(f"Stage {ev.stage + 1}: {text}")
+            self.panel.set_status(f"Stage {ev.stage + 1}: {text}"
+                                  + ("" if v.get("trusted", True) else " (not trusted: see the resolution line)"))
         elif ev.name == "pose_errors":
             summary = (f"stage {ev.stage + 1}: median {v.get('median_deg', float('nan')):.1f}°, "
                        f"mean {v.get('mean_deg', float('nan')):.1f}°, "
