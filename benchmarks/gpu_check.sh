@@ -13,7 +13,7 @@
 #   bash benchmarks/gpu_check.sh --dry-run    # a CPU, seconds: the same steps at toy sizes (CI)
 #
 # Tables go to benchmarks/results/cryoem_speed_cuda_*.md (and cryoem_paper.md with --full);
-# copy the figures into the README. Exit status: non-zero if any step fails.
+# copy the figures into docs/results.md. Exit status: non-zero if any step fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"

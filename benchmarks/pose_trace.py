@@ -1,6 +1,6 @@
 """Pose and offset errors after every global search of a run: where a protocol gains or loses.
 
-The measurement behind "The 45–90° regression" in the README (issue 27): the same simulated
+The measurement behind "The 45–90° regression" in docs/results.md (issue 27): the same simulated
 stack, the paper's start (poses 45–90° from the truth, origins from the truth), ``cpu-small``,
 with settings varied by ``--set``; after each global search the pose errors (median, fraction
 under 10°, after the best global rotation) and the offsets' median error are printed, and at

@@ -88,7 +88,7 @@ def global_pose_search(fwd, vol_ft, batches, rotations, shifts_px, n_candidates:
     coarse band, a map learned from wrong poses), the best of ``G × T`` moves the offset of a
     centred particle by 1-2 px and the rotation anywhere, and the wrong offsets then hold the
     wrong rotations in place (the 45-90° start of the paper: 67° -> 120° median error after
-    the first search with offsets, 79° without; README, "The 45-90° regression"). With the
+    the first search with offsets, 79° without; docs/results.md, "The 45-90° regression"). With the
     prior each candidate is scored by its posterior, as RELION weighs offsets by its
     ``sigma_offset`` prior: ``L / σ² + |t − t₀|² / (2 s²)``, where ``σ²``, the noise power per
     coefficient, is each particle's residual at its current pose divided by ``Σ w²`` (an upper

@@ -1,7 +1,7 @@
 """Named defaults of an image fit (``rmfn fit-image --preset``, the widget's preset combo).
 
 ``paper`` is the paper's §5 protocol (a GPU: 512² images trained at 256², width 256, 10,000
-steps). ``cpu`` is sized so that the README's example (the 512² astronaut) finishes in well
+steps). ``cpu`` is sized so that the example in docs/cli.md (the 512² astronaut) finishes in well
 under a minute on a 2-core CPU (33 s): the image trained at 128², width 64, 800 steps. Without ``--preset``
 the device chooses (:func:`default_preset`): a CUDA device gets ``paper``, anything else ``cpu``.
 """

@@ -66,7 +66,7 @@ class ReconstructConfig:
         its starting origin (the STAR's, else 0), used by the global search and the pose steps
         (:func:`~rmfn_napari.cryoem.pose_search.global_pose_search`): an offset moves only as
         far as the data pay for. 0: no prior (maximum likelihood; the paper's 45-90° protocol
-        then fails with the offset search on: README, "The 45-90° regression").
+        then fails with the offset search on: docs/results.md, "The 45-90° regression").
     check_contrast : before training, test the particles' contrast with a matched filter
         (:mod:`rmfn_napari.cryoem.contrast`) and stop if they are dark.
     mask_radius : soft spherical solvent mask applied to the rendered map, radius as a
@@ -105,7 +105,7 @@ class ReconstructConfig:
         network, with its own poses and offsets, from stage 3 on) or a resolution such as
         ``"40A"`` (the stages whose band is coarser than 40 Å are shared). A split after stage 1
         (a 44 Å band at 32 px and 2 Å/px, poses still 67° off) let the halves settle in mirrored
-        frames on the cpu benchmark; after stage 2 (13 Å) they kept one (README).
+        frames on the cpu benchmark; after stage 2 (13 Å) they kept one (docs/results.md).
     device, seed : where and how reproducibly to run.
     """
 
