@@ -1,7 +1,6 @@
 """Maps from atomic models: Gaussian weights/width, centring, selection, shipped sample maps."""
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +75,8 @@ def test_bounding_box_centre_selection_and_hetatm(tmp_path):
         map_from_model(pdb, 33, apix, 2.0)
 
 
-def test_real_model_is_fast_and_centred():
-    t = time.perf_counter()
+def test_real_model_is_centred():
     vol = map_from_model(PDB / "1ol5.pdb", 64, 1.0, 2.0)
-    assert time.perf_counter() - t < 5.0
     assert vol.sum() == pytest.approx(15724.0, rel=1e-4)  # ATOM electrons of 1OL5, all inside
     assert vol.min() >= 0
 

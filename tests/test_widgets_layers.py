@@ -194,16 +194,23 @@ def test_live_updates_are_paced_by_what_a_redraw_costs():
     assert paced_interval_s(2.0, 3) == 30.0  # capped: a live view, however slow the frames
 
 
-def test_redraw_cost_includes_the_repaint_that_follows(qapp, qtbot):
+def test_redraw_cost_includes_the_repaint_that_follows(qapp, qtbot, monkeypatch):
     """A widget whose paint takes 150 ms, asked to repaint by a handler that itself takes 20 ms:
-    the measured cost holds both (Qt delivers the repaint before the zero-delay timer)."""
-    import time as _time
+    the measured cost holds both (Qt delivers the repaint before the zero-delay timer). The
+    costs are steps of a fake clock, not wall time."""
+    import types
 
+    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QWidget
+
+    clock = types.SimpleNamespace(t=100.0)
+    monkeypatch.setattr(pacing, "time", types.SimpleNamespace(perf_counter=lambda: clock.t))
+    painting = []
 
     class SlowPaint(QWidget):
         def paintEvent(self, event):  # noqa: N802 (Qt's name)
-            _time.sleep(0.15)
+            if painting:
+                clock.t += 0.15
 
     w = SlowPaint()
     qtbot.addWidget(w)
@@ -215,15 +222,14 @@ def test_redraw_cost_includes_the_repaint_that_follows(qapp, qtbot):
     assert cost.estimate_s is None
 
     def handler():
+        painting.append(True)
         cost.started()
         w.update()
-        _time.sleep(0.02)
-
-    from qtpy.QtCore import QTimer
+        clock.t += 0.02
 
     QTimer.singleShot(0, handler)
     qtbot.waitUntil(lambda: cost.estimate_s is not None, timeout=3000)
-    assert 0.16 <= cost.estimate_s < 1.0, cost.estimate_s
+    assert cost.estimate_s == pytest.approx(0.17), cost.estimate_s
     cost.forget()
     assert cost.estimate_s is None
 

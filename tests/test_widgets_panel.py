@@ -113,30 +113,53 @@ def test_eta_growth_is_clamped_and_relative_cost_is_used_when_given():
         EtaEstimator([1, 1, 1], relative_cost=[1, 2])
 
 
-def test_fit_image_eta_ignores_a_pause():
-    """The engine's Progress.eta_s comes from the estimator: a 1.5 s pause after step 2 does
-    not inflate the ETA of step 3 (the naive rule would give at least 1.5/3·5 = 2.5 s)."""
+def _fit_image_etas(monkeypatch, pause_s: float | None) -> list[float]:
+    """Progress.eta_s of a tiny fit-image run whose estimator runs on a fake clock: each step
+    takes 0.1 s of it; with ``pause_s``, the run is paused after step 2 for that long."""
     from rmfn_napari.engine.control import RunControl
+    from rmfn_napari.fitting import image_fitting
     from rmfn_napari.fitting.image_fitting import FitImageConfig, fit_image
 
+    clock = FakeClock()
+
+    class OnFakeClock(EtaEstimator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, clock=clock, **kwargs)
+
+        def step_done(self, stage, stage_step):
+            clock.t += 0.1  # the step's work
+            super().step_done(stage, stage_step)
+
+    monkeypatch.setattr(image_fitting, "EtaEstimator", OnFakeClock)
     y, x = np.mgrid[0:32, 0:32] / 32
     img = (0.5 + 0.3 * np.sin(6 * x) * np.cos(4 * y)).astype(np.float32)
     control = RunControl()
     config = FitImageConfig(schedule=(4, 4), hidden=16, device="cpu", snapshot_interval_s=1e9,
                             seed=1)
-    progress = []
+    etas, paused = [], 0
     for ev in fit_image(img, config, control):
         if isinstance(ev, Progress):
-            progress.append(ev)
-            if ev.step == 2:
+            etas.append(ev.eta_s)
+            if ev.step == 2 and pause_s is not None:
                 control.pause()
         elif isinstance(ev, RunPaused):
-            time.sleep(1.5)
+            paused += 1
+            clock.t += pause_s  # the user's pause, on the estimator's clock
             control.resume()
-    after = progress[2]
-    assert after.step == 3 and after.elapsed_s >= 1.5
-    assert after.eta_s < 1.0, after.eta_s
-    assert progress[-1].eta_s == 0.0 and math.isfinite(progress[0].eta_s)
+    assert paused == (pause_s is not None)
+    return etas
+
+
+def test_fit_image_eta_ignores_a_pause(monkeypatch):
+    """The engine's Progress.eta_s comes from the estimator, whose clock stops while paused: a
+    500 s pause after step 2 leaves every ETA as it is without the pause (the naive rule,
+    elapsed / done x left, would give 500/3 x 5 s after step 3). No wall time is measured."""
+    plain = _fit_image_etas(monkeypatch, None)
+    paused = _fit_image_etas(monkeypatch, 500.0)
+    assert len(plain) == 8 and paused == pytest.approx(plain)
+    # after step 3 of stage 1: 1 step of 0.1 s, then stage 2's 4 steps at twice the cost
+    assert paused[2] == pytest.approx(0.1 + 4 * 0.2)
+    assert paused[-1] == 0.0
 
 
 def test_reconstruct_eta_comes_from_the_estimator(tmp_path, monkeypatch):
