@@ -78,3 +78,53 @@ def test_a_run_from_the_plugin_menu_touches_no_private_napari_name(make_napari_v
     assert "rMFN scale 2" in viewer.layers and np.any(viewer.layers["rMFN scale 2"].data)
     private = [str(w.message) for w in caught if "Private attribute access" in str(w.message)]
     assert private == []
+
+
+def _clipped_rect(widget):
+    """The part of ``widget`` a user sees, in window coordinates: its rectangle clipped by
+    every ancestor (a scroll area's viewport, a dock, the window) and by the screen."""
+    from qtpy.QtCore import QPoint, QRect
+
+    top = widget.window()
+    rect = QRect(widget.mapTo(top, QPoint(0, 0)), widget.size())
+    parent = widget.parentWidget()
+    while parent is not None:
+        rect = rect.intersected(QRect(parent.mapTo(top, QPoint(0, 0)), parent.size()))
+        parent = parent.parentWidget()
+    screen = top.screen().availableGeometry()
+    on_screen = QRect(top.mapFromGlobal(screen.topLeft()), screen.size())
+    return rect.intersected(on_screen)
+
+
+def test_start_the_bar_and_stop_are_in_sight_without_scrolling(make_napari_viewer, qtbot):
+    """At 1366×768 with both widgets and both plot docks open, Start, the progress bar and Stop
+    of each widget lie wholly inside the visible area: inside every scroll area's viewport, the
+    dock, the window and the screen (issue 29: they sat below a 370 px window onto 1,032 px
+    of form)."""
+    from qtpy.QtWidgets import QAbstractScrollArea
+
+    _viewer, main, rec_dock, rec, fit = _open_both(make_napari_viewer, qtbot)
+    qtbot.waitUntil(lambda: rec.plot_docks.docked, timeout=5000)
+    assert rec.plot_docks.fsc_dock.isVisible() or rec.plot_docks.pose_dock.isVisible()
+    screen = main.screen().availableGeometry()
+    assert screen.width() >= 1366 and screen.height() >= 768, screen  # the test means something
+    main.move(screen.topLeft())
+    for widget in (rec, fit):
+        dock = widget.parent()
+        while dock is not None and not hasattr(dock, "setFloating"):
+            dock = dock.parent()
+        dock.raise_()
+        qtbot.wait(200)
+        scrolled = widget.scroll.verticalScrollBar()
+        assert scrolled.maximum() > 0  # the form does scroll: the test is not vacuous
+        scrolled.setValue(0)
+        for part in (widget.panel.start_button, widget.panel.progress, widget.panel.stop_button):
+            assert part.isVisible(), part
+            seen = _clipped_rect(part)
+            assert seen.size() == part.size(), (type(widget).__name__, part.text() if hasattr(
+                part, "text") else "bar", seen, part.size())
+            # and no scroll position can take it away: it is in no scroll area
+            parent = part.parentWidget()
+            while parent is not None:
+                assert not isinstance(parent, QAbstractScrollArea), parent
+                parent = parent.parentWidget()

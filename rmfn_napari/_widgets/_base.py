@@ -1,6 +1,8 @@
 """The part both dock widgets share: a runner, a layer updater, the run panel, the scale
-stepper and the log, wired to the engine's event stream, in one scroll area (so the dock fits a
-small screen). Subclasses build the form and the event source.
+stepper and the log, wired to the engine's event stream. The run panel (Start … Stop, the
+progress bar, the status line, the headline result) is pinned at the top of the dock; the form,
+the stepper, the displays and the log scroll below it (so the dock fits a small screen and the
+run stays in sight). Subclasses build the form and the event source.
 
 Start never overwrites results silently: an output folder that already holds a run's files
 (:func:`~rmfn_napari.engine.outdir.existing_results`) makes it ask "Use a new folder <name-2>"
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 from qtpy.QtCore import QSize, Qt, QTimer
-from qtpy.QtWidgets import QFormLayout, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ..engine.events import (
     Log, Metrics, Progress, RunFinished, RunPaused, RunResumed, RunStarted, ScaleSnapshot,
@@ -50,7 +52,8 @@ class RunWidgetBase(QWidget):
 
     Attributes useful to scripts and tests: ``runner`` (:class:`~.runner.EngineRunner`),
     ``layers`` (:class:`~.layers.LayerUpdater`), ``panel`` (:class:`~.controls.RunPanel`),
-    ``log`` (:class:`~.log_panel.LogPanel`), ``scroll`` (the ``QScrollArea`` around it all),
+    ``log`` (:class:`~.log_panel.LogPanel`), ``scroll`` (the ``QScrollArea`` around all but
+    the pinned run panel),
     ``steps_done`` (last step reported), ``stage`` (0-based current stage), ``events_seen``.
     The dialogs are attributes so that tests can answer them: ``ask_about_results``
     (:func:`~.controls.ask_about_results`) and ``choose_folder``
@@ -98,7 +101,7 @@ class RunWidgetBase(QWidget):
         self.content = QWidget()
         inner = QVBoxLayout(self.content)
         inner.addLayout(self.form)
-        inner.addWidget(self.panel)
+        inner.addWidget(self.panel.options)
         inner.addWidget(self.stepper)
         inner.addLayout(self.extra)
         inner.addWidget(self.log)
@@ -110,7 +113,16 @@ class RunWidgetBase(QWidget):
         self.scroll.setWidget(self.content)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(self.scroll)
+        outer.setSpacing(2)
+        # the run panel is pinned above the scrolling form: always in sight (issue 29)
+        margins = inner.contentsMargins()
+        self.panel.setContentsMargins(margins.left(), margins.top(), margins.right(), 4)
+        outer.addWidget(self.panel)
+        rule = QFrame()
+        rule.setFrameShape(QFrame.Shape.HLine)
+        rule.setFrameShadow(QFrame.Shadow.Sunken)
+        outer.addWidget(rule)
+        outer.addWidget(self.scroll, 1)
         self.panel.open_run_button.setVisible(self._implements_open_run())
         self.panel.resume_button.setVisible(self._implements_resume())
 

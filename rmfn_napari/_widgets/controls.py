@@ -133,9 +133,30 @@ class OutDirField(QWidget):
         return self.path()
 
 
+class Headline(QLabel):
+    """The run's headline result (e.g. the gold-standard resolution), rich text, word-wrapped;
+    hidden while empty so that it takes no height before there is a result."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("", parent)
+        self.setWordWrap(True)
+        self.setVisible(False)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt name
+        """Show ``text`` ('' hides the line)."""
+        super().setText(text)
+        self.setVisible(bool(text))
+
+
 class RunPanel(QWidget):
-    """Start / Pause-Resume / Next stage / Stop, "pause at the end of each stage", a progress
-    bar and a status line. Emits the user's requests; :meth:`set_state` enables the buttons.
+    """The run panel a user must always see: Start / Pause-Resume / Next stage / Stop, the
+    progress bar (with the ETA), the status line and the headline result (:class:`Headline`,
+    ``headline``). Emits the user's requests; :meth:`set_state` enables the buttons.
+
+    The less urgent controls — "Open run…", "Resume…" and "pause at the end of each stage" —
+    sit in a separate widget, ``options``, that the dock puts in its scrolling form; the panel
+    itself is pinned above the form (:class:`~._base.RunWidgetBase`), so at 1366×768 Start,
+    the bar and Stop stay in sight whatever the form's scroll position.
 
     Signals
     -------
@@ -178,20 +199,29 @@ class RunPanel(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(self.status.textInteractionFlags()
                                             | self._selectable_flag())
+        self.headline = Headline()
+        self.headline.setTextInteractionFlags(self.headline.textInteractionFlags()
+                                              | self._selectable_flag())
 
         buttons = QHBoxLayout()
         for b in (self.start_button, self.pause_button, self.next_button, self.stop_button):
             buttons.addWidget(b)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(4)
         lay.addLayout(buttons)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        lay.addWidget(self.headline)
+
+        self.options = QWidget()  # in the scrolling form, not pinned
+        options = QVBoxLayout(self.options)
+        options.setContentsMargins(0, 0, 0, 0)
         runs = QHBoxLayout()
         runs.addWidget(self.open_run_button)
         runs.addWidget(self.resume_button)
-        lay.addLayout(runs)
-        lay.addWidget(self.pause_at_stage_end)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.status)
+        options.addLayout(runs)
+        options.addWidget(self.pause_at_stage_end)
 
         self.start_button.clicked.connect(self.start_clicked)
         self.pause_button.clicked.connect(self.pause_clicked)
@@ -326,6 +356,6 @@ class ScaleStepper(QWidget):
         self.show_scale.emit(value - 1)
 
 
-__all__ = ["CANCEL", "NEW_FOLDER", "OVERWRITE", "OutDirField", "RunPanel", "ScaleStepper",
+__all__ = ["CANCEL", "NEW_FOLDER", "OVERWRITE", "Headline", "OutDirField", "RunPanel", "ScaleStepper",
            "ask_about_results", "choose_folder", "default_out_dir", "format_eta",
            "format_progress"]

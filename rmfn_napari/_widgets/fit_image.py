@@ -152,6 +152,7 @@ class FitImageWidget(RunWidgetBase):
         self.layers.set_data_grid(layer.scale[-2:], layer.translate[-2:])  # results on its grid
         save_remembered(self.task, {"settings": self.settings_form.values()})
         self.table.clear_values()
+        self.panel.headline.setText("")
 
         def source(control):
             return fit_image(image, cfg, control, out_dir=out_dir)
@@ -177,6 +178,9 @@ class FitImageWidget(RunWidgetBase):
         if ev.name == "psnr":
             scale = int(ev.values.get("scale", ev.stage))
             self.table.set_value(scale, 0, ev.values.get("psnr_db"), "{:.2f}")
+            psnr = ev.values.get("psnr_db")
+            if psnr is not None:  # the pinned headline: the latest PSNR on the original grid
+                self.panel.headline.setText(f"PSNR after stage {ev.stage + 1}: <b>{float(psnr):.2f} dB</b>")
         elif ev.name == "spectrum_drift":
             for k, value in enumerate(ev.values.get("spectrum_drift", [])):
                 self.table.set_value(k, 1, value, "{:.4g}")

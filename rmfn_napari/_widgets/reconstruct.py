@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QLabel, QWidget
+from qtpy.QtWidgets import QWidget
 
 from ..cryoem.reconstruct.settings import ReconstructConfig
 from ..cryoem.reconstruct.settings_spec import DEFAULT_PRESET, RECONSTRUCT_SETTINGS, SECTIONS
@@ -70,7 +70,7 @@ class ReconstructWidget(RunWidgetBase):
     (:mod:`.remembered`). The FSC plot and the pose-error histogram (``fsc_plot``,
     ``pose_plot``) are docked in the viewer when the widget is first shown (tabbed; one pair per
     viewer, :mod:`.plot_docks`). ``resolution_label``
-    (under the run panel) gives the latest gold-standard resolution (the engine's headline mask)
+    (the run panel's pinned headline) gives the latest gold-standard resolution (the engine's headline mask)
     and the other masks'; ``gold_standard`` holds the latest ``Metrics("gold_standard")`` values.
     """
 
@@ -100,12 +100,10 @@ class ReconstructWidget(RunWidgetBase):
         self._plots_warmed = False  # docked at the first show (showEvent)
         self._box_apix: tuple[int, float] | None = None
         self.gold_standard: dict | None = None
-        self.resolution_label = QLabel("")
-        self.resolution_label.setWordWrap(True)
+        self.resolution_label = self.panel.headline  # pinned with the run panel
         self.resolution_label.setToolTip(
             "Gold-standard FSC at 0.143 between the half-maps (independent half-sets), "
             "masked curves corrected by phase randomisation")
-        self.extra.addWidget(self.resolution_label)
 
         self.preset.currentIndexChanged.connect(lambda *_: self.apply_preset(self.preset.currentText()))
         self.set_config(ReconstructConfig.from_preset(DEFAULT_PRESET))  # every input, the CLI's defaults
