@@ -5,7 +5,8 @@
 # - Debian packages for napari's OpenGL canvas under Xvfb + Mesa: only as root, only if missing.
 # - torch: the CPU build 2.13.0 only when no torch is importable (a CUDA torch you installed
 #   yourself is kept: `pip install torch==<version>` from the CUDA index first on a GPU box).
-# - then `pip install -e ".[napari,testing]"` from the repository root.
+# - then `pip install -e ".[napari,testing]"` from the repository root: PyQt6 only (the GUI
+#   tests' PyQt5 pass gets PyQt5 in a folder of its own, scripts/run_tests.sh).
 # RMFN_SKIP_INSTALL=1 skips all of it.
 PY="${PY:-${PYTHON:-python3}}"
 APT_PACKAGES=(xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0
@@ -45,5 +46,12 @@ if [[ "${RMFN_SKIP_INSTALL:-0}" != "1" ]]; then
     "$PY" -m pip install -q --no-input "torch==2.13.0"
   fi
   "$PY" -m pip install -q --no-input -e ".[napari,testing]"
+fi
+# PyQt6 is the binding (the napari extra). A PyQt5 in the same environment (an older version of
+# this script installed it for the tests) makes qtpy choose PyQt5 for every `napari` started
+# here, with napari's deprecation warning: say how to undo it. Not removed here: it may be yours.
+if "$PY" -c "import PyQt5.QtCore" >/dev/null 2>&1; then
+  echo "install: note: PyQt5 is installed in this environment, so napari started here without" \
+    "QT_API=pyqt6 runs on PyQt5; remove it with: $PY -m pip uninstall PyQt5 PyQt5-Qt5 PyQt5-sip" >&2
 fi
 

@@ -19,9 +19,14 @@ exits.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+
+# PyQt6, the binding the napari extra installs: qtpy would choose a PyQt5 left in the
+# environment (it tries PyQt5 first when QT_API is unset), with napari's deprecation warning.
+os.environ.setdefault("QT_API", "pyqt6")
 
 PLUGIN = "rmfn-napari"
 RECONSTRUCT = "Reconstruct (cryo-EM)"

@@ -14,7 +14,7 @@ PY="${PYTHON:-python3}"
 source scripts/install.sh
 
 if [[ -n "${DISPLAY:-}" && "${RMFN_HEADLESS:-0}" != "1" ]]; then
-  export QT_API="${QT_API:-pyqt6}"  # PyQt5 is installed too (for its tests); napari deprecates it
+  export QT_API="${QT_API:-pyqt6}"  # qtpy would pick a PyQt5 left in the environment first
   exec "$PY" scripts/launch_napari.py
 fi
 out="${1:-demo_out}"
