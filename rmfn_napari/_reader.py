@@ -22,14 +22,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .cryoem.mrc import MMAP_THRESHOLD_BYTES  # MRC files larger than this are memory-mapped
 from .errors import InputError
 
 #: Extensions read as MRC (volumes, images or image stacks).
 MRC_EXTENSIONS = (".mrc", ".mrcs", ".map")
 #: Extensions read as RELION particle STAR files.
 STAR_EXTENSIONS = (".star",)
-#: MRC files larger than this are memory-mapped instead of read into memory.
-MMAP_THRESHOLD_BYTES = 256 * 1024**2
 #: Number of particle images per lazily read chunk of a ``.star`` stack.
 STAR_CHUNK = 256
 
@@ -57,7 +56,7 @@ def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData
     if not paths:
         return None
     if all(Path(str(p)).is_dir() for p in paths):
-        from ._widgets.open_run import is_run_folder  # imported on a folder only (loads the widgets)
+        from .cryoem.reconstruct.run_folder import is_run_folder  # the run folder's format
 
         return read_run_folders if all(is_run_folder(p) for p in paths) else None
     for p in paths:
@@ -68,8 +67,9 @@ def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData
 
 def read_run_folders(path: str | os.PathLike | list) -> list[LayerData]:
     """Read one or several finished runs' output folders (``rmfn reconstruct/fit-image
-    --out``) into layer data: their maps (or images) named and placed as the live run shows
-    them (:func:`rmfn_napari._widgets.open_run.run_layer_data`).
+    --out``) into layer data: their maps (or images), read by
+    :mod:`rmfn_napari.cryoem.reconstruct.run_folder`, named and placed as the live run shows
+    them (:func:`rmfn_napari._widgets.open_run.run_layer_data`, as "Open run…" does).
 
     Raises
     ------

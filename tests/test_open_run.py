@@ -20,9 +20,8 @@ pytest.importorskip("napari")
 pytest.importorskip("rmfn_napari.cryoem.reconstruct")
 
 from rmfn_napari._reader import get_reader  # noqa: E402
-from rmfn_napari._widgets.open_run import (  # noqa: E402
-    is_run_folder, open_run_folder, read_run_metrics, run_layer_data,
-)
+from rmfn_napari._widgets.open_run import open_run_folder, run_layer_data  # noqa: E402
+from rmfn_napari.cryoem.reconstruct.run_folder import is_run_folder, read_run_metrics  # noqa: E402
 from rmfn_napari.errors import InputError  # noqa: E402
 
 APIX16 = 4.0
@@ -87,6 +86,25 @@ def test_run_folder_layers_equal_the_files(run_folder):
     assert layers["map (backprojected)"][1]["visible"]
     assert not layers["half map 1"][1]["visible"] and not layers["half map 2"][1]["visible"]
     assert tuple(layers["half map 1"][1]["translate"]) == pytest.approx((0, 0, -1.15 * 16 * APIX16))
+
+
+def test_the_run_folder_format_is_read_without_qt_or_napari(run_folder):
+    """The run folder's reader is engine code: in a fresh interpreter it reads a whole
+    reconstruct run (maps, metrics, reference) with no Qt binding and no napari imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from rmfn_napari.cryoem.reconstruct.run_folder import read_run_folder\n"
+        f"run = read_run_folder({str(run_folder)!r})\n"
+        "assert sorted(run.scales) == [1, 2, 3] and run.reference is not None, run\n"
+        "gui = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "             ('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari', 'vispy', 'magicgui'))\n"
+        "print('GUI MODULES:', gui)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "GUI MODULES: []"
 
 
 def test_open_run_folder_adds_layers_and_plots(make_napari_viewer, run_folder):

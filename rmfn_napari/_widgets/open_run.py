@@ -1,18 +1,17 @@
 """Open a finished run's folder in napari: its maps (or images) as the layers the live run
 shows, and its FSC and pose-error plots from ``metrics.json``.
 
-A *run folder* is what ``rmfn reconstruct --out`` or ``rmfn fit-image --out`` (or the widgets)
-wrote: ``metrics.json`` and at least one ``scale_k.mrc`` (reconstruct: also ``map.mrc``,
-``half_map_1.mrc``, ``half_map_2.mrc``, ``mask_auto.mrc``, ``poses.star``, ``checkpoint.pt``,
-``run.log``) or ``scale_k.tif`` (fit-image: also ``spectrum_k.tif``), k = 1..L.
+What a run folder holds and how it is read back is :mod:`rmfn_napari.cryoem.reconstruct.run_folder`
+(no Qt); this module only names and places what it reads.
 
 Layers get the live run's names and placement (:mod:`.layers`): ``"rMFN scale k"`` at the
 origin, only the finest one visible; ``"half map 1"``, ``"half map 2"``, ``"map
 (backprojected)"`` left of them (the map visible, the half-maps hidden); ``"mask (auto)"``
 with them, hidden; ``"reference"`` (the map a run with ``--reference`` was compared against, at
-the run's box) at the origin, hidden. Volumes in Å (``scale`` = the MRC voxel size). Fit-image results sit on the
-original image's grid (``scale`` = the downsampling factor, from ``metrics.json``'s
-``eval_shape`` / ``train_shape``), their spectra ``"rMFN spectrum k"`` right of them.
+the run's box) at the origin, hidden. Volumes in Å (``scale`` = the MRC voxel size). Fit-image
+results sit on the original image's grid (``scale`` = the downsampling factor, from
+``metrics.json``'s ``eval_shape`` / ``train_shape``), their spectra ``"rMFN spectrum k"`` right
+of them.
 
 :func:`run_layer_data` needs no viewer (the npe2 reader returns it); :func:`open_run_folder`
 adds the layers to a viewer and fills the plots.
@@ -20,7 +19,6 @@ adds the layers to a viewer and fills the plots.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -28,62 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..cryoem.reconstruct.run_folder import (
+    FIT_IMAGE, METRICS_FILE, RunFolder, Volume, is_run_folder, read_run_folder, read_run_metrics,
+    reference_map, run_kind, scale_files,
+)
 
-#: File name of a run's metrics.
-METRICS_FILE = "metrics.json"
-#: Reconstruct maps other than the scales: file stem -> layer name.
+#: Reconstruct maps other than the scales: file stem (run_folder.MAP_STEMS) -> layer name.
 MAP_FILES = {"half_map_1": "half map 1", "half_map_2": "half map 2",
              "map": "map (backprojected)", "map_postprocessed": "map (postprocessed)",
              "mask_auto": "mask (auto)"}
-_SCALE_FILE = re.compile(r"^scale_(\d+)\.(mrc|tif)$")
 
 LayerData = tuple[Any, dict, str]
-
-
-def scale_files(folder) -> dict[int, Path]:
-    """``scale_k.mrc`` / ``scale_k.tif`` of a folder by 1-based k (a folder with both kinds:
-    the MRC maps)."""
-    found: dict[str, dict[int, Path]] = {"mrc": {}, "tif": {}}
-    folder = Path(folder)
-    if not folder.is_dir():
-        return {}
-    for path in folder.iterdir():
-        m = _SCALE_FILE.match(path.name)
-        if m and path.is_file():
-            found[m.group(2)][int(m.group(1))] = path
-    return dict(sorted((found["mrc"] or found["tif"]).items()))
-
-
-def is_run_folder(folder) -> bool:
-    """Whether ``folder`` is a run's output folder: ``metrics.json`` and a ``scale_k`` file."""
-    folder = Path(folder)
-    return folder.is_dir() and (folder / METRICS_FILE).is_file() and bool(scale_files(folder))
-
-
-def read_run_metrics(folder) -> dict:
-    """``metrics.json`` of a run folder as a dict; :class:`InputError` naming the file when it
-    is missing, unreadable or not a JSON object."""
-    path = Path(folder) / METRICS_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file: not a finished run's folder", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read it ({exc})", path) from None
-    try:
-        metrics = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"not valid JSON ({exc})", path) from None
-    if not isinstance(metrics, dict):
-        raise InputError(f"expected a JSON object, found {type(metrics).__name__}", path)
-    return metrics
-
-
-def run_kind(folder) -> str:
-    """``"reconstruct"`` (MRC maps) or ``"fit-image"`` (TIFF images)."""
-    files = scale_files(folder)
-    return "fit-image" if files and next(iter(files.values())).suffix == ".tif" else "reconstruct"
 
 
 # ------------------------------------------------------------------------------ layer data
@@ -92,130 +45,85 @@ def run_layer_data(folder, metrics: dict | None = None) -> list[LayerData]:
     placed as the live run shows them (module docstring). ``metrics`` (fit-image: for the
     placement) is read from the folder when not given. :class:`InputError` naming the file
     for a map or image that cannot be read."""
-    folder = Path(folder)
-    if not is_run_folder(folder):
-        raise InputError("not a run folder (expected metrics.json and scale_1.mrc or "
-                         "scale_1.tif)", folder)
-    if run_kind(folder) == "fit-image":
-        return _image_layers(folder, read_run_metrics(folder) if metrics is None else metrics)
-    if metrics is None:
-        try:
-            metrics = read_run_metrics(folder)
-        except InputError:
-            metrics = {}  # the maps do not need it, only the reference layer does
-    return _map_layers(folder) + _reference_layer(metrics, folder)
+    run = read_run_folder(folder, metrics)
+    if run.kind == FIT_IMAGE:
+        return _image_layers(run)
+    return _map_layers(run) + _reference_layer_data(run.reference)
 
 
 def _reference_layer(metrics: dict, folder=None) -> list[LayerData]:
-    """The map the run's FSC was computed against (``metrics.json``'s ``reference``, a path), as
-    the live run's hidden ``"reference"`` layer: at the run's box and voxel size (Fourier-cropped
-    like the particles when it is at their original box). A ``reference.mrc`` the run kept in
-    its ``folder`` stands in when the recorded path is gone (the folder was moved). None when
-    the run had no reference, it is gone, or its size fits neither box (it changed since)."""
-    from ..cryoem.downsample import fourier_crop_volume
-    from ..cryoem.io import read_map
+    """The hidden ``"reference"`` layer of a run (:func:`~rmfn_napari.cryoem.reconstruct.
+    run_folder.reference_map`), or none."""
+    return _reference_layer_data(reference_map(metrics, folder))
+
+
+def _reference_layer_data(ref: Volume | None) -> list[LayerData]:
     from .layers import REFERENCE_NAME
 
-    path = metrics.get("reference")
-    box, apix = metrics.get("box"), metrics.get("apix")
-    kept = Path(folder) / "reference.mrc" if folder is not None else None
-    if path and not Path(path).is_file() and kept is not None and kept.is_file() \
-            and Path(path).name == kept.name:
-        path = str(kept)  # the run's own copy, in a folder moved since
-    if not path or not box or not apix or not Path(path).is_file():
+    if ref is None:
         return []
-    try:
-        vol, _voxel = read_map(path)
-    except (InputError, OSError, ValueError):
-        return []
-    box = int(box)
-    if vol.shape == (int(metrics.get("source_box") or box),) * 3 and vol.shape[0] != box:
-        vol = fourier_crop_volume(vol, box)
-    if vol.shape != (box,) * 3:
-        return []
-    kwargs = {"name": REFERENCE_NAME, "scale": (float(apix),) * 3, "translate": (0.0, 0.0, 0.0),
+    apix = float(ref.voxel_size[-1])
+    kwargs = {"name": REFERENCE_NAME, "scale": (apix,) * 3, "translate": (0.0, 0.0, 0.0),
               "colormap": "gray", "blending": "additive", "rendering": "mip", "visible": False,
-              "metadata": {"voxel_size": float(apix), "path": str(path)}}
-    return [(np.asarray(vol, np.float32), kwargs, "image")]
+              "metadata": {"voxel_size": apix, "path": str(ref.path)}}
+    return [(np.asarray(ref.data, np.float32), kwargs, "image")]
 
 
-def _map_layers(folder: Path) -> list[LayerData]:
-    from .._reader import read_mrc
+def _volume_kwargs(vol: Volume, **kwargs) -> dict:
+    return dict(kwargs, scale=tuple(vol.voxel_size), colormap="gray", rendering="mip",
+                metadata={"voxel_size": float(vol.voxel_size[-1]), "path": str(vol.path),
+                          "is_stack": False})
+
+
+def _map_layers(run: RunFolder) -> list[LayerData]:
     from .layers import SCALE_NAME
     from .placement import left_of
 
     layers: list[LayerData] = []
-    files = scale_files(folder)
-    finest = max(files)
-    for k, path in files.items():
-        data, kwargs, kind = read_mrc(path)
-        kwargs.update(name=SCALE_NAME.format(k), colormap="gray", rendering="mip",
-                      visible=k == finest, translate=(0.0,) * data.ndim)
+    finest = max(run.scales)
+    for k, vol in run.scales.items():
+        kwargs = _volume_kwargs(vol, name=SCALE_NAME.format(k), visible=k == finest,
+                                translate=(0.0,) * vol.data.ndim)
         kwargs["metadata"]["scale"] = k
-        layers.append((data, kwargs, kind))
-    for stem, name in MAP_FILES.items():
-        path = folder / f"{stem}.mrc"
-        if not path.is_file():
-            continue
-        data, kwargs, kind = read_mrc(path)
-        scale = tuple(kwargs["scale"])
-        translate = left_of((0.0,) * data.ndim, data.shape[-1] * scale[-1])  # left of the scales
-        kwargs.update(name=name, colormap="gray", rendering="mip", translate=translate,
-                      visible=stem == "map")
-        layers.append((data, kwargs, kind))
+        layers.append((vol.data, kwargs, "image"))
+    for stem, vol in run.maps.items():
+        # left of the scales
+        translate = left_of((0.0,) * vol.data.ndim, vol.data.shape[-1] * vol.voxel_size[-1])
+        layers.append((vol.data, _volume_kwargs(vol, name=MAP_FILES[stem], translate=translate,
+                                                visible=stem == "map"), "image"))
     return layers
 
 
-def _image_layers(folder: Path, metrics: dict) -> list[LayerData]:
-    import tifffile
-
+def _image_layers(run: RunFolder) -> list[LayerData]:
     from .layers import SCALE_NAME, SPECTRUM_NAME
     from .placement import right_of
 
-    factor = _downsample_factor(metrics)
+    factor = run.downsample
     layers: list[LayerData] = []
-    files = scale_files(folder)
-    finest = max(files)
-    for k, path in files.items():
-        image = _read_tif(path, tifffile)
+    files = scale_files(run.folder)
+    finest = max(run.scales)
+    for k, image in run.scales.items():
         rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
         scale = (factor, factor)
         translate = ((factor - 1) / 2,) * 2  # training pixel centres on the original grid
         common = {"visible": k == finest, "scale": scale}
         kwargs = dict(common, name=SCALE_NAME.format(k), translate=translate, rgb=rgb,
-                      metadata={"path": str(path), "scale": k, "downsample": factor})
+                      metadata={"path": str(files[k]), "scale": k, "downsample": factor})
         if rgb:
             image = np.clip(image, 0.0, 1.0)
             kwargs["contrast_limits"] = (0.0, 1.0)
         else:
             kwargs["colormap"] = "gray"
         layers.append((image, kwargs, "image"))
-        spectrum_path = folder / f"spectrum_{k}.tif"
-        if spectrum_path.is_file():
-            spectrum = _read_tif(spectrum_path, tifffile)
+        if k in run.spectra:
             width = image.shape[1] * factor
-            spec_translate = right_of(translate, width)
-            layers.append((spectrum, dict(common, name=SPECTRUM_NAME.format(k),
-                                          translate=spec_translate, colormap="magma",
-                                          metadata={"path": str(spectrum_path), "scale": k}),
+            layers.append((run.spectra[k], dict(common, name=SPECTRUM_NAME.format(k),
+                                                translate=right_of(translate, width),
+                                                colormap="magma",
+                                                metadata={"path": str(run.folder / f"spectrum_{k}.tif"),
+                                                          "scale": k}),
                            "image"))
     return layers
-
-
-def _read_tif(path: Path, tifffile) -> np.ndarray:
-    try:
-        return np.asarray(tifffile.imread(path), dtype=np.float32)
-    except Exception as exc:  # tifffile's many error types -> one line
-        raise InputError(f"cannot read the TIFF ({type(exc).__name__}: {exc})", path) from None
-
-
-def _downsample_factor(metrics: dict) -> float:
-    """Original pixels per training pixel (1 when ``metrics.json`` does not say)."""
-    try:
-        eval_h, train_h = float(metrics["eval_shape"][0]), float(metrics["train_shape"][0])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return 1.0
-    return eval_h / train_h if train_h > 0 and eval_h > 0 else 1.0
 
 
 # ---------------------------------------------------------------------------------- plots

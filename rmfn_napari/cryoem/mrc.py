@@ -17,11 +17,14 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["MRC_MODES", "MrcLayout", "read_mrc_header", "read_mrc_data"]
+__all__ = ["MMAP_THRESHOLD_BYTES", "MRC_MODES", "MrcLayout", "read_mrc_header", "read_mrc_data"]
 
 #: MRC data modes read here, as numpy dtypes (mode 6 is unsigned 16-bit, 12 is float16).
 MRC_MODES = {0: "i1", 1: "i2", 2: "f4", 6: "u2", 12: "f2"}
 MRC_HEADER_BYTES = 1024
+#: The readers (napari's, a run folder's) memory-map a data block larger than this instead of
+#: reading it (``read_mrc_data(..., mmap_bytes=MMAP_THRESHOLD_BYTES)``).
+MMAP_THRESHOLD_BYTES = 256 * 1024**2
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ..metrics import align_map, apply_alignment, fsc, pose_error_stats, pose_er
 from ..offsets import shift_errors
 from .forward import render_all_scales, render_volume
 from .render import spherical_mask
+from .run_folder import MAP_STEMS
 from .settings import ReconstructConfig
 
 
@@ -359,7 +360,7 @@ def write_outputs(out: Path, nets, box, apix, last_scale, ds, n, rotations, shif
         for h in (1, 2):
             vol = render_all_scales(nets.net(h), box, last_scale, mask_radius)[-1]
             written[f"network_half_{h}"] = str(write_map(out / f"network_half_{h}.mrc", vol * scale_img, apix))
-    for name in ("half_map_1", "half_map_2", "map", "map_postprocessed", "mask_auto"):
+    for name in MAP_STEMS:  # written at the stage ends (driver); read back by run_folder
         if (out / f"{name}.mrc").exists():
             written[name] = str(out / f"{name}.mrc")
     shifts_A = shifts_px.numpy() * apix  # origins in Å do not depend on the box
