@@ -76,10 +76,14 @@ def read_run_folders(path: str | os.PathLike | list) -> list[LayerData]:
     InputError
         If a map, image or ``metrics.json`` cannot be read (the message names the file).
     """
+    from ._reader_preference import prefer_rmfn_reader
     from ._widgets.open_run import run_layer_data
 
     paths = path if isinstance(path, (list, tuple)) else [path]
-    return [layer for p in paths for layer in run_layer_data(p)]
+    layers = [layer for p in paths for layer in run_layer_data(p)]
+    for p in paths:  # read once with rMFN (chosen in napari's dialog): rMFN from now on
+        prefer_rmfn_reader(p)
+    return layers
 
 
 def read_layers(path: str | os.PathLike | list) -> list[LayerData]:

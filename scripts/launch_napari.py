@@ -5,9 +5,10 @@
                                                     # tiny runs, then README screenshots, exit
 
 The viewer opens with both dock widgets (Plugins ▸ rMFN ▸ "Reconstruct (cryo-EM)" and
-"Fit image (2D)", tabbed), the 1OL5 32³ map (2 Å voxels) and the astronaut test image. In the
-Reconstruct tab, Start simulates a particle stack from the bundled 1OL5 map and reconstructs
-it; the FSC and pose-error plots dock themselves on the right.
+"Fit image (2D)", tabbed, under the menu's own dock names: the menu shows and hides these
+rather than making second copies), the 1OL5 32³ map (2 Å voxels) and the astronaut test
+image. In the Reconstruct tab, Start simulates a particle stack from the bundled 1OL5 map and
+reconstructs it; the FSC and pose-error plots dock themselves on the right.
 
 With ``--screenshots DIR`` the script runs, in a 1366×768 window, a short fit of the astronaut
 and a tiny reconstruction, then reopens the reconstruction's folder in a fresh viewer with
@@ -45,10 +46,41 @@ def open_viewer(size=(1366, 768), samples=True):
     if samples:
         viewer.open_sample(PLUGIN, "astronaut")
         viewer.open_sample(PLUGIN, "1ol5_32")
-    fit_dock, fit = viewer.window.add_plugin_dock_widget(PLUGIN, FIT_IMAGE)
-    rec_dock, rec = viewer.window.add_plugin_dock_widget(PLUGIN, RECONSTRUCT, tabify=True)
+    fit_dock, fit = dock_plugin_widget(viewer, FIT_IMAGE)
+    rec_dock, rec = dock_plugin_widget(viewer, RECONSTRUCT, tabify=True)
     fit.dock, rec.dock = fit_dock, rec_dock
     return viewer, rec, fit
+
+
+def menu_dock_name(widget_name: str) -> str:
+    """The name napari gives the dock of one of the plugin's widgets opened from Plugins ▸
+    rMFN: ``"<widget> (<plugin display name>)"``, e.g. "Reconstruct (cryo-EM) (rMFN)"."""
+    from napari.plugins import menu_item_template
+    from npe2 import PluginManager
+
+    return menu_item_template.format(PluginManager.instance().get_manifest(PLUGIN).display_name,
+                                     widget_name)
+
+
+def dock_plugin_widget(viewer, widget_name: str, tabify: bool = False):
+    """Dock one of the plugin's widgets as Plugins ▸ rMFN does, under the menu's dock name, so
+    that the menu finds it (and shows or hides it) instead of making a second copy.
+
+    ``viewer.window.add_plugin_dock_widget`` would name the dock after the plugin's package
+    name ("... (rmfn-napari)") where the menu looks for its display name ("... (rMFN)").
+    Returns ``(dock, widget)``.
+    """
+    from npe2 import PluginManager
+
+    name = menu_dock_name(widget_name)
+    if name in viewer.window.dock_widgets:
+        widget = viewer.window.dock_widgets[name]
+        return widget.parent(), widget
+    manifest = PluginManager.instance().get_manifest(PLUGIN)
+    contribution = next(w for w in manifest.contributions.widgets if w.display_name == widget_name)
+    widget = contribution.get_callable()(viewer)
+    dock = viewer.window.add_dock_widget(widget, name=name, area="right", tabify=tabify)
+    return dock, widget
 
 
 def _wait_for(widget, timeout_s: float) -> None:

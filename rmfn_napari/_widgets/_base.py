@@ -24,6 +24,7 @@ from ..engine.events import (
     Log, Metrics, Progress, RunFinished, RunPaused, RunResumed, RunStarted, ScaleSnapshot,
     StageFinished, StageStarted, VolumeSnapshot,
 )
+from .._reader_preference import prefer_rmfn_reader
 from ..engine.outdir import existing_results, next_free_dir
 from ..errors import InputError
 from .controls import (
@@ -276,6 +277,7 @@ class RunWidgetBase(QWidget):
         self.log.clear()
         self.log.set_folder(out_dir)
         self.log.add(f"output folder: {out_dir}")
+        prefer_rmfn_reader(out_dir)  # File ▸ Open Folder on it later: rMFN's reader, no question
         worker = self.runner.start(source,
                                    pause_at_stage_end=self.panel.pause_at_stage_end.isChecked())
         # if the widget goes away (dock closed, viewer closed) the run must not outlive it,

@@ -237,10 +237,13 @@ def open_run_folder(viewer, folder, plots=None) -> str:
     Everything is read before the viewer is touched: a bad file (:class:`InputError`, one line
     naming it) leaves the viewer as it was.
     """
+    from .._reader_preference import prefer_rmfn_reader
+
     folder = Path(folder)
     metrics = read_run_metrics(folder)
     layer_data = run_layer_data(folder, metrics)
     kind = run_kind(folder)
+    prefer_rmfn_reader(folder)  # File ▸ Open Folder on it opens it with rMFN from now on
     for data, kwargs, _kind in layer_data:
         name = kwargs["name"]
         if name in viewer.layers:
