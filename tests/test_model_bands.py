@@ -1,4 +1,5 @@
-"""The paper's spectral claims (§4), measured on the network's own outputs.
+"""The paper's spectral claims (§4), measured on the network's own outputs, for sine filters
+and for the Gabor filters' band rule (:mod:`rmfn_napari.model.gabor`).
 
 Each scale is evaluated on a grid at least 2x finer than its band needs, over a domain
 T units wide (so the frequency bins are 1/T cycles), with a separable Hann window against
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from rmfn_napari.model import ResidualMFN, grid_coords, scale_band_limits
+from rmfn_napari.model.gabor import BAND_K, GaborFilter
 
 
 def _coords(n: int, extent: float, dim: int) -> torch.Tensor:
@@ -74,10 +76,14 @@ CASES = {
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("init", ["residual", "bacon"])
 @pytest.mark.parametrize("trained", [False, True])
-def test_each_scale_keeps_99_percent_energy_in_its_band(dim, init, trained):
+@pytest.mark.parametrize("filters", ["sine", "gabor"])
+def test_each_scale_keeps_99_percent_energy_in_its_band(dim, init, trained, filters):
     resolution, layers, n, extent = CASES[dim]
     assert n / extent >= 4 * resolution / 2, "grid must be >= 2x finer than the finest band needs"
-    net = ResidualMFN(dim, 16, layers, init=init, resolution=resolution, seed=11)
+    # Gabor: narrow windows (a particle of radius 0.15 box), where the band rule's caps bind
+    # on every layer; without the rule the coarsest scale keeps only 66-94% (measured)
+    gabor = dict(window_radius=0.15) if filters == "gabor" else {}
+    net = ResidualMFN(dim, 16, layers, init=init, resolution=resolution, seed=11, filters=filters, **gabor)
     if trained:
         _train_briefly(net, dim)
     coords = _coords(n, extent, dim)
@@ -92,6 +98,59 @@ def test_each_scale_keeps_99_percent_energy_in_its_band(dim, init, trained):
     assert net.band_limits[-1] == pytest.approx(resolution / 2)
     ratios = np.diff(np.log(net.band_limits))
     assert np.allclose(ratios, math.log(3.3))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("init", ["residual", "bacon"])
+def test_gabor_paths_obey_the_band_rule(dim, init):
+    """Every z^i: sum over layers of the largest |omega| + k sqrt(sum of the largest gammas) <= B_i,
+    read from the filters' own buffers (the worst path; paper Eq. 4 for the frequencies, the
+    windows' gammas add in a product)."""
+    resolution, layers = (64, 3) if dim == 2 else (32, 3)
+    net = ResidualMFN(dim, 64, layers, init=init, resolution=resolution, seed=4, filters="gabor")
+    omega = gamma = 0.0
+    for i, (f, band) in enumerate(zip(net.filters, net.layer_band_limits_rad)):
+        assert isinstance(f, GaborFilter)
+        omega += float(f.frequency.abs().max())
+        gamma += float(f.gamma.max())
+        assert omega + BAND_K * math.sqrt(gamma) <= band * (1 + 1e-6), f"z^{i} leaves its band"
+        assert float(f.gamma.min()) > 0
+    # the windows are not negligible where the band allows them: the finest filter's mean window
+    # is narrower than the box (1/sqrt(gamma) < 0.5 box)
+    assert float(net.filters[-1].gamma.mean()) > 4.0
+
+
+def test_a_lone_gabor_filter_at_the_rule_keeps_the_derived_energy():
+    """k = 2: a filter whose centre frequency sits k sqrt(gamma) inside the band edge on both axes
+    keeps (1 - Q(2 sqrt 2))^2 = 99.53% of its power inside (2D), measured on a fine grid."""
+    gamma, band = 400.0, 2 * math.pi * 12.0  # rad/unit
+    omega = band - BAND_K * math.sqrt(gamma)
+    gen = torch.Generator().manual_seed(0)
+    filt = GaborFilter(torch.tensor([[omega, omega]]), torch.tensor([gamma]), torch.zeros(1, 2), gen)
+    n, extent = 512, 4.0
+    with torch.no_grad():
+        values = filt(_coords(n, extent, 2))[..., 0].double().numpy()
+    power, grids = _spectrum_energy(values, extent)
+    frac = _fraction_inside(power, grids, band / (2 * math.pi))
+    q = 0.5 * math.erfc(2.0)  # Q(sqrt(2) k) = erfc(k)/2
+    assert frac == pytest.approx((1 - q) ** 2, abs=1e-3)
+    assert frac >= 0.99
+
+
+def test_gabor_shares_the_sine_network_init():
+    """Same seed: the same phases and weights, frequencies scaled by 1 - eta; only the windows added."""
+    sine = ResidualMFN(2, 16, 3, resolution=64, seed=9)
+    gabor = ResidualMFN(2, 16, 3, resolution=64, seed=9, filters="gabor", window_share=0.25)
+    for a, b in zip(sine.filters, gabor.filters):
+        assert torch.allclose(b.frequency, 0.75 * a.frequency, atol=1e-4)
+        assert torch.equal(a.phase, b.phase)
+    for a, b in zip(list(sine.linears) + list(sine.heads), list(gabor.linears) + list(gabor.heads)):
+        assert torch.equal(a.weight, b.weight)
+    count = lambda net: sum(p.numel() for p in net.parameters() if p.requires_grad)  # noqa: E731
+    assert count(sine) == count(gabor)
+    assert gabor.band_limits == sine.band_limits
+    assert ResidualMFN(**gabor.config()).config() == gabor.config()
+    assert "filters" not in sine.config()  # a sine network's config (checkpoints) is unchanged
 
 
 def _gap_fraction(dim, init, trained):
@@ -175,9 +234,10 @@ def test_l_scales_have_l_plus_1_filters():
     assert net.layer_band_limits_rad[0] == pytest.approx(net.band_limits_rad[0] / 3.3)
 
 
+@pytest.mark.parametrize("filters", ["sine", "gabor"])
 @pytest.mark.parametrize("dim,shape", [(2, (40, 24)), (3, (12, 10, 16))])
-def test_grid_fast_path_matches_coordinates(dim, shape):
-    net = ResidualMFN(dim, 16, 3, resolution=32, head_activation="relu", seed=2)
+def test_grid_fast_path_matches_coordinates(dim, shape, filters):
+    net = ResidualMFN(dim, 16, 3, resolution=32, head_activation="relu", seed=2, filters=filters)
     with torch.no_grad():
         a = net(grid_coords(shape))
         b = net.render_grid(shape)
@@ -204,5 +264,9 @@ def test_residual_frequencies_follow_eq7():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="init"):
         ResidualMFN(2, 8, 2, init="siren")
+    with pytest.raises(ValueError, match="filters"):
+        ResidualMFN(2, 8, 2, filters="wavelet")
+    with pytest.raises(ValueError, match="window_share"):
+        ResidualMFN(2, 8, 2, filters="gabor", window_share=1.0)
     with pytest.raises(ValueError, match="last dimension"):
         ResidualMFN(2, 8, 2)(torch.zeros(4, 3))

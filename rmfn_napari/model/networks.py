@@ -34,6 +34,9 @@ import torch
 from torch import nn
 
 from .filters import INITS, SineFilter, bacon_frequencies, layer_band_limits, residual_frequencies
+from .gabor import (
+    FILTER_KINDS, WINDOW_SHARE, GaborFilter, window_caps, window_centres, window_rng, window_widths,
+)
 from .precision import hidden_linear
 
 
@@ -90,6 +93,17 @@ class ResidualMFN(nn.Module):
         Multiplies the initial weights of heads 1..L-1, so that a new scale starts as a
         small correction of the previous one (1.0: the paper's init; the cryo-EM engine
         uses a small value so that opening a stage does not wreck the map).
+    filters : {"sine", "gabor"}
+        Sine filters (the paper) or Gabor filters, sines under Gaussian windows
+        (:mod:`rmfn_napari.model.gabor`): the same frequency init on the bands shrunk by
+        ``1 - window_share``, the windows' widths capped so that each scale's spectrum stays
+        (>= 99% of its energy) inside the same declared band as the sine network's.
+    window_share : float
+        Gabor only: the share eta of each band left to the windows' blur (0 < eta < 1).
+    window_radius : float
+        Gabor only: half-width (box units) of the cube in which the windows' centres are
+        drawn, and the domain the widths are scaled to: 0.5 for an image, the mask radius
+        for a particle.
     """
 
     def __init__(
@@ -106,10 +120,18 @@ class ResidualMFN(nn.Module):
         seed: int = 0,
         new_head_scale: float = 1.0,
         bacon_quantized: bool = False,
+        filters: str = "sine",
+        window_share: float = WINDOW_SHARE,
+        window_radius: float = 0.5,
     ):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if filters not in FILTER_KINDS:
+            raise ValueError(f"filters must be one of {FILTER_KINDS}, got {filters!r}")
+        if filters == "gabor" and not (0.0 < window_share < 1.0 and window_radius > 0.0):
+            raise ValueError(f"window_share must be in (0, 1) and window_radius > 0, got {window_share}, "
+                             f"{window_radius}")
         if head_activation not in (None, "relu"):
             raise ValueError(f"head_activation must be None or 'relu', got {head_activation!r}")
         if min(in_dim, hidden, n_layers, out_dim, resolution) < 1:
@@ -121,18 +143,31 @@ class ResidualMFN(nn.Module):
         self.seed = int(seed)
         self.new_head_scale = float(new_head_scale)
         self.bacon_quantized = bool(bacon_quantized)
+        self.filter_kind = filters
+        self.window_share, self.window_radius = float(window_share), float(window_radius)
         gen = torch.Generator().manual_seed(seed)
         layer_bands = layer_band_limits(resolution, n_layers, self.lambdas)  # z^0 .. z^L
         self._layer_bands_rad = layer_bands
         self._bands_rad = layer_bands[1:]
-        filters = []
+        gabor = filters == "gabor"
+        # Gabor: the frequencies fill (1 - eta) of each band, the windows' blur the rest
+        omega_bands = [b * (1.0 - self.window_share) for b in layer_bands] if gabor else layer_bands
+        self._omega_bands_rad = omega_bands
+        caps = window_caps(layer_bands, self.window_share) if gabor else None
+        rng = window_rng(seed) if gabor else None
+        modules = []
         for i in range(n_layers + 1):
             if init == "residual":
-                freq = residual_frequencies(i, in_dim, hidden, layer_bands, self.lambdas, gen)
+                freq = residual_frequencies(i, in_dim, hidden, omega_bands, self.lambdas, gen)
             else:
-                freq = bacon_frequencies(i, in_dim, hidden, layer_bands, gen, self.bacon_quantized)
-            filters.append(SineFilter(freq, gen))
-        self.filters = nn.ModuleList(filters)
+                freq = bacon_frequencies(i, in_dim, hidden, omega_bands, gen, self.bacon_quantized)
+            if gabor:
+                gamma = window_widths(i, n_layers + 1, hidden, caps[i], self.window_radius, rng)
+                centre = window_centres(hidden, in_dim, self.window_radius, rng)
+                modules.append(GaborFilter(freq, gamma, centre, gen))
+            else:
+                modules.append(SineFilter(freq, gen))
+        self.filters = nn.ModuleList(modules)
         # hidden linears: the proposed init has no bias (DESIGN.md §3); BACON keeps one
         self.linears = nn.ModuleList(
             [nn.Linear(hidden, hidden, bias=(init == "bacon")) for _ in range(n_layers)]
@@ -165,6 +200,12 @@ class ResidualMFN(nn.Module):
     def layer_band_limits_rad(self) -> list[float]:
         """Per-axis band limit of the hidden states ``z^0 .. z^L`` in rad per unit length."""
         return list(self._layer_bands_rad)
+
+    @property
+    def frequency_band_limits_rad(self) -> list[float]:
+        """Per-axis bound (rad/unit) of the filter frequencies' sums in ``z^0 .. z^L``: the layer
+        bands for sine filters, ``(1 - window_share)`` of them for Gabor filters."""
+        return list(self._omega_bands_rad)
 
     # ---------------------------------------------------------------- forward
     def _check_scale(self, max_scale: int | None) -> int:
@@ -252,13 +293,18 @@ class ResidualMFN(nn.Module):
         return params
 
     def config(self) -> dict:
-        """Constructor arguments (JSON-serialisable) to rebuild this network."""
-        return dict(
+        """Constructor arguments (JSON-serialisable) to rebuild this network (the Gabor ones only
+        for a Gabor network, so that a sine network's config is what it was before)."""
+        out = dict(
             in_dim=self.in_dim, hidden=self.hidden, n_layers=self.n_layers, out_dim=self.out_dim,
             init=self.init, residual=self.residual, lambdas=list(self.lambdas),
             resolution=self.resolution, head_activation=self.head_activation, seed=self.seed,
             new_head_scale=self.new_head_scale, bacon_quantized=self.bacon_quantized,
         )
+        if self.filter_kind != "sine":
+            out.update(filters=self.filter_kind, window_share=self.window_share,
+                       window_radius=self.window_radius)
+        return out
 
 
 METHODS = {
