@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("star", help="RELION particle STAR file (images in .mrcs stacks)")
     p.add_argument("--reference", help="reference map (MRC) for FSC, at the particles' box and pixel size "
-                   "(cropped like them with --box) or at the --box size; the ground truth for simulated data")
+                   "(cropped like them with --box) or at the --box size (optics groups resampled to one grid: any "
+                   "map, resampled likewise from its voxel size); the ground truth for simulated data")
     p.add_argument("--true-poses", metavar="STAR",
                    help="STAR with the true angles and origins of these particles (rmfn simulate writes "
                    "true_poses.star); pose and offset errors are reported only with it")
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if args.nproc > cfg.batch_size:
             raise InputError(f"--nproc {args.nproc} is more processes than the batch has particles "
                              f"({cfg.batch_size}); --batch is the global batch")
-        ds = load_dataset(args.star, cfg.box)  # a bad STAR or stack is said once, before the launch
+        ds = load_dataset(args.star, cfg.box, cfg.apix)  # a bad STAR or stack is said once, before the launch
         n = ds.n if cfg.max_particles is None else min(ds.n, int(cfg.max_particles))
         if args.nproc > n:  # and so is a rank without particles
             raise InputError(f"--nproc {args.nproc} is more processes than the {n} particles: at most one "
@@ -131,7 +132,7 @@ def _run_rank(args: argparse.Namespace, cfg: ReconstructConfig, ranks) -> int:
     # cleared of dead runs' temps before the data are read; the box is known here only with --box
     need = estimate_reconstruct_bytes(box=cfg.box, n_layers=cfg.n_layers, hidden=cfg.hidden)
     if cfg.box is not None and ranks.is_main and need > _free_bytes(args.out):
-        load_dataset(args.star, cfg.box)  # a --box beyond the particles' box: say that, not "no space"
+        load_dataset(args.star, cfg.box, cfg.apix)  # a --box beyond the particles' box: say that, not "no space"
     with prepare_run_dir(args.out, need, "reconstruct") if ranks.is_main else contextlib.nullcontext():
         control = RunControl()
         with stop_on_interrupt(control, announce=ranks.is_main) as signalled:

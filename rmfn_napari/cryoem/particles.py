@@ -17,70 +17,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from .ctf import CTFParams
 from .mrc import _stack_transposed, read_mrc_header
 from .rotations import euler_to_matrix
+from .star import StarParticles, parse_star
 
 __all__ = ["DatasetBase", "ParticleDataset", "read_particles"]
-
-
-_NAME_RE = re.compile(r"^\s*(\d+)@(.+?)\s*$")
-
-#: STAR columns read as numbers: each value must parse as a finite number.
-_NUMERIC_COLUMNS = (
-    "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
-    "rlnOriginX", "rlnOriginY", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
-    "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor",
-    "rlnImagePixelSize", "rlnDetectorPixelSize", "rlnMagnification", "rlnImageSize",
-)
-
-
-def _check_numeric(table, table_name: str, star_path: Path) -> None:
-    """Make the :data:`_NUMERIC_COLUMNS` of ``table`` numeric in place (columns read as text
-    become float64, or int64 when every value is whole).
-
-    Raises
-    ------
-    InputError
-        Naming the STAR, the table, the column and the first row (1-based) whose value is
-        not a number or is NaN/Inf.
-    """
-    import pandas as pd
-
-    for col in (c for c in _NUMERIC_COLUMNS if c in table.columns):
-        raw = table[col]
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            r = int(bad[0])
-            text = np.isnan(values[r]) and not pd.isna(raw.iloc[r])
-            what = "is not a number" if text else "is not finite"
-            raise InputError(f"column {col} of data_{table_name}, row {r + 1}: value "
-                             f"{raw.iloc[r]!r} {what} ({bad.size} bad rows)", star_path)
-        if not pd.api.types.is_numeric_dtype(raw):
-            whole = col == "rlnImageSize" and np.all(values == np.round(values))
-            table[col] = values.astype(np.int64) if whole else values
-
-
-def _check_complete(table, table_name: str, star_path: Path) -> None:
-    """InputError naming the first row (1-based) and column of ``table`` without a value: a row
-    that lost fields (a truncated or damaged file; the reader fills them with NaN), which would
-    otherwise pass for data (a half-set lost: a random split instead of the STAR's)."""
-    missing = table.isna().to_numpy()
-    if not missing.any():
-        return
-    rows = np.flatnonzero(missing.any(axis=1))
-    r = int(rows[0])
-    cols = [str(c) for c, m in zip(table.columns, missing[r]) if m]
-    raise InputError(f"row {r + 1} of data_{table_name} has {len(table.columns) - len(cols)} of "
-                     f"{len(table.columns)} fields ({', '.join(cols[:3])}{'…' if len(cols) > 3 else ''} "
-                     f"missing; {len(rows)} such row(s)): a truncated or damaged row", star_path)
 
 
 class DatasetBase:
@@ -112,17 +58,30 @@ class ParticleDataset(DatasetBase):
     star_path : Path
     n : int
         Number of particles.
-    box : int
-        Image size in pixels.
-    apix : float
-        Pixel size, Å.
+    box : int or None
+        Image size in pixels (None when the optics groups' images differ in size or pixel
+        size: see ``mixed``).
+    apix : float or None
+        Pixel size, Å (None when ``mixed``).
+    particle_box : ndarray ``(n,)`` int64
+        Each particle's image size (px, its stack's).
+    particle_apix : ndarray ``(n,)`` float64
+        Each particle's pixel size (Å, its optics group's; else its stack header's).
+    group : ndarray ``(n,)`` int64
+        ``rlnOpticsGroup`` of each particle (1 without one); ``group_names`` names them.
+    mixed : bool
+        The particles do not all share one box and pixel size (optics groups merged from
+        several sessions): :func:`read_particles` returns them resampled to one working grid
+        (:mod:`rmfn_napari.cryoem.optics_groups`); :meth:`images` here reads only particles
+        of one box.
     rotations : ndarray ``(n, 3, 3)`` float64
         RELION matrices ``A`` from ``rlnAngleRot/Tilt/Psi`` (identity where absent; see
         ``has_poses``).
     euler : ndarray ``(n, 3)``
         ``(rot, tilt, psi)`` in degrees.
     shifts_A : ndarray ``(n, 2)``
-        ``(rlnOriginXAngst, rlnOriginYAngst)`` in Å (0 where absent).
+        Origins in Å: ``rlnOriginXAngst/YAngst``, or ``rlnOriginX/Y`` (px) × the particle's
+        own pixel size (0 where absent).
     ctf : CTFParams or None
         None when the STAR has no ``rlnDefocusU`` (no CTF).
     image_names : list of str
@@ -134,63 +93,26 @@ class ParticleDataset(DatasetBase):
         Warnings about the STAR for the run's log: particles left out and why.
     """
 
-    def __init__(self, star_path, particles, optics, stacks, layouts, stack_of, index_in_stack,
-                 box, apix):
-        self.star_path = Path(star_path)
-        self.particles = particles
-        self.optics = optics
+    def __init__(self, star: StarParticles, stacks, layouts, boxes, apix):
+        self.star_path = Path(star.star_path)
+        self.particles, self.optics = star.particles, star.optics
         self._stack_paths = stacks
         self._layouts = layouts
-        self._stack_of = stack_of
-        self._index = index_in_stack
-        self.box, self.apix = int(box), float(apix)
-        self.n = len(particles)
-        self.image_names = [str(s) for s in particles["rlnImageName"]]
-        cols = particles.columns
-        self.has_poses = all(c in cols for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
-        if self.has_poses:
-            self.euler = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(np.float64)
-            if not np.all(np.isfinite(self.euler)):
-                raise InputError("non-finite Euler angles", self.star_path)
-        else:
-            self.euler = np.zeros((self.n, 3))
+        self._boxes = [int(b) for b in boxes]
+        self._stack_of, self._index = star.stack_of, star.index
+        self.n = star.n
+        self.particle_box = np.asarray(self._boxes, np.int64)[self._stack_of]
+        self.particle_apix = np.asarray(apix, np.float64)
+        self.group, self.group_names = star.group, star.group_names
+        self.mixed = bool(len(np.unique(self.particle_box)) > 1
+                          or not np.allclose(self.particle_apix, self.particle_apix[0], rtol=1e-5))
+        self.box = None if self.mixed else int(self.particle_box[0])
+        self.apix = None if self.mixed else float(self.particle_apix[0])
+        self.image_names = list(star.image_names)
+        self.has_poses, self.euler = star.has_poses, star.euler
         self.rotations = euler_to_matrix(self.euler[:, 0], self.euler[:, 1], self.euler[:, 2])
-        if "rlnOriginXAngst" in cols:
-            self.shifts_A = particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64)
-        elif "rlnOriginX" in cols:
-            self.shifts_A = particles[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64) * self.apix
-        else:
-            self.shifts_A = np.zeros((self.n, 2))
-        self.ctf = self._read_ctf(particles)
-
-    def _read_ctf(self, p):
-        if "rlnDefocusU" not in p.columns:
-            return None
-
-        def col(name, default):
-            if name in p.columns:
-                return p[name].to_numpy(np.float64)
-            if default is None:
-                raise InputError(f"column {name} is missing (needed for the CTF)", self.star_path)
-            return np.full(self.n, float(default))
-
-        ctf = CTFParams(
-            defocus_u=col("rlnDefocusU", None),
-            defocus_v=col("rlnDefocusV", None) if "rlnDefocusV" in p.columns else col("rlnDefocusU", None),
-            defocus_angle=col("rlnDefocusAngle", 0.0),
-            voltage=col("rlnVoltage", None),
-            cs=col("rlnSphericalAberration", None),
-            amplitude_contrast=col("rlnAmplitudeContrast", None),
-            phase_shift=col("rlnPhaseShift", 0.0),
-            bfactor=col("rlnCtfBfactor", 0.0),
-        )
-        for name in ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs",
-                     "amplitude_contrast", "phase_shift", "bfactor"):
-            if not np.all(np.isfinite(getattr(ctf, name))):
-                raise InputError(f"non-finite CTF parameter {name}", self.star_path)
-        if np.any(ctf.voltage <= 0):
-            raise InputError("voltage must be > 0 kV", self.star_path)
-        return ctf
+        self.shifts_A = star.shifts_A(self.particle_apix)
+        self.ctf = star.ctf
 
     # -- lazy image access
     def _read_rows(self, s: int, rows: np.ndarray) -> np.ndarray:
@@ -202,13 +124,14 @@ class ParticleDataset(DatasetBase):
         Images of a stack stored with ``mapc, mapr = 2, 1`` are transposed to ``[y, x]``.
         """
         offset, dtype, transposed = self._layouts[s]
-        nbytes = self.box * self.box * dtype.itemsize
-        out = np.empty((len(rows), self.box, self.box), dtype=np.float32)
+        box = self._boxes[s]
+        nbytes = box * box * dtype.itemsize
+        out = np.empty((len(rows), box, box), dtype=np.float32)
         starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
         direct = dtype == out.dtype
         with open(self._stack_paths[s], "rb") as f:
             for a, b in zip(starts, [*starts[1:], len(rows)]):
-                buf = out[a:b] if direct else np.empty((b - a, self.box, self.box), dtype)
+                buf = out[a:b] if direct else np.empty((b - a, box, box), dtype)
                 f.seek(offset + int(rows[a]) * nbytes)
                 if f.readinto(buf) != buf.nbytes:
                     raise InputError(f"stack is truncated (reading image {int(rows[b - 1]) + 1})",
@@ -229,6 +152,9 @@ class ParticleDataset(DatasetBase):
         ------
         InputError
             If any returned pixel is NaN/Inf (naming the stack and particle).
+        ValueError
+            If the particles asked for differ in box (a ``mixed`` dataset: read it through
+            :class:`~rmfn_napari.cryoem.optics_groups.ResampledParticles`).
         """
         if indices is None:
             idx = np.arange(self.n)
@@ -239,7 +165,11 @@ class ParticleDataset(DatasetBase):
         if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
             raise IndexError(f"particle index out of range 0..{self.n - 1}")
         idx = idx % self.n if idx.size else idx
-        out = np.empty((len(idx), self.box, self.box), dtype=np.float32)
+        boxes = np.unique(self.particle_box[idx]) if idx.size else self.particle_box[:1]
+        if len(boxes) > 1:
+            raise ValueError(f"particles of different boxes {boxes.tolist()} px in one read")
+        box = int(boxes[0])
+        out = np.empty((len(idx), box, box), dtype=np.float32)
         stacks = self._stack_of[idx]
         for s in np.unique(stacks):
             sel = np.nonzero(stacks == s)[0]
@@ -261,15 +191,18 @@ class ParticleDataset(DatasetBase):
 
     def check_pixels(self, chunk: int = 2000) -> None:
         """Scan every image for NaN/Inf (raises :class:`InputError` on the first bad one)."""
-        for i in range(0, self.n, chunk):
-            self.images(np.arange(i, min(i + chunk, self.n)))
+        for box in np.unique(self.particle_box):
+            sel = np.flatnonzero(self.particle_box == box)
+            for i in range(0, len(sel), chunk):
+                self.images(sel[i:i + chunk])
 
     def close(self) -> None:
         """Nothing to release: each read opens and closes the stack files it needs."""
 
     def __repr__(self) -> str:
         return (f"ParticleDataset({str(self.star_path)!r}, n={self.n}, box={self.box}, "
-                f"apix={self.apix}, stacks={len(self._stack_paths)}, ctf={self.ctf is not None})")
+                f"apix={self.apix}, stacks={len(self._stack_paths)}, ctf={self.ctf is not None}"
+                f"{', mixed optics groups' if self.mixed else ''})")
 
 
 #: at most this fraction of a STAR's particles may have impossible origins (beyond the box):
@@ -277,11 +210,12 @@ class ParticleDataset(DatasetBase):
 MAX_EXCLUDED_FRACTION = 0.01
 
 
-def _possible_origins(particles, box: int, apix: float, star_path: Path):
+def _possible_origins(star: StarParticles, box: np.ndarray, apix: np.ndarray):
     """Which particles' origins are possible: their centre inside the image, ``|origin| < box/2``
     px on each axis (``rlnOriginXAngst/YAngst`` in Å, or ``rlnOriginX/Y`` in px before RELION
-    3.1). Returns ``(keep, note)``: ``keep`` a boolean mask and ``note`` None when all are
-    possible, else a sentence for the log naming the STAR and the count left out.
+    3.1), each particle against its own ``box`` (px) and pixel size ``apix`` (Å). Returns
+    ``(keep, note)``: ``keep`` a boolean mask and ``note`` None when all are possible, else a
+    sentence for the log naming the STAR and the count left out.
 
     Raises
     ------
@@ -289,30 +223,26 @@ def _possible_origins(particles, box: int, apix: float, star_path: Path):
         More than :data:`MAX_EXCLUDED_FRACTION` of the particles (or all of them) have
         impossible origins: a unit mix-up (px written as Å?) or a damaged file.
     """
-    cols = particles.columns
-    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(cols):
-        names, to_px = "rlnOriginXAngst/YAngst", 1.0 / apix
-        o = particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64)
-    elif {"rlnOriginX", "rlnOriginY"} <= set(cols):
-        names, to_px = "rlnOriginX/Y", 1.0
-        o = particles[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64)
-    else:
+    if star.origin_unit is None:
         return None, None
+    o = star.origins
+    angst = star.origin_unit == "Å"
+    names = "rlnOriginXAngst/YAngst" if angst else "rlnOriginX/Y"
     with np.errstate(over="ignore", invalid="ignore"):
-        px = np.abs(o) * to_px
-        bad = ~np.all(np.isfinite(px) & (px < box / 2), axis=1)
+        px = np.abs(o) / (apix[:, None] if angst else 1.0)
+        bad = ~np.all(np.isfinite(px) & (px < box[:, None] / 2), axis=1)
     n_bad, n = int(bad.sum()), len(bad)
     if n_bad == 0:
         return None, None
     first = int(np.flatnonzero(bad)[0])
-    unit = "Å" if to_px != 1.0 else "px"
-    why = (f"{names} put the centre outside the {box} px box (row {first + 1}: ({o[first, 0]:.4g}, "
-           f"{o[first, 1]:.4g}) {unit}; each must be under {box / 2:g} px = {box / 2 * apix:.4g} Å)")
+    b, a = int(box[first]), float(apix[first])
+    why = (f"{names} put the centre outside the {b} px box (row {first + 1}: ({o[first, 0]:.4g}, "
+           f"{o[first, 1]:.4g}) {star.origin_unit}; each must be under {b / 2:g} px = {b / 2 * a:.4g} Å)")
     if n_bad == n or n_bad > MAX_EXCLUDED_FRACTION * n:
         raise InputError(f"impossible origins: {n_bad} of {n} particles' {why}; check the columns "
                          f"and their units (more than {MAX_EXCLUDED_FRACTION:.0%} of the particles: "
-                         "none left out)", star_path)
-    return ~bad, f"{star_path}: warning: left out {n_bad} of {n} particles whose {why}"
+                         "none left out)", star.star_path)
+    return ~bad, f"{star.star_path}: warning: left out {n_bad} of {n} particles whose {why}"
 
 
 def _duplicates(stack_of: np.ndarray, index: np.ndarray, names, star_path: Path) -> str | None:
@@ -362,88 +292,13 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
         Missing/unparsable STAR, missing columns, missing/truncated stacks, image indices
         past the end of a stack, non-square or mismatched image sizes, pixel size ≤ 0.
     """
-    import starfile
-
     star_path = Path(star_path)
-    if star_path.is_dir():
-        raise InputError("is a folder, not a STAR file", star_path)
-    if not star_path.is_file():
-        raise InputError("STAR file not found", star_path)
-    try:
-        blocks = starfile.read(star_path, always_dict=True)
-    except Exception as exc:
-        raise InputError(f"cannot parse STAR file ({exc})", star_path) from exc
-    blocks = {k: v for k, v in blocks.items() if hasattr(v, "columns")}
-    optics = blocks.get("optics")
-    particles = blocks.get("particles")
-    if particles is None:
-        particles = next((b for b in blocks.values() if "rlnImageName" in b.columns), None)
-    if particles is None or "rlnImageName" not in particles.columns:
-        raise InputError("no particle table with an rlnImageName column", star_path)
-    if len(particles) == 0:
-        raise InputError("particle table is empty", star_path)
-    particles = particles.reset_index(drop=True).copy()
-    _check_numeric(particles, "particles", star_path)  # (a "nan" written in these: "not finite")
-    _check_complete(particles, "particles", star_path)
-    if optics is not None:
-        optics = optics.reset_index(drop=True).copy()
-        _check_numeric(optics, "optics", star_path)
-        _check_complete(optics, "optics", star_path)
-
-    # merge optics-group columns into the particle rows (RELION 3.1+)
-    group_apix = None
-    if optics is not None and len(optics):
-        if "rlnOpticsGroup" not in optics.columns or "rlnOpticsGroup" not in particles.columns:
-            raise InputError("optics table without rlnOpticsGroup", star_path)
-        og = optics.set_index("rlnOpticsGroup")
-        missing = set(particles["rlnOpticsGroup"]) - set(og.index)
-        if missing:
-            raise InputError(f"particles refer to undefined optics groups {sorted(missing)}", star_path)
-        for colname in og.columns:
-            if colname not in particles.columns and colname.startswith("rln"):
-                particles[colname] = particles["rlnOpticsGroup"].map(og[colname]).to_numpy()
-        if "rlnImagePixelSize" in og.columns:
-            group_apix = og["rlnImagePixelSize"].to_numpy(np.float64)
-    else:
-        optics = None
-
-    # pixel size
-    if group_apix is None and "rlnImagePixelSize" in particles.columns:
-        group_apix = particles["rlnImagePixelSize"].to_numpy(np.float64)
-    if group_apix is None and {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles.columns):
-        group_apix = (particles["rlnDetectorPixelSize"].to_numpy(np.float64) * 1e4
-                      / particles["rlnMagnification"].to_numpy(np.float64))
-    if group_apix is not None:
-        if not np.all(np.isfinite(group_apix)) or np.any(group_apix <= 0):
-            raise InputError(f"pixel size must be > 0 Å, got {np.unique(group_apix).tolist()}", star_path)
-        if not np.allclose(group_apix, group_apix[0], rtol=1e-5):
-            raise InputError(f"mixed pixel sizes {np.unique(group_apix).tolist()} are not supported", star_path)
-        apix = float(group_apix[0])
-    else:
-        apix = None
-
-    # image names -> (stack, index); a name without "index@" is a single-image file (RELION)
-    names = particles["rlnImageName"].astype(str).to_numpy()
-    stack_ids: dict[str, int] = {}
-    stack_of = np.empty(len(names), dtype=np.int64)
-    index = np.empty(len(names), dtype=np.int64)
-    bare = np.zeros(len(names), dtype=bool)
-    for i, name in enumerate(names):
-        m = _NAME_RE.match(name)
-        if m:
-            k, fname = int(m.group(1)), m.group(2)
-        elif "@" in name:
-            raise InputError(f"row {i + 1}: rlnImageName {name!r} is not index@stack", star_path)
-        else:
-            k, fname, bare[i] = 1, name.strip(), True
-        if k < 1:
-            raise InputError(f"row {i + 1}: image index must be >= 1 in {name!r}", star_path)
-        s = stack_ids.setdefault(fname, len(stack_ids))
-        stack_of[i], index[i] = s, k - 1
-    stacks = [_resolve_stack(f, star_path.parent) for f in stack_ids]
+    star = parse_star(star_path)
+    stacks = [_resolve_stack(f, star_path.parent) for f in star.stack_names]
+    names, stack_of, index, bare = star.image_names, star.stack_of, star.index, star.bare
 
     # each stack's header: existence, size, shape, index range, pixel size (no data read)
-    box, layouts = None, []
+    boxes, layouts, header_apix = [], [], []
     for s, sp in enumerate(stacks):
         lay = read_mrc_header(sp)
         if len(lay.shape) == 4:
@@ -453,10 +308,10 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
         ny, nx = lay.shape[-2:]
         if ny != nx:
             raise InputError(f"images are not square ({ny} x {nx})", sp)
-        if box is None:
-            box = nx
-        elif nx != box:
-            raise InputError(f"image size {nx} differs from {box} in {stacks[0]}", sp)
+        if nx % 2:
+            raise InputError(f"image size {nx} is odd; an even box is required", sp)
+        boxes.append(int(nx))
+        header_apix.append(float(lay.voxel[0]))
         mine = stack_of == s
         if n_img != 1 and np.any(bare & mine):
             r = int(np.nonzero(bare & mine)[0][0])
@@ -469,24 +324,37 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
             raise InputError(
                 f"STAR row {bad + 1} ({names[bad]!r}) points past the end of the stack, "
                 f"which holds {n_img} images", sp)
-        if apix is None:
-            apix = lay.voxel[0]
-            if not np.isfinite(apix) or apix <= 0:
-                raise InputError(f"voxel size in the header is {apix} Å; it must be > 0", sp)
-    if box % 2:
-        raise InputError(f"image size {box} is odd; an even box is required", stacks[0])
-    if "rlnImageSize" in particles.columns:
-        sizes = np.unique(particles["rlnImageSize"].to_numpy())
-        if len(sizes) != 1 or int(sizes[0]) != box:
-            raise InputError(f"rlnImageSize {sizes.tolist()} does not match the stacks' {box}", star_path)
+    box = np.asarray(boxes, np.int64)[stack_of]
+    # one box per optics group (RELION's rlnImageSize is a group's); groups may differ
+    for g in np.unique(star.group):
+        mine = star.group == g
+        sizes = np.unique(box[mine])
+        if len(sizes) > 1:
+            s1, s2 = (int(np.flatnonzero(mine & (box == v))[0]) for v in sizes[:2])
+            raise InputError(f"image size {int(sizes[1])} differs from {int(sizes[0])} in "
+                             f"{stacks[stack_of[s1]]} within optics group {int(g)}", stacks[stack_of[s2]])
+    if star.image_size is not None and np.any(star.image_size != box):
+        r = int(np.flatnonzero(star.image_size != box)[0])
+        raise InputError(f"rlnImageSize {np.unique(star.image_size).tolist()} does not match the stacks' "
+                         f"{np.unique(box).tolist()} (row {r + 1})", star_path)
+    if star.apix is not None:
+        apix = star.apix
+    else:  # the stacks' headers
+        apix = np.asarray(header_apix, np.float64)[stack_of]
+        if not np.all(np.isfinite(apix)) or np.any(apix <= 0):
+            bad = int(np.flatnonzero(~(np.isfinite(apix) & (apix > 0)))[0])
+            raise InputError(f"voxel size in the header is {apix[bad]} Å; it must be > 0",
+                             stacks[stack_of[bad]])
     notes = [dup] if (dup := _duplicates(stack_of, index, names, star_path)) else []  # STAR row numbers
-    keep, note = _possible_origins(particles, box, apix, star_path)
+    keep, note = _possible_origins(star, box, apix)
     if note:
-        particles = particles[keep].reset_index(drop=True)
-        stack_of, index = stack_of[keep], index[keep]
+        star, apix = star.subset(keep), apix[keep]
         notes.append(note)
-    ds = ParticleDataset(star_path, particles, optics, stacks, layouts, stack_of, index, box, apix)
+    ds = ParticleDataset(star, stacks, layouts, boxes, apix)
     ds.notes = notes
     if check_pixels:
         ds.check_pixels()
+    if ds.mixed:  # one working box and pixel size for every group
+        from .optics_groups import ResampledParticles
+        return ResampledParticles(ds)
     return ds

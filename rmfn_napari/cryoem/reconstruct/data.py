@@ -12,6 +12,7 @@ from ...errors import InputError
 from ..contrast import contrast_check
 from ..downsample import crop_dataset, fourier_crop_volume, validate_box
 from ..io import read_map
+from ..optics_groups import ResampledParticles, resample_volume
 from ..particles import read_particles
 from ..offsets import centre_spectra
 from ..pose_search import crop_center
@@ -19,13 +20,18 @@ from ..projector import fft2_centered
 from .settings import ReconstructConfig
 
 
-def load_dataset(dataset, box: int | None):
-    """The particles at the working box: read a STAR path, then Fourier-crop if asked."""
+def load_dataset(dataset, box: int | None, apix: float | None = None):
+    """The particles at the working box and pixel size: read a STAR path, then Fourier-crop to
+    ``box`` (px) if asked; optics groups of different pixel sizes or boxes, or a working pixel
+    size ``apix`` (Å, ``--apix``), are resampled to one grid
+    (:class:`~rmfn_napari.cryoem.optics_groups.ResampledParticles`)."""
     ds = read_particles(dataset) if isinstance(dataset, (str, Path)) else dataset
     ds = getattr(ds, "source", ds)  # crop from the original images, never twice
     if ds.n < 2:
         raise InputError(f"{ds.n} particle: a reconstruction needs at least 2 (two half-sets, each "
                          "with its own half-map)", ds.star_path)
+    if getattr(ds, "mixed", False) or apix is not None:
+        return ResampledParticles(ds, box, apix)
     if box is not None:
         validate_box(int(box), ds.box, ds.star_path)
     return crop_dataset(ds, box)
@@ -52,6 +58,16 @@ def load_reference(reference, ds, apix: float | None = None) -> np.ndarray | Non
 
     def same(a, b):
         return a is None or abs(a - b) <= 1e-3 * b
+
+    if isinstance(ds, ResampledParticles):  # optics groups brought to one grid: so is the map
+        if vol.shape == (box,) * 3 and same(ref_apix, ds_apix):
+            return vol
+        if ref_apix is None:
+            raise InputError(f"reference map is {vol.shape[0]}^3 with no voxel size; the particles' "
+                             f"working grid is {box} px at {ds_apix:.4g} Å")
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise InputError(f"reference map must be cubic, got shape {vol.shape}", path)
+        return resample_volume(vol, ref_apix, box, ds_apix)
 
     if vol.shape == (src_box,) * 3 and same(ref_apix, src_apix):
         return fourier_crop_volume(vol, box) if src_box != box else vol

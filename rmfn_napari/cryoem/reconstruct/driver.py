@@ -128,7 +128,7 @@ def reconstruct(
 def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference, out: Path | None,
          resume: bool, true_poses, ranks: Ranks) -> Iterator[Event]:
     """The body of :func:`reconstruct` (settings checked, output folder locked on rank 0)."""
-    ds = load_dataset(dataset, cfg.box)
+    ds = load_dataset(dataset, cfg.box, cfg.apix)
     box, apix = ds.box, ds.apix
     n = ds.n if cfg.max_particles is None else min(ds.n, int(cfg.max_particles))
     ref = load_reference(reference, ds)
@@ -198,6 +198,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         crop_note = f" (Fourier-cropped from {ds.source_box} px at {ds.source_apix:.3g} Å/px)"
     yield log(f"{n} particles of {box}x{box} at {apix:.3g} Å/px{crop_note}; mode {cfg.mode}; "
               f"{len(plan)} stage(s) {[e for _, e in plan]} epochs; batch {cfg.batch_size}")
+    for line in getattr(ds, "group_lines", ()):  # optics groups resampled to one grid: what each became
+        yield log(line)
     yield log(f"poses: {pose_origin}; offsets "
               + (f"estimated within ±{cfg.shift_range_px:g} px" if estimates_shifts(cfg) else "fixed at the STAR's origins")
               + ("; pose errors against " + str(truth.path) if truth is not None else "; no true poses given: no pose errors"))

@@ -15,6 +15,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..downsample import validate_box
+from ..optics_groups import working_grid
 from .data import load_dataset, load_reference
 from .settings import ReconstructConfig
 
@@ -24,7 +25,11 @@ __all__ = ["check_inputs", "simulated_dataset_shape"]
 def simulated_dataset_shape(box: int, apix: float, cfg: ReconstructConfig, source=None):
     """What :func:`~.data.load_dataset` would give for particles of ``box`` px at ``apix`` Å
     (a stack still to be simulated from a map): the box and pixel size at ``cfg.box``, with
-    the same :class:`InputError` for a box the particles cannot be cropped to."""
+    the same :class:`InputError` for a box the particles cannot be cropped to (and at
+    ``cfg.apix``, resampled: :func:`~rmfn_napari.cryoem.optics_groups.working_grid`)."""
+    if cfg.apix is not None:
+        new, new_apix = working_grid([(apix, box)], cfg.box, cfg.apix, source)
+        return SimpleNamespace(box=new, apix=new_apix, star_path=source)
     if cfg.box is None or int(cfg.box) == int(box):
         return SimpleNamespace(box=int(box), apix=float(apix), star_path=source)
     validate_box(int(cfg.box), int(box), source)
@@ -49,7 +54,7 @@ def check_inputs(cfg: ReconstructConfig, *, star=None, simulated=None, reference
     """
     cfg.validate()
     if star is not None:
-        ds = load_dataset(star, cfg.box)
+        ds = load_dataset(star, cfg.box, cfg.apix)
     elif simulated is not None:
         box, apix, source = simulated
         ds = simulated_dataset_shape(box, apix, cfg, source)

@@ -51,6 +51,11 @@ class ReconstructConfig:
     box : Fourier-crop the particles to this even size (px) on read, batch by batch; the
         pixel size grows by D/box, origins in Å are unchanged, the CTF is evaluated on the
         cropped grid, maps are written at this box. None: the stack's own size.
+    apix : working pixel size (Å): every optics group is resampled to it on read (Fourier crop
+        or padding, then a window or zero padding to the working box; origins in Å unchanged;
+        each particle's CTF evaluated at it with its own group's voltage, Cs and amplitude
+        contrast; :mod:`rmfn_napari.cryoem.optics_groups`). None: the stack's own, or for
+        optics groups of different pixel sizes or boxes the coarsest group's after ``box``.
     pose_init : {"auto", "star", "perturb", "random"}
         Initial rotations. ``auto``: the STAR's angles if it has them, else uniform random
         (ab initio); ``star``: the STAR's (needs angles); ``perturb``: the true poses (or
@@ -122,6 +127,7 @@ class ReconstructConfig:
     lr_pose: float = 1e-2
     pose_betas: tuple[float, float] = (0.9, 0.9)
     box: int | None = None
+    apix: float | None = None
     pose_init: str = "auto"
     perturb_deg: tuple[float, float] = (45.0, 90.0)
     shift_range_px: float = 0.0
@@ -173,6 +179,8 @@ class ReconstructConfig:
         if self.box is not None and (not _whole(self.box) or self.box % 2 or self.box < 8):
             why = "is odd" if _whole(self.box) and self.box % 2 else "is not a box size"
             raise InputError(f"--box {self.box} {why}; an even number of pixels >= 8 is required")
+        if self.apix is not None and not (_finite(self.apix) and self.apix > 0):
+            raise InputError(f"--apix must be a finite number > 0 Å, got {self.apix}")
         if not (math.isfinite(self.shift_range_px) and self.shift_range_px >= 0):
             raise InputError(f"shift_range_px must be >= 0 px, got {self.shift_range_px}")
         if not (_finite(self.shift_prior_px) and self.shift_prior_px >= 0):

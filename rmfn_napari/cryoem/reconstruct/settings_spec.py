@@ -30,6 +30,12 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
             "int", minimum=0, maximum=4096, step=2, special="stack's size", none_at_minimum=True,
             suffix=" px",
             metavar="D"),
+    Setting("apix", "--apix", "pixel size", "dataset",
+            "Working pixel size in A: each optics group is Fourier-cropped (or padded) to it on "
+            "read and windowed to one box, so groups of different pixel sizes and boxes go "
+            "together (default: the stack's own; mixed groups: the coarsest group's after --box)",
+            "float", minimum=0.0, maximum=100.0, step=0.1, decimals=3, special="coarsest group's",
+            none_at_minimum=True, suffix=" Å", metavar="A", preset_keeps=True),
     Setting("invert_contrast", "--invert-contrast", "invert contrast", "dataset",
             "Multiply the images by -1: for particles darker than their surroundings (RELION "
             "extraction without 'invert contrast'); the run checks the contrast before training "
