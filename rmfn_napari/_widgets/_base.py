@@ -31,7 +31,7 @@ from .controls import (
     CANCEL, NEW_FOLDER, OutDirField, RunPanel, ScaleStepper, ask_about_results, choose_folder,
 )
 from .layers import LayerUpdater
-from .log_panel import LogPanel
+from .log_panel import LogPanel, log_sentence
 from .runner import EngineRunner, EventSource, RunFailed, RunState
 
 
@@ -413,9 +413,9 @@ class RunWidgetBase(QWidget):
                                   f"{ev.total_steps} steps. Outputs: {self.run_out_dir}")
             self.on_run_started(ev)
         elif isinstance(ev, Log):
-            self.panel.set_status(ev.message, error=ev.level == "warning")
+            self.panel.set_status(log_sentence(ev), error=ev.level == "warning")
             if ev.level == "warning":
-                notify(ev.message, "warning")
+                notify(log_sentence(ev), "warning")
         elif isinstance(ev, RunFinished):
             self._paint_progress()
             self.layers.flush()

@@ -4,6 +4,7 @@ messages, stage starts and ends and errors, with "Copy", "Save log…" and "Open
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,66 @@ from ..engine.events import (
 from .runner import RunFailed
 
 
+def _angstrom(value) -> str:
+    """A resolution in Å, or "—" when there is none (not resolved)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{v:.1f} Å" if math.isfinite(v) and v > 0 else "—"
+
+
+def _mib(value: float) -> str:
+    return f"{value:.1f} MiB" if value < 10 else f"{value:.0f} MiB"
+
+
+def _stage_data_sentence(v: dict) -> str:
+    each = " on each process" if v.get("per_rank") else ""
+    memory = {"cpu": "CPU", "cuda": "GPU", "mps": "GPU"}.get(v.get("device"), v.get("device"))
+    where = (f"kept in {memory} memory" if v.get("resident")
+             else "computed batch by batch (over the memory budget)")
+    return (f"Stage {v['stage']} data: {v['n_images']} particle images{each}, "
+            f"{v['n_frequencies']} frequencies each (spectra and CTFs), {_mib(v['mib'])}, {where}.")
+
+
+def _stage_summary_sentence(v: dict) -> str:
+    head = (f"Stage {v['stage']} done: scale {v['scale']}, {v['epochs_done']} "
+            f"epoch{'s' if v['epochs_done'] != 1 else ''} in {v['seconds']:.1f} s, "
+            f"band {v['band_cycles']:.1f} cycles/box ({_angstrom(v['band_resolution_A'])})")
+    parts = [head]
+    if "gold_standard_resolution_A" in v:
+        parts.append(f"gold standard {_angstrom(v['gold_standard_resolution_A'])} "
+                     f"(unmasked {_angstrom(v.get('gold_standard_unmasked_A'))})")
+    scales = sorted((int(k[len("fsc_resolution_A_scale"):]), r) for k, r in v.items()
+                    if k.startswith("fsc_resolution_A_scale"))
+    if scales:
+        parts.append("FSC against the reference " + ", ".join(f"scale {k} {_angstrom(r)}"
+                                                              for k, r in scales))
+    if "pose_median_deg" in v:
+        parts.append(f"pose error median {v['pose_median_deg']:.1f}°, "
+                     f"{100 * v['pose_frac_under_5deg']:.0f}% under 5°")
+    if v.get("shift_median_px") is not None:
+        parts.append(f"offset error median {v['shift_median_px']:.2f} px")
+    return "; ".join(parts) + "."
+
+
+#: Sentences for the engine messages that carry numbers (``Log.about``): the GUI shows these,
+#: run.log and the CLI the engine's own text.
+_SENTENCES = {"stage_data": _stage_data_sentence, "stage_summary": _stage_summary_sentence}
+
+
+def log_sentence(ev: Log) -> str:
+    """What the GUI shows for an engine :class:`Log` (status line, log panel): a sentence with
+    units for a message with numbers (``ev.about``), else the message itself, trimmed."""
+    words = _SENTENCES.get(ev.about)
+    if words is not None:
+        try:
+            return words(ev.values)
+        except (KeyError, TypeError, ValueError):  # values from another version: its text
+            pass
+    return ev.message.strip()
+
+
 def event_log_line(ev) -> tuple[str, str] | None:
     """``(level, text)`` for an engine event worth a log line, else None.
 
@@ -29,7 +90,7 @@ def event_log_line(ev) -> tuple[str, str] | None:
     logged (the bar and the plots show them).
     """
     if isinstance(ev, Log):
-        return ("warning" if ev.level == "warning" else "info"), ev.message
+        return ("warning" if ev.level == "warning" else "info"), log_sentence(ev)
     if isinstance(ev, RunStarted):
         return "info", (f"run started on {ev.device}: {ev.n_stages} stages, "
                         f"{ev.total_steps} steps")

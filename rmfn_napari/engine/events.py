@@ -177,10 +177,18 @@ class RunResumed(Event):
 
 @dataclass
 class Log(Event):
-    """A human-readable message (``level`` is ``"info"`` or ``"warning"``)."""
+    """A human-readable message (``level`` is ``"info"`` or ``"warning"``).
+
+    ``message`` is what the CLI prints and ``run.log`` keeps. A message that carries numbers
+    also names what it is ``about`` (``"stage_data"``, ``"stage_summary"``) and gives them in
+    ``values`` (units in the key names), so the GUI can say it in a sentence
+    (:func:`rmfn_napari._widgets.log_panel.log_sentence`) instead of showing the raw text.
+    """
 
     message: str
     level: str = "info"
+    about: str = ""
+    values: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -256,7 +256,11 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         data = StageData(ds, owned, fwd.freqs, scale_img, cfg, device, cfg.stage_data_gb * 2**30)
         yield log(f"  data: {data.n} x {len(fwd.freqs)} spectra and CTFs{' per rank' if ranks.active else ''}, "
                   f"{data.bytes / 2**20:.0f} MiB, "
-                  + ("kept on the " + device.type if data.resident else "computed batch by batch (over the budget)"))
+                  + ("kept on the " + device.type if data.resident else "computed batch by batch (over the budget)"),
+                  about="stage_data",
+                  values={"stage": stage_idx + 1, "n_images": data.n, "n_frequencies": len(fwd.freqs),
+                          "per_rank": bool(ranks.active), "mib": data.bytes / 2**20,
+                          "device": device.type, "resident": bool(data.resident)})
         stage_t0 = time.perf_counter()
         last_snap = stage_t0
         skipped = False
@@ -376,7 +380,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             yield StageFinished(stage_idx, stage_batches, time.perf_counter() - stage_t0, skipped,
                                 {k: v for k, v in summary.items() if isinstance(v, (int, float))})
             yield log("stage {stage}: {s}".format(stage=stage_idx + 1, s=json.dumps(
-                {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})))
+                {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})),
+                about="stage_summary", values=summary)
             yield log(f"stage {stage_idx + 1}: {gold['verdict']}", level="info" if gold["trusted"] else "warning")
         if stopped or ranks.any(control.stop_requested):  # also a stop during the evaluation: no next stage
             stopped = True

@@ -225,9 +225,10 @@ class RunLog:
         if header is not None:
             self._append(header)
 
-    def __call__(self, msg: str, level: str = "info") -> Log:
+    def __call__(self, msg: str, level: str = "info", about: str = "",
+                 values: dict | None = None) -> Log:
         self._append(msg if level == "info" else f"{level.upper()}: {msg}")
-        return Log(msg, level)
+        return Log(msg, level, about, dict(values or {}))
 
     def _append(self, line: str) -> None:
         if self.path is not None:
