@@ -20,6 +20,8 @@ half-written and nothing lost.
   lost a field) name the real problem; a 1-particle STAR is refused and duplicated
   rows are warned about with a count; a new ``reconstruct`` into a folder holding an earlier
   run's results is refused without ``--overwrite``.
+* A checkpoint holding NaN or Inf is refused by ``--resume`` naming the file and the tensor
+  (it was resumed, and its first batch blamed on the learning rate).
 """
 
 from __future__ import annotations
@@ -405,3 +407,42 @@ def test_new_reconstruct_into_an_earlier_runs_folder_needs_overwrite(sim, tmp_pa
     assert replaced != before["map.mrc"]
     assert cli_main(_tiny(sim.star, out, "--seed", "5", "--resume")) == 0  # a resume is no new run
     assert (out / "map.mrc").read_bytes() == replaced  # (a finished run: nothing to do)
+
+
+# ------------------------------------------------------------------ a damaged checkpoint on --resume
+@pytest.fixture(scope="module")
+def finished_run(sim, tmp_path_factory):
+    """A finished tiny run (its checkpoint: the networks, Adam states, rotations, offsets)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert cli_main(_tiny(sim.star, out)) == 0
+    return out
+
+
+@pytest.mark.parametrize("poison", ["net", "opt", "rotations", "shifts_px"])
+def test_a_checkpoint_holding_nan_is_refused_on_resume_naming_the_file(poison, sim, finished_run, tmp_path,
+                                                                       capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    ckpt = out / "checkpoint.pt"
+    payload = load_checkpoint(ckpt)
+    if poison == "net":
+        name = next(k for k, v in payload["net"].items() if v.numel() > 1)
+        payload["net"][name].view(-1)[1] = float("nan")
+        where = f"net.{name}"
+    elif poison == "opt":
+        key, state = next(iter(payload["opt"]["state"].items()))
+        state["exp_avg_sq"].view(-1)[0] = float("inf")
+        where = f"opt.state.{key}.exp_avg_sq"
+    else:
+        payload[poison][5, 1] = float("nan")
+        where = poison
+    torch.save(payload, ckpt)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    rc = cli_main(_tiny(sim.star, out, "--epochs", "2,1,2", "--resume"))  # one more epoch to train
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and f"{ckpt}: --resume: the checkpoint holds non-finite values (NaN or Inf) in {where}" in line, line
+    assert "learning rate" not in line and "--lr" not in line, line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched, nothing added

@@ -123,13 +123,38 @@ def run_identity(ds, n: int, truth, scale_img: float) -> dict:
 
 
 def read_resume_checkpoint(ckpt_path: Path | None) -> dict:
-    """The checkpoint a ``--resume`` continues (InputError when there is none)."""
+    """The checkpoint a ``--resume`` continues.
+
+    Raises :class:`InputError` when there is none, or when it holds NaN or Inf (in a network,
+    an optimiser's state, the rotations or the offsets: :func:`non_finite_tensors`). A run
+    never saves such a state (a diverging batch stops the run before its checkpoint), so the
+    file was damaged or edited; resumed, it would train on NaN and the first batch would be
+    blamed on the learning rate.
+    """
     if ckpt_path is None:
         raise InputError("--resume needs the output directory (--out) of the run to continue")
     if not ckpt_path.is_file():
         raise InputError(f"--resume: no checkpoint.pt in {ckpt_path.parent}, so there is no run to "
                          "continue; drop --resume to start a new one")
-    return load_checkpoint(ckpt_path)
+    payload = load_checkpoint(ckpt_path)
+    bad = non_finite_tensors(payload)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise InputError(f"--resume: the checkpoint holds non-finite values (NaN or Inf) in {shown}; a run "
+                         "stops before it would save them, so the file is damaged and cannot be continued: "
+                         "start a new run (--overwrite, without --resume)", ckpt_path)
+    return payload
+
+
+def non_finite_tensors(obj, name: str = "") -> list[str]:
+    """The dotted names (``net.linears.1.weight``, ``opt.state.0.exp_avg``, ``rotations``) of
+    the floating-point tensors anywhere in ``obj`` (nested dicts, lists, tuples) that hold a
+    NaN or an Inf."""
+    if torch.is_tensor(obj):
+        bad = (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all())
+        return [name] if bad else []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return [n for key, value in items for n in non_finite_tensors(value, f"{name}.{key}" if name else str(key))]
 
 
 def check_resume(saved: dict, cfg: ReconstructConfig, identity: dict) -> list[str]:
