@@ -22,6 +22,8 @@ half-written and nothing lost.
   run's results is refused without ``--overwrite``.
 * A checkpoint holding NaN or Inf is refused by ``--resume`` naming the file and the tensor
   (it was resumed, and its first batch blamed on the learning rate).
+* A ``--lr-pose`` above 1 rad per step is refused (rc 0 with a map of thrown poses before); the
+  rule's premise, one Adam pose step turns a particle by sqrt(3) ``lr_pose`` rad, is checked.
 """
 
 from __future__ import annotations
@@ -446,3 +448,45 @@ def test_a_checkpoint_holding_nan_is_refused_on_resume_naming_the_file(poison, s
     assert rc == 2 and f"{ckpt}: --resume: the checkpoint holds non-finite values (NaN or Inf) in {where}" in line, line
     assert "learning rate" not in line and "--lr" not in line, line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched, nothing added
+
+
+# ------------------------------------------------------------------ a pose learning rate that throws poses
+def test_lr_pose_above_one_radian_per_step_is_refused_and_the_rule_holds(sim, tmp_path, capsys):
+    from rmfn_napari.cryoem.reconstruct import ReconstructConfig
+    from rmfn_napari.cryoem.reconstruct.forward import ForwardModel, stage_sigma
+    from rmfn_napari.cryoem.reconstruct.poses import pose_steps
+    from rmfn_napari.cryoem.reconstruct.settings import LR_POSE_MAX
+    from rmfn_napari.cryoem.reconstruct.settings_spec import RECONSTRUCT_SETTINGS
+    from rmfn_napari.cryoem.rotations import random_rotations
+    from rmfn_napari.model import ResidualMFN
+
+    # the premise: one Adam step turns each pose by sqrt(3) lr (each axis-angle component by lr),
+    # and no later step by more; the angle read from the trace of R_new R_old^T
+    box, lr = 16, 0.2
+    net = ResidualMFN(3, 32, 3, resolution=box, head_activation="relu", seed=2)
+    fwd = ForwardModel(box, 1.0, 1, net.band_limits[1], stage_sigma(1, 3, box, (0.3, 2.0)), pad=2)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        vol_ft = fwd.volume_ft(net)
+        obs = fwd.slices(vol_ft, random_rotations(16, generator=gen).float())
+    R0 = random_rotations(16, generator=gen).float()
+
+    def turned(steps):
+        R1, _, _ = pose_steps(vol_ft, fwd, obs, torch.ones(obs.shape), R0, steps=steps, lr=lr)
+        tr = torch.einsum("nij,nij->n", R1, R0.double())
+        return torch.arccos(((tr - 1) / 2).clamp(-1, 1)).numpy()
+
+    np.testing.assert_allclose(turned(1), np.sqrt(3) * lr, rtol=1e-4)
+    assert np.all(turned(4) <= 4 * np.sqrt(3) * lr * (1 + 1e-4))
+
+    # the rule: the CLI, the API and the widget's field stop at the same 1 rad per step
+    assert LR_POSE_MAX == 1.0
+    assert next(s for s in RECONSTRUCT_SETTINGS if s.name == "lr_pose").maximum == LR_POSE_MAX
+    ReconstructConfig(lr_pose=LR_POSE_MAX).validate()
+    with pytest.raises(InputError, match="--lr-pose must be at most 1"):
+        ReconstructConfig(lr_pose=1.5).validate()
+    out = tmp_path / "out"
+    rc = cli_main(_tiny(sim.star, out, "--lr-pose", "1e6"))
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and "--lr-pose must be at most 1 (radians per step), got 1e+06" in line, line
+    assert not out.exists()

@@ -31,6 +31,11 @@ def pose_search_mode(cfg: "ReconstructConfig") -> str:
     return "all" if cfg.search_in_finest else "coarse"
 
 
+#: The largest ``lr_pose`` (radians per step) a run accepts: one pose step then turns a particle
+#: by up to sqrt(3) rad = 99° (see ``ReconstructConfig``); the widget's field stops there too.
+LR_POSE_MAX = 1.0
+
+
 @dataclass
 class ReconstructConfig:
     """Settings of a reconstruction. ``from_preset`` gives the named defaults.
@@ -48,6 +53,13 @@ class ReconstructConfig:
     batch_size : particles per batch.
     structure_steps, pose_steps : optimisation steps per batch (paper: 5, 20).
     lr_structure, lr_pose : Adam learning rates (paper: 1e-3, 1e-2); pose betas (0.9, 0.9).
+        ``lr_pose`` is in radians per step: each pose step moves the three components of a
+        particle's axis-angle correction by at most ``lr_pose`` each (Adam's first step moves
+        each by exactly ``lr_pose``; with ``pose_betas`` (0.9, 0.9) no later step moves more),
+        i.e. turns it by up to sqrt(3) ``lr_pose`` rad. Sensible: 1e-3 to 0.1 (0.1° to 10° per
+        step; the paper's 0.01 is 1°). Above :data:`LR_POSE_MAX` (1 rad: up to 99° in one step,
+        the widget's maximum too) a step throws the poses instead of refining them and the run
+        ends without an error with an unrelated map, so it is refused.
     box : Fourier-crop the particles to this even size (px) on read, batch by batch; the
         pixel size grows by D/box, origins in Å are unchanged, the CTF is evaluated on the
         cropped grid, maps are written at this box. None: the stack's own size.
@@ -201,6 +213,10 @@ class ReconstructConfig:
             value = getattr(self, name)
             if not (_finite(value) and value > 0):
                 raise InputError(f"{flag} must be a finite number > 0, got {value}")
+        if self.lr_pose > LR_POSE_MAX:  # (a too-large --lr-structure diverges and is caught in the batch)
+            raise InputError(f"--lr-pose must be at most {LR_POSE_MAX:g} (radians per step), got {self.lr_pose:g}: a "
+                             "pose step turns a particle by up to sqrt(3) times that (99° at 1), throwing the poses "
+                             "instead of refining them (sensible: 0.001 to 0.1; the paper: 0.01)")
         if len(self.lambdas) != 2 or not all(_finite(v) and v >= 0 for v in self.lambdas) or sum(self.lambdas) <= 0:
             raise InputError(f"--lambdas must be two finite numbers >= 0, not both 0, got {tuple(self.lambdas)}")
         whole = {"n_layers": (self.n_layers, 1), "hidden": (self.hidden, 1), "batch_size": (self.batch_size, 1),
