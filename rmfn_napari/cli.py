@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
-        print(f"rmfn {args.command}{where}: error: {exc}", file=sys.stderr)
+        from .cli_commands._launch import report_rank_error
+
+        if not report_rank_error(str(exc)):  # (a rank of --nproc: its launcher says it, once)
+            print(f"rmfn {args.command}{where}: error: {exc}", file=sys.stderr)
         return 2
     except RankLostError as exc:
         print(f"rmfn {args.command}: error: {exc}", file=sys.stderr)

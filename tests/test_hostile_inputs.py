@@ -24,6 +24,8 @@ half-written and nothing lost.
   (it was resumed, and its first batch blamed on the learning rate).
 * A ``--lr-pose`` above 1 rad per step is refused (rc 0 with a map of thrown poses before); the
   rule's premise, one Adam pose step turns a particle by sqrt(3) ``lr_pose`` rad, is checked.
+* A refusal inside the ranks of ``--nproc`` is said once (it was said once per rank, followed
+  by "the last checkpoint … is kept" where none existed), and no empty folder is left.
 """
 
 from __future__ import annotations
@@ -490,3 +492,29 @@ def test_lr_pose_above_one_radian_per_step_is_refused_and_the_rule_holds(sim, tm
     line = _one_line(capsys.readouterr().err)
     assert rc == 2 and "--lr-pose must be at most 1 (radians per step), got 1e+06" in line, line
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ a refusal inside the ranks of --nproc
+def test_a_refusal_inside_the_ranks_is_said_once_and_leaves_no_folder(sim, tmp_path):
+    import subprocess
+    import sys
+
+    from rmfn_napari.cli_commands.reconstruct import _left_in
+
+    not_a_map = tmp_path / "reference.mrc"
+    not_a_map.write_text("not a map\n")
+    out = tmp_path / "out"  # the reference is read by the ranks, after the launch
+    argv = _tiny(sim.star, out, "--nproc", "2", "--reference", str(not_a_map))
+    res = subprocess.run([sys.executable, "-m", "rmfn_napari.cli", *argv], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         cwd=Path(__file__).resolve().parent.parent)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"rmfn reconstruct: error: {not_a_map}: not an MRC file"), \
+        res.stderr
+    assert not out.exists()
+    # a failure that is no refusal ends with what is left: a checkpoint only where there is one
+    (tmp_path / "empty").mkdir()
+    assert _left_in(tmp_path / "empty") == "no checkpoint was written"
+    (tmp_path / "empty" / "checkpoint.pt").write_bytes(b"x")
+    assert _left_in(tmp_path / "empty").startswith(f"the last checkpoint {tmp_path / 'empty' / 'checkpoint.pt'} is kept")

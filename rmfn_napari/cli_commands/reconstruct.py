@@ -89,14 +89,26 @@ def run(args: argparse.Namespace) -> int:
         if args.nproc > n:  # and so is a rank without particles
             raise InputError(f"--nproc {args.nproc} is more processes than the {n} particles: at most one "
                              "process per particle", args.star)
+        existed = os.path.exists(args.out)
         check_output_dir(args.out, 0, "reconstruct")  # and so is a bad --out
-        return launch_local(args.nproc, strip_nproc(args.argv), "reconstruct",
-                            f"the last checkpoint in {args.out} is kept (--resume continues it)")
+        status = launch_local(args.nproc, strip_nproc(args.argv), "reconstruct", lambda: _left_in(args.out))
+        if status != 0 and not existed:  # a failed launch leaves no empty folder (as one process)
+            with contextlib.suppress(OSError):
+                os.rmdir(args.out)
+        return status
     ranks = start(cfg.device)
     try:
         return _run_rank(args, cfg, ranks)
     finally:
         stop(ranks)
+
+
+def _left_in(out) -> str:
+    """What a failed data-parallel run leaves in ``out``, for its last line."""
+    ckpt = os.path.join(out, "checkpoint.pt")
+    if os.path.isfile(ckpt):
+        return f"the last checkpoint {ckpt} is kept (--resume continues it)"
+    return "no checkpoint was written"
 
 
 def _check_no_earlier_run(args: argparse.Namespace) -> None:
