@@ -105,6 +105,22 @@ def test_a_crossing_inside_the_shared_band_is_not_a_resolution():
     assert not moving["trusted"] and "NOT converged" in moving["verdict"] and "40%" in moving["verdict"]
 
 
+def test_the_stage_band_is_resolved_only_where_the_halves_agree_that_far():
+    """Halves made by hand to agree up to ~6 cycles/box (10.7 Å in a 32 px, 2 Å/px box): a stage
+    whose band is 5 cycles/box (12.8 Å) has been resolved, one whose band is 8 cycles/box (8 Å)
+    has not; the note names both resolutions."""
+    hm = _halves_by_hand(common_below=6.0)
+    raw = hm.gold["unmasked"].resolution_A
+    coarse = gold_standard_values(hm, shared_band_cycles=2.0, band_cycles=5.0)
+    assert coarse["band_A"] == pytest.approx(12.8) and coarse["band_resolved"] is True
+    assert coarse["band_note"] == f"resolved {raw:.1f} Å of its 12.8 Å band"
+    fine = gold_standard_values(hm, shared_band_cycles=2.0, band_cycles=8.0)
+    assert fine["band_A"] == pytest.approx(8.0) and fine["band_resolved"] is False
+    assert fine["band_note"] == f"resolved {raw:.1f} Å of its 8.0 Å band (not yet)"
+    shared = gold_standard_values(hm, independent=False, band_cycles=5.0)
+    assert shared["band_resolved"] is None and "no independent resolution" in shared["band_note"]
+
+
 def test_halves_in_mirrored_frames_are_no_gold_standard():
     """Half-sets refined apart from a start that does not fix the hand can settle in mirrored
     frames (measured on the cpu benchmark: half 2 mirrored and turned by 173°); their FSC is no

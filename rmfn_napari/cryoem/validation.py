@@ -138,8 +138,31 @@ def halves_frame(hm: HalfMaps, apix: float) -> dict:
 MOVING_LIMIT = 0.10
 
 
+#: a stage whose gold-standard resolution is within this factor of its band has resolved the band
+BAND_RESOLVED_FACTOR = 1.05
+
+
+def band_progress(resolution_A: float | None, band_A: float | None) -> dict:
+    """How far the independent halves got into a stage's band: ``band_A`` (the stage's band as a
+    resolution, Å), ``band_resolved`` (the gold-standard resolution is at most
+    :data:`BAND_RESOLVED_FACTOR` × the band's; None: no resolution or no band) and
+    ``band_note``, e.g. "resolved 16.5 Å of its 15.8 Å band". The half-maps are backprojections,
+    not limited to the network's band, so a resolution finer than the band is possible: the
+    poses are then better than the band they were refined at needs."""
+    if band_A is None:
+        return {"band_A": None, "band_resolved": None, "band_note": None}
+    if resolution_A is None:
+        return {"band_A": float(band_A), "band_resolved": None,
+                "band_note": f"has no independent resolution inside its {band_A:.1f} Å band"}
+    resolved = bool(resolution_A <= BAND_RESOLVED_FACTOR * band_A)
+    return {"band_A": float(band_A), "band_resolved": resolved,
+            "band_note": f"resolved {resolution_A:.1f} Å of its {band_A:.1f} Å band"
+                         + ("" if resolved else " (not yet)")}
+
+
 def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, independent: bool = True,
-                         moving: dict | None = None, frame: dict | None = None) -> dict:
+                         moving: dict | None = None, frame: dict | None = None,
+                         band_cycles: float | None = None) -> dict:
     """JSON-ready summary of :class:`HalfMaps`: curves (cycles/box), resolutions (Å or None),
     the randomisation point of each masked curve, the half-set sizes. ``headline`` names the
     curve to quote (the automatic mask, as RELION's post-processing does).
@@ -159,7 +182,9 @@ def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, 
 
     ``trusted`` and ``verdict`` (one sentence for the log, the CLI and the widget) say which of
     these holds; ``halves_correlation`` is the half-maps' real-space correlation inside the
-    auto mask (1: identical).
+    auto mask (1: identical). ``band_cycles``: the stage's band (cycles/box); the headline
+    resolution against it is in ``band_A``, ``band_resolved`` and ``band_note``
+    (:func:`band_progress`).
     """
     g0 = hm.gold["unmasked"]
 
@@ -204,8 +229,10 @@ def gold_standard_values(hm: HalfMaps, shared_band_cycles: float | None = None, 
         if moving_fraction is not None:
             verdict += f", {100 * moving_fraction:.0f}% of poses still moving"
 
+    band_A = None if band_cycles is None else box * apix / band_cycles
     return {
         "independent": bool(independent),
+        **band_progress(headline, band_A),
         "shared_band_cycles": shared_band_cycles,
         "shared_band_A": shared_A,
         "resolution_raw_A": raw,

@@ -29,6 +29,7 @@ from ..validation import gold_standard_values, half_maps, half_sets, halves_fram
 from .data import check_contrast, image_scale, load_dataset, load_reference
 from .divergence import check_finite, check_losses, empty_map_loss
 from .forward import ForwardModel, stage_sigma
+from .advance import decide, epoch_cap, halves_resolution
 from .halves import HalfNetworks, epoch_batches, split_stage
 from .outputs import (
     RunLog, RunState, check_resume, evaluate, final_metrics, finished_run, read_resume_checkpoint,
@@ -36,7 +37,7 @@ from .outputs import (
 )
 from .poses import (
     clamp_offsets, moving_poses, estimates_shifts, initial_rotations, initial_shifts, moves_poses, search_offsets,
-    searches_poses, shift_prior, train_batch,
+    searches_poses, settled, shift_prior, train_batch, describe_prior, MOVING_DEG,
 )
 from .settings import ReconstructConfig
 from .stage_data import StageData
@@ -228,6 +229,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     stopped = False
     metrics_out: dict = {"stages": state.history.setdefault("stages", [])}  # the checkpoint's list
     last_eval: list[Event] = []
+    extra_batches = 0  # batches --advance auto added (held stages) or saved (stages ended early)
     last_scale = plan[min(state.stage, len(plan) - 1)][0]
     # time left from each stage's measured cost per batch, pauses excluded (engine/eta.py)
     eta_clock = EtaEstimator([epochs * bpe for bpe, (_scale, epochs) in zip(stage_batches_per_epoch, plan)])
@@ -265,12 +267,17 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
         last_snap = stage_t0
         skipped = False
         start_epoch = state.epoch_in_stage if stage_idx == state.stage else 0
+        cap = epoch_cap(cfg.advance, epochs, nets.independent)  # --advance auto may hold a stage up to it
+        if state.stage_ended:  # a resumed stage that --advance auto had already ended
+            start_epoch = cap
         stage_batches = 0
+        stage_extra = 0  # batches --advance auto added to this stage (held) or took from it (ended early)
         empty_loss: dict = {}  # per network, the loss of an empty map on its first batch: the scale of its losses
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start_epoch, cap):
             order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
             rotations_before = rotations.clone()  # how far the poses move in this epoch
             search_now = searches_poses(cfg, stage_idx, scale) and epoch > 0
+            prior_px = shift_prior(cfg, state.poses_settled)
             if search_now and not ranks.any(control.stop_requested):
                 t_search = time.perf_counter()
                 offsets, whole_range = search_offsets(cfg, fwd, whole_range=not state.offsets_searched)
@@ -283,7 +290,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                     counts = global_pose_search(fwd, vol_ft, data.chunks_of(mine), rotations, shifts_px,
                                                 cfg.search_rotations, cfg.search_window, offsets,
                                                 gen, device, centres=centres, prior_centres=start_shifts,
-                                                prior_px=shift_prior(cfg))
+                                                prior_px=prior_px)
                     moved, total = moved + counts[0], total + counts[1]
                 moved, total = (int(v) for v in ranks.total([moved, total], "counting the search's moves"))
                 clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px)
@@ -311,7 +318,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 with ranks.guard(f"stage {stage_idx + 1}, batch {state.step + 1}"):
                     loss_s, loss_p = train_batch(models[half], nets.opt(half), fwd, obs, ctf_b, rotations, shifts_px,
                                                  start_shifts, idx, cfg, step_control, device,
-                                                 moves_poses(cfg, stage_idx), loss_scale, ranks.mean)
+                                                 moves_poses(cfg, stage_idx), loss_scale, ranks.mean, prior_px)
                 check_losses(loss_s, loss_p, empty_loss[half], cfg, step_control, moves_poses(cfg, stage_idx),
                              f"stage {stage_idx + 1}, epoch {epoch + 1}, batch {b + 1} (step {state.step + 1})")
                 state.step += 1
@@ -319,8 +326,9 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 elapsed = time.perf_counter() - t_start
                 eta_clock.step_done(stage_idx, epoch * batches_per_epoch + b + 1)
                 eta = eta_clock.remaining_s()
-                yield Progress(stage_idx, state.step, total_batches, epoch * batches_per_epoch + b + 1,
-                               epochs * batches_per_epoch, loss_s, elapsed, eta,
+                yield Progress(stage_idx, state.step, total_batches + extra_batches + stage_extra,
+                               epoch * batches_per_epoch + b + 1,
+                               max(epochs, epoch + 1) * batches_per_epoch, loss_s, elapsed, eta,
                                {"epoch": epoch + 1, "pose_loss": loss_p})
                 now = time.perf_counter()
                 if now - last_snap >= cfg.snapshot_interval_s and ranks.is_main:
@@ -332,11 +340,31 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             state.elapsed_s = time.perf_counter() - t_start
             sync_poses()
             state.moving = moving_poses(rotations_before, rotations)  # this epoch's pose changes
+            if not state.poses_settled and settled(state.moving, search_now) and estimates_shifts(cfg):
+                state.poses_settled = True
+                yield log(f"  epoch {epoch + 1}: poses settled ({100 * state.moving['fraction_moving']:.0f}% "
+                          f"turned by > {MOVING_DEG:g} deg in a search epoch): offset prior "
+                          f"{describe_prior(shift_prior(cfg))} -> {describe_prior(shift_prior(cfg, True))}")
             for h in nets.groups():
                 check_finite(nets.net(h), rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end of epoch {epoch + 1}")
+            if cfg.advance == "auto" and nets.independent:  # the halves' gold standard steers the stage
+                res_A = halves_resolution(ds, n, rotations, shifts_px, halves, cfg, device, ranks, shared_band)
+                decision = decide(epoch + 1, epochs, cap, stage_idx == len(plan) - 1, res_A, box * apix / band,
+                                  state.advance_best_A, state.moving["fraction_moving"])
+                if res_A is not None:
+                    state.advance_best_A = min(res_A, state.advance_best_A or res_A)
+                state.stage_ended = ranks.any(decision.end and ranks.is_main)  # rank 0's decision
+                if ranks.is_main:
+                    yield log(f"  epoch {epoch + 1}: {decision.note}")
+                # the epochs this stage is now expected to run: what the bar and the ETA count
+                expected = epoch + 1 if state.stage_ended else max(epochs, epoch + 2 if epoch + 1 >= epochs else 0)
+                stage_extra = (expected - epochs) * batches_per_epoch
+                eta_clock.stage_steps[stage_idx] = expected * batches_per_epoch
             if writes:
                 state.stage = stage_idx
                 save_checkpoint(ckpt_path, nets, rotations, shifts_px, state, cfg, identity)
+            if state.stage_ended:
+                break
         # end of stage: snapshots of every scale so far, FSC, pose errors (rank 0, all poses gathered)
         sync_poses()
         for h in nets.groups():
@@ -357,7 +385,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 write_map(out / "mask_auto.mrc", hm.masks["auto"], apix)
             frame = halves_frame(hm, apix) if nets.independent else None  # one frame, one hand?
             gold = gold_standard_values(hm, shared_band_cycles=shared_band, independent=nets.independent,
-                                        moving=state.moving, frame=frame)
+                                        moving=state.moving, frame=frame, band_cycles=band)
             post = postprocessed_map(hm, gold, apix)  # None without a trusted resolution
             if post is not None:
                 gold["postprocess"] = {"bfactor_A2": post.bfactor, "fit_range_A": list(post.fit_range_A),
@@ -383,10 +411,14 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})),
                 about="stage_summary", values=summary)
             yield log(f"stage {stage_idx + 1}: {gold['verdict']}", level="info" if gold["trusted"] else "warning")
+            if gold["independent"]:  # from the split on: how far the halves got into this stage's band
+                yield log(f"stage {stage_idx + 1} {gold['band_note']}")
         if stopped or ranks.any(control.stop_requested):  # also a stop during the evaluation: no next stage
             stopped = True
             break
         state.stage, state.epoch_in_stage = stage_idx + 1, 0
+        state.stage_ended, state.advance_best_A = False, None
+        extra_batches += stage_extra
         if writes:
             state.elapsed_s = time.perf_counter() - t_start
             save_checkpoint(ckpt_path, nets, rotations, shifts_px, state, cfg, identity)

@@ -152,10 +152,35 @@ def searches_poses(cfg: ReconstructConfig, stage_idx: int, scale: int) -> bool:
     return cfg.search_in_finest or scale < cfg.n_layers - 1
 
 
-def shift_prior(cfg: ReconstructConfig) -> float | None:
+def shift_prior(cfg: ReconstructConfig, poses_settled: bool = False) -> float | None:
     """Width (px) of the Gaussian prior on each offset around its starting origin, or None
-    (``shift_prior_px`` 0: maximum likelihood, no prior)."""
-    return cfg.shift_prior_px if cfg.shift_prior_px > 0 else None
+    (0: maximum likelihood, no prior): ``shift_prior_px`` until the poses have settled
+    (:func:`settled`), ``shift_prior_settled_px`` from then on.
+
+    Why two widths: the prior is there because a map that cannot yet tell rotations apart
+    cannot tell offsets apart either, and a maximum-likelihood choice among thousands of
+    (rotation, offset) candidates then fits the noise (the paper's 45-90° start was trapped by
+    it). Once a global search leaves the poses where they are, the map does tell them apart,
+    and a tight prior only holds off-centre particles back (the demo's 2 px offsets)."""
+    width = cfg.shift_prior_settled_px if poses_settled else cfg.shift_prior_px
+    return width if width > 0 else None
+
+
+def describe_prior(width_px: float | None) -> str:
+    """The prior's width for the log: "0.5 px", or "none"."""
+    return "none" if width_px is None else f"{width_px:g} px"
+
+
+SETTLED_FRACTION = 0.10  # an epoch with a search that turns fewer poses than this by > MOVING_DEG
+
+
+def settled(moving: dict, searched: bool) -> bool:
+    """Whether an epoch shows the poses settled: it ran a global search (which could have
+    moved any pose anywhere) and fewer than ``SETTLED_FRACTION`` of the poses turned by more
+    than ``MOVING_DEG`` degrees (``moving``: :func:`moving_poses` of that epoch). An epoch
+    without a search says nothing: pose steps alone move poses little even when they are
+    wrong."""
+    return searched and bool(moving) and moving["fraction_moving"] < SETTLED_FRACTION
 
 
 def estimates_shifts(cfg: ReconstructConfig) -> bool:
@@ -203,7 +228,7 @@ def clamp_offsets(shifts_px: torch.Tensor, start: torch.Tensor, range_px: float,
 
 def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, start_shifts, idx, cfg,
                 control, device, move_poses: bool, loss_scale: float | None = None,
-                reduce=None) -> tuple[float, float]:
+                reduce=None, prior_px: float | None = None) -> tuple[float, float]:
     """One batch: structure steps at the current poses (images centred with their offsets), then
     pose steps that also refine the offsets when they are estimated; the stored rotations
     (float64) and offsets (px, clamped around their starting origins) are updated in place.
@@ -211,7 +236,8 @@ def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, s
     In a data-parallel run ``net`` is in ``DistributedDataParallel``, ``idx`` is this rank's part
     of the global batch (possibly empty), ``loss_scale`` is ``world / global batch`` and
     ``reduce`` averages the two losses over the ranks (:meth:`Ranks.mean`); ``control`` is None
-    there (a stop is agreed between batches). Returns the last structure and pose losses (means
+    there (a stop is agreed between batches). ``prior_px``: the offsets' prior width
+    (:func:`shift_prior`; None: none). Returns the last structure and pose losses (means
     over the batch), read from the device once, here."""
     if loss_scale is None:
         loss_scale = 1.0 / max(1, len(idx))
@@ -226,7 +252,7 @@ def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, s
         vol_ft = fwd.volume_ft(unwrap(net))  # every rank: with several, each renders a part
         if len(idx) > 0:
             loss_p = _pose_batch(vol_ft, fwd, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts,
-                                 idx, cfg, control) * (len(idx) * loss_scale)
+                                 idx, cfg, control, prior_px) * (len(idx) * loss_scale)
     losses = torch.stack([loss_s.float().to(device), loss_p.float().to(device)])
     if reduce is not None:
         losses = reduce(losses)
@@ -234,14 +260,14 @@ def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, s
 
 
 def _pose_batch(vol_ft, fwd: ForwardModel, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts, idx, cfg,
-                control) -> torch.Tensor:
+                control, prior_px: float | None) -> torch.Tensor:
     """The pose steps of :func:`train_batch` against the map's spectrum ``vol_ft``; returns their
     last mean loss (NaN: diverged, and the stored poses were left as they were)."""
     lr_shift = cfg.lr_shift if estimates_shifts(cfg) else 0.0
     new, new_sh, loss_p = pose_steps(vol_ft, fwd, obs, ctf_b, R, cfg.pose_steps, cfg.lr_pose,
                                      cfg.pose_betas, control, shifts_px=sh, lr_shift=lr_shift,
                                      prior_centres=start_shifts[idx].to(sh.device, sh.dtype),
-                                     prior_px=shift_prior(cfg))
+                                     prior_px=prior_px)
     # fold the float32 correction into the float64 stored pose (on the CPU: one read-back)
     new, new_sh = new.cpu(), new_sh.cpu() if lr_shift > 0 else None
     if not (bool(torch.isfinite(new).all()) and (new_sh is None or bool(torch.isfinite(new_sh).all()))):

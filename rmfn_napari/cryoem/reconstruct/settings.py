@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ...engine.settings_spec import config_from_preset
 from ...errors import InputError
 from ...model.precision import PRECISIONS
+from .advance import ADVANCE_MODES
 from .halves import parse_split_at
 
 
@@ -83,7 +84,13 @@ class ReconstructConfig:
         its starting origin (the STAR's, else 0), used by the global search and the pose steps
         (:func:`~rmfn_napari.cryoem.pose_search.global_pose_search`): an offset moves only as
         far as the data pay for. 0: no prior (maximum likelihood; the paper's 45-90° protocol
-        then fails with the offset search on: docs/results.md, "The 45-90° regression").
+        then fails with the offset search on: docs/results.md, "The 45-90° regression"). Used until the
+        poses have settled; then ``shift_prior_settled_px``.
+    shift_prior_settled_px : width (px) of the offset prior once the poses have settled (an
+        epoch with a global search turned fewer than 10% of them by more than 5°; from then on
+        for the rest of the run). A map that tells rotations apart also tells offsets apart, so
+        the prior that kept centred particles centred while it could not is no longer needed
+        and would hold off-centre particles back. 0: no prior once settled.
     check_contrast : before training, test the particles' contrast with a matched filter
         (:mod:`rmfn_napari.cryoem.contrast`) and stop if they are dark.
     mask_radius : soft spherical solvent mask applied to the rendered map, radius as a
@@ -123,6 +130,9 @@ class ReconstructConfig:
         ``"40A"`` (the stages whose band is coarser than 40 Å are shared). A split after stage 1
         (a 44 Å band at 32 px and 2 Å/px, poses still 67° off) let the halves settle in mirrored
         frames on the cpu benchmark; after stage 2 (13 Å) they kept one (docs/results.md).
+    advance : when a stage ends (:mod:`.advance`): ``fixed``, after its planned epochs; ``auto``,
+        from the split on, when the independent halves' gold standard says the stage's band is
+        resolved (early) or no longer improving (held up to twice its epochs).
     device, seed : where and how reproducibly to run.
     """
 
@@ -145,6 +155,7 @@ class ReconstructConfig:
     shift_range_px: float = 0.0
     lr_shift: float = 0.05
     shift_prior_px: float = 0.5
+    shift_prior_settled_px: float = 0.5
     check_contrast: bool = True
     invert_contrast: bool = False
     max_particles: int | None = None
@@ -163,6 +174,7 @@ class ReconstructConfig:
     compile_render: bool = False
     stage_data_gb: float = 4.0
     split_at: str = "2"
+    advance: str = "fixed"
     device: str = "auto"
     seed: int = 0
 
@@ -197,6 +209,9 @@ class ReconstructConfig:
             raise InputError(f"shift_range_px must be >= 0 px, got {self.shift_range_px}")
         if not (_finite(self.shift_prior_px) and self.shift_prior_px >= 0):
             raise InputError(f"--shift-prior must be a finite number >= 0 px, got {self.shift_prior_px}")
+        if not (_finite(self.shift_prior_settled_px) and self.shift_prior_settled_px >= 0):
+            raise InputError("--shift-prior-settled must be a finite number >= 0 px, "
+                             f"got {self.shift_prior_settled_px}")
         if not (math.isfinite(self.lr_shift) and self.lr_shift >= 0):
             raise InputError(f"lr_shift must be >= 0, got {self.lr_shift}")
         if self.precision not in PRECISIONS:
@@ -205,6 +220,8 @@ class ReconstructConfig:
             raise InputError(f"stage_data_gb must be >= 0 GiB, got {self.stage_data_gb}")
         self._validate_numbers()
         parse_split_at(self.split_at)
+        if self.advance not in ADVANCE_MODES:
+            raise InputError(f"--advance must be one of {', '.join(ADVANCE_MODES)}, got {self.advance!r}")
 
     def _validate_numbers(self) -> None:
         """Every number is finite and in its range: one line naming it instead of a NaN run or

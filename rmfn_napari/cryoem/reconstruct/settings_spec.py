@@ -8,6 +8,7 @@ from __future__ import annotations
 from ...engine.settings_spec import Setting, check_against, lambdas_setting
 from ...model.precision import PRECISIONS
 from .settings import MODES, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, pose_search_mode
+from .advance import ADVANCE_MODES
 
 #: Sections of the form, in order (``top`` rows come before them; ``advanced`` starts folded).
 SECTIONS = ("dataset", "model", "schedule", "run", "advanced")
@@ -84,7 +85,14 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
     Setting("shift_prior_px", "--shift-prior", "shift prior", "schedule",
             "Width (px) of the Gaussian prior on each offset around its starting origin (the "
             "STAR's, else the box centre): the search and the pose steps move an offset only as "
-            "far as the data pay for (RELION's sigma_offset). 0: no prior", "float",
+            "far as the data pay for (RELION's sigma_offset), until the poses have settled. "
+            "0: no prior", "float",
+            minimum=0.0, maximum=64.0, step=0.1, decimals=2, special="none", suffix=" px",
+            metavar="PX", preset_keeps=True),
+    Setting("shift_prior_settled_px", "--shift-prior-settled", "shift prior, settled", "schedule",
+            "Width (px) of the offset prior once the poses have settled (an epoch with a global "
+            "search turned fewer than 10% of them by more than 5 degrees): a map that tells "
+            "rotations apart tells offsets apart too. 0: no prior from then on", "float",
             minimum=0.0, maximum=64.0, step=0.1, decimals=2, special="none", suffix=" px",
             metavar="PX", preset_keeps=True),
     Setting("split_at", "--split-at", "independent halves after", "schedule",
@@ -93,6 +101,12 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
             "(40A: the stages whose band is coarser than 40 A are shared). The gold-standard FSC "
             "measures only what the halves learned apart", "choice", choices=None,
             preset_keeps=True, metavar="N|DA"),
+    Setting("advance", "--advance", "stage advance", "schedule",
+            "When a stage ends: fixed (its planned epochs) or auto (from the split on, steered by "
+            "the independent halves' gold standard, checked each epoch: the next stage starts "
+            "early once the halves have resolved the stage's band and the poses have settled; a "
+            "stage whose band is not resolved but still improving is held, up to twice its epochs)",
+            "choice", choices=ADVANCE_MODES, preset_keeps=True),
     # -- run
     Setting("device", "--device", "device", "run",
             "auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N", "choice",
