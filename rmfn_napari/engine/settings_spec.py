@@ -28,7 +28,8 @@ from ..errors import InputError
 KINDS = ("choice", "int", "float", "csv-ints", "pair", "bool")
 
 __all__ = [
-    "KINDS", "Setting", "add_arguments", "check_against", "config_values", "fields_of",
+    "FILTER_CHOICES", "KINDS", "Setting", "add_arguments", "check_against", "check_filters",
+    "config_values", "fields_of", "filters_setting",
     "overrides_from_args", "overrides_from_values", "parse_csv_ints",
 ]
 
@@ -145,6 +146,26 @@ def lambdas_setting(section: str) -> Setting:
                    "lambda1 lambda2 of the filters' frequency init (the paper: 0.3 2.0)", "pair",
                    minimum=0.0, maximum=20.0, step=0.1, metavar=("L1", "L2"),
                    pair_labels=("λ1", "λ2"), attr=("lambda1", "lambda2"))
+
+
+#: The filter kinds of ``--filters`` (:mod:`rmfn_napari.model.gabor`).
+FILTER_CHOICES = ("sine", "gabor")
+
+
+def filters_setting(section: str) -> Setting:
+    """``--filters sine|gabor``, the network's filters: the same flag, help and form field in every
+    task whose network is a residual MFN."""
+    return Setting("filters", "--filters", "filters", section,
+                   "sine: the paper's sine filters; gabor: sines under Gaussian windows (GaborNet), "
+                   "the same frequency init on 75% of each scale's band and the windows' widths "
+                   "capped so that >= 99% of each scale's energy stays inside that scale's band "
+                   "(docs/gabor.md)", "choice", choices=FILTER_CHOICES, preset_keeps=True)
+
+
+def check_filters(value, flag: str = "--filters") -> None:
+    """InputError unless ``value`` is one of :data:`FILTER_CHOICES`."""
+    if value not in FILTER_CHOICES:
+        raise InputError(f"{flag} must be one of {', '.join(FILTER_CHOICES)}, got {value!r}")
 
 
 def config_from_preset(dataclass_type, presets: dict, name: str, overrides: dict):

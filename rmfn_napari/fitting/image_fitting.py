@@ -32,7 +32,7 @@ from ..engine.events import (
 )
 from ..engine.atomic import fsync_dir, fsync_file, replace_synced, temp_path_for
 from ..engine.outdir import estimate_fit_image_bytes, prepare_run_dir
-from ..engine.settings_spec import config_from_preset
+from ..engine.settings_spec import check_filters, config_from_preset
 from ..errors import InputError
 from ..model import METHODS, ResidualMFN
 from .images import downsample, normalize_image
@@ -50,11 +50,13 @@ class FitImageConfig:
     (network layers). ``downsample`` is the factor between the original image (PSNR
     reference) and the training image. ``snapshot_interval_s`` bounds how often the
     current scale's image is sent during a stage (stage ends always send one). ``preset``
-    records the preset these settings started from.
+    records the preset these settings started from. ``filters``: ``sine`` (the paper) or
+    ``gabor`` (:mod:`rmfn_napari.model.gabor`; windows' centres drawn over the whole image).
     """
 
     preset: str = "paper"
     method: str = "rmfn"
+    filters: str = "sine"
     schedule: tuple[int, ...] = PAPER_SCHEDULE
     hidden: int = 256
     lr: float = 5e-3
@@ -75,6 +77,7 @@ class FitImageConfig:
             raise InputError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.method not in METHODS:
             raise InputError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        check_filters(self.filters)
         if len(self.schedule) < 1 or any(int(s) < 1 for s in self.schedule):
             raise InputError(f"schedule needs one positive step count per stage, got {self.schedule}")
         if self.hidden < 1 or self.lr <= 0 or self.downsample < 1:
@@ -246,7 +249,7 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
     n_scales = len(config.schedule)
     net = ResidualMFN(
         2, config.hidden, n_scales, out_dim=channels, lambdas=config.lambdas,
-        resolution=min(h, w), seed=config.seed, **METHODS[config.method],
+        resolution=min(h, w), seed=config.seed, filters=config.filters, **METHODS[config.method],
     ).to(device)
     fair_bacon = not net.residual
     target = torch.as_tensor(train if train.ndim == 3 else train[..., None], device=device)

@@ -5,7 +5,7 @@ per field of :class:`~rmfn_napari.fitting.image_fitting.FitImageConfig` that the
 
 from __future__ import annotations
 
-from ..engine.settings_spec import Setting, check_against, lambdas_setting
+from ..engine.settings_spec import Setting, check_against, filters_setting, lambdas_setting
 from ..model import METHODS
 from .image_fitting import FitImageConfig
 from .presets import PRESETS
@@ -23,6 +23,7 @@ FIT_IMAGE_SETTINGS: tuple[Setting, ...] = (
             "rmfn (residual MFN, the proposed init), res-bacon (residual, BACON init), bacon "
             "(staged 'fair' BACON baseline)", "choice", choices=tuple(METHODS),
             preset_keeps=True),
+    filters_setting("model"),
     Setting("hidden", "--hidden", "width", "model",
             "Hidden units per layer of the network", "int", minimum=4, maximum=4096),
     lambdas_setting("advanced"),

@@ -144,7 +144,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     torch.manual_seed(cfg.seed)
     net = ResidualMFN(3, cfg.hidden, cfg.n_layers, out_dim=1, init="residual", residual=True,
                       lambdas=cfg.lambdas, resolution=box, head_activation="relu", seed=cfg.seed,
-                      new_head_scale=cfg.new_head_scale).to(device)
+                      new_head_scale=cfg.new_head_scale, filters=cfg.filters,
+                      window_radius=cfg.mask_radius or 0.45).to(device)
     net.hidden_precision = cfg.precision
     # one network on every particle until the split, then one per half-set (halves.py)
     nets = HalfNetworks(net, torch.optim.Adam(net.parameters(), lr=cfg.lr_structure))

@@ -7,7 +7,7 @@ import numbers
 from dataclasses import dataclass
 
 
-from ...engine.settings_spec import config_from_preset
+from ...engine.settings_spec import check_filters, config_from_preset
 from ...errors import InputError
 from ...model.precision import PRECISIONS
 from .advance import ADVANCE_MODES
@@ -50,6 +50,8 @@ class ReconstructConfig:
         ``oracle-poses``: poses and offsets fixed at the true poses (``true_poses``), else
         at the STAR's angles and origins.
     n_layers, hidden, lambdas : network (paper: 3, 128, (0.3, 2.0)).
+    filters : ``sine`` (the paper) or ``gabor`` (:mod:`rmfn_napari.model.gabor`: the windows'
+        centres drawn in the cube of half-width ``mask_radius``, 0.45 box without a mask).
     epochs_per_stage : epochs of each stage (len = n_layers); ``full-scale`` runs their sum.
     batch_size : particles per batch.
     structure_steps, pose_steps : optimisation steps per batch (paper: 5, 20).
@@ -141,6 +143,7 @@ class ReconstructConfig:
     n_layers: int = 3
     hidden: int = 128
     lambdas: tuple[float, float] = (0.3, 2.0)
+    filters: str = "sine"
     epochs_per_stage: tuple[int, ...] = (15, 15, 70)
     batch_size: int = 600
     structure_steps: int = 5
@@ -234,6 +237,7 @@ class ReconstructConfig:
             raise InputError(f"--lr-pose must be at most {LR_POSE_MAX:g} (radians per step), got {self.lr_pose:g}: a "
                              "pose step turns a particle by up to sqrt(3) times that (99° at 1), throwing the poses "
                              "instead of refining them (sensible: 0.001 to 0.1; the paper: 0.01)")
+        check_filters(self.filters)
         if len(self.lambdas) != 2 or not all(_finite(v) and v >= 0 for v in self.lambdas) or sum(self.lambdas) <= 0:
             raise InputError(f"--lambdas must be two finite numbers >= 0, not both 0, got {tuple(self.lambdas)}")
         whole = {"n_layers": (self.n_layers, 1), "hidden": (self.hidden, 1), "batch_size": (self.batch_size, 1),

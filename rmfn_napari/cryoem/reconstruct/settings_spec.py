@@ -5,7 +5,7 @@ offer. Both are made from :data:`RECONSTRUCT_SETTINGS`; the tests check it again
 
 from __future__ import annotations
 
-from ...engine.settings_spec import Setting, check_against, lambdas_setting
+from ...engine.settings_spec import Setting, check_against, filters_setting, lambdas_setting
 from ...model.precision import PRECISIONS
 from .settings import MODES, POSE_SEARCH_MODES, PRESETS, ReconstructConfig, pose_search_mode
 from .advance import ADVANCE_MODES
@@ -52,6 +52,7 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
     Setting("hidden", "--hidden", "width", "model",
             "Hidden units per layer of the network", "int", minimum=4, maximum=2048),
     lambdas_setting("model"),
+    filters_setting("model"),
     # -- schedule
     Setting("epochs_per_stage", "--epochs", "epochs per stage", "schedule",
             "Epochs of each stage, one number per layer, e.g. 15,15,70", "csv-ints",
