@@ -23,6 +23,13 @@ Usage::
 
 Runs go two at a time, one torch thread each. Writes ``benchmarks/results/own_particles.md``
 and ``.json``.
+
+``--filters sine|gabor`` passes ``--filters`` to every run (issue 30), runs in ``<work>/<run>-<filters>``
+and writes ``benchmarks/results/own_particles_filters.md`` and ``.json`` instead, one row per run
+and filter kind, e.g. the sine and Gabor oracles one at a time::
+
+    python benchmarks/own_particles.py --runs oracle --jobs 1 --filters sine --work /tmp/gabor_op
+    python benchmarks/own_particles.py --runs oracle --jobs 1 --filters gabor --work /tmp/gabor_op
 """
 
 from __future__ import annotations
@@ -67,20 +74,28 @@ def make_data(out: Path, n: int, seed: int) -> Path:
     return star
 
 
-def run_one(key: str, star: Path, out: Path, seed: int) -> dict:
+def run_dir(key: str, filters: str | None) -> str:
+    """A run's folder name under ``--work``: the run, and the filter kind when one was given."""
+    return key if filters is None else f"{key}-{filters}"
+
+
+def run_one(key: str, star: Path, out: Path, seed: int, filters: str | None = None) -> dict:
     label, flags = RUNS[key]
     truth = star.parent / "true_poses.star"
     flags = [f.replace("{truth}", str(truth)) for f in flags]
+    if filters is not None:
+        flags, label = flags + ["--filters", filters], f"{label}, {filters} filters"
+    key_dir = run_dir(key, filters)
     cmd = [sys.executable, "-m", "rmfn_napari.cli", "reconstruct", "--overwrite", str(star), "--box", "32", "--preset",
-           "cpu-small", "--out", str(out / key), "--seed", str(seed), "--threads", "1", "--quiet", *flags]
+           "cpu-small", "--out", str(out / key_dir), "--seed", str(seed), "--threads", "1", "--quiet", *flags]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
-    row = {"run": key, "label": label, "flags": flags, "wall_s": wall}
+    row = {"run": key, "label": label, "flags": flags, "wall_s": wall, "filters": filters or "sine"}
     if proc.returncode != 0:
         row["error"] = proc.stderr[-2000:]
         return row
-    row.update(evaluate(out / key, star))
+    row.update(evaluate(out / key_dir, star))
     return row
 
 
@@ -113,7 +128,8 @@ def evaluate(run_dir: Path, star: Path) -> dict:
 
 
 def table(rows: list[dict], n: int) -> str:
-    oracle = next((r for r in rows if r["run"] == "oracle" and "resolution_A" in r), None)
+    """The Markdown table; "× oracle" divides by the oracle of the same filter kind."""
+    oracles = {r.get("filters", "sine"): r for r in rows if r["run"] == "oracle" and "resolution_A" in r}
     lines = [f"1OL5, 96 px at 1.2 Å/px cropped to 32 px (3.6 Å/px, Nyquist 7.2 Å); {n} particles, SNR 0.05, "
              "offsets up to 4 px (1.33 px at 32), defocus 0.8–2.5 µm; preset cpu-small, one thread per run, "
              "two runs at a time on 2 cores. Offsets in px of the 32 px box.", "",
@@ -123,6 +139,7 @@ def table(rows: list[dict], n: int) -> str:
         if "error" in r:
             lines.append(f"| {r['label']} | failed: {r['error'].strip().splitlines()[-1]} |||||||| {r['wall_s']:.0f} |")
             continue
+        oracle = oracles.get(r.get("filters", "sine"))
         res, ores = r["resolution_A"], oracle["resolution_A"] if oracle else None
         ratio = f"{res / ores:.2f}" if res is not None and ores is not None else "–"
         res_txt = f"{res:.1f}" if res is not None else "not resolved"  # resolution_at: None = not resolved
@@ -141,37 +158,43 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/rmfn_own_particles")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--fresh", action="store_true", help="write only this invocation's runs")
+    p.add_argument("--filters", choices=("sine", "gabor"), default=None,
+                   help="pass --filters to every run; results go to own_particles_filters.md/.json")
     p.add_argument("--evaluate-only", action="store_true",
                    help="evaluate the runs' existing output folders again (wall time from their run.log)")
     args = p.parse_args()
     out = Path(args.work)
     star = make_data(out, args.n, args.seed)
     keys = [k for k in args.runs.split(",") if k]
+    name = "own_particles" if args.filters is None else "own_particles_filters"
     if args.evaluate_only:  # the runs' folders exist: evaluate them again (e.g. after a metrics change)
-        saved = ROOT / "benchmarks" / "results" / "own_particles.json"
+        saved = ROOT / "benchmarks" / "results" / f"{name}.json"
         walls = {r["run"]: r.get("wall_s") for r in json.loads(saved.read_text())} if saved.exists() else {}
         rows = []
         for k in keys:
             row = {"run": k, "label": RUNS[k][0], "flags": RUNS[k][1]}
-            row.update(evaluate(out / k, star))
+            if args.filters is not None:
+                row.update(filters=args.filters, label=f"{RUNS[k][0]}, {args.filters} filters")
+            row.update(evaluate(out / run_dir(k, args.filters), star))
             # the process's wall time is not in the folder: keep the measured one, else the engine's
             row["wall_s"] = walls.get(k) or row["engine_seconds"]
             rows.append(row)
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
-            rows = list(pool.map(lambda k: run_one(k, star, out, args.seed), keys))
+            rows = list(pool.map(lambda k: run_one(k, star, out, args.seed, args.filters), keys))
     for r in rows:
         r["date"] = time.strftime("%Y-%m-%d")
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
-    saved = results / "own_particles.json"
+    saved = results / f"{name}.json"
+    done = {(r["run"], r.get("filters", "sine")) for r in rows}
     if saved.exists() and not args.fresh:  # keep the rows of runs not repeated this time
-        old = [r for r in json.loads(saved.read_text()) if r["run"] not in keys]
-        rows = sorted(old + rows, key=lambda r: list(RUNS).index(r["run"]))
+        old = [r for r in json.loads(saved.read_text()) if (r["run"], r.get("filters", "sine")) not in done]
+        rows = sorted(old + rows, key=lambda r: (list(RUNS).index(r["run"]), r.get("filters", "sine")))
     text = table(rows, args.n)
     print(text)
-    (results / "own_particles.md").write_text(f"# own particles\n\n{text}\n")
-    (results / "own_particles.json").write_text(json.dumps(rows, indent=1, default=str))
+    (results / f"{name}.md").write_text(f"# own particles\n\n{text}\n")
+    (results / f"{name}.json").write_text(json.dumps(rows, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ Images: natural images that ship with the project (``sample_data/images``) or in
 installed scikit-image wheel (``skimage/data``; read from disk, never fetched), centre-
 cropped to a square and resized to the configuration's original size.
 
+A method ``M+gabor`` is method M with Gabor filters (``--filters gabor``, issue 30), e.g. the
+sine and Gabor rMFNs side by side (same seed, same trainable parameters, same steps)::
+
+    python benchmarks/table1.py --config cpu --methods rmfn,rmfn+gabor --images 6 \
+        --out benchmarks/results/gabor_table1_cpu.md
+
 Usage::
 
     python benchmarks/table1.py --config cpu              # reduced, 2-core CPU
@@ -53,6 +59,7 @@ METHOD_ROWS = (
     ("bacon", "(Staged) BACON (fair)"),
     ("res-bacon", "(Staged + Res) BACON"),
     ("rmfn", "(Staged + Res + Init) rMFN"),
+    ("rmfn+gabor", "(Staged + Res + Init) rMFN, Gabor filters"),
 )
 
 #: The paper's Table 1 (32 DIV2K RGB images, 512² -> 256², width 256, 500/500/1000/8000).
@@ -168,10 +175,17 @@ def run_one(image: np.ndarray, method: str, cfg: dict, device: str, seed: int) -
     from rmfn_napari.engine.events import Progress, RunFinished, ScaleSnapshot, StageFinished
     from rmfn_napari.fitting import FitImageConfig, fit_image
 
+    from rmfn_napari.model import METHODS, ResidualMFN
+
+    base, _, filters = method.partition("+")
     config = FitImageConfig(
-        method=method, schedule=tuple(cfg["schedule"]), hidden=cfg["hidden"], lr=cfg["lr"],
+        method=base, schedule=tuple(cfg["schedule"]), hidden=cfg["hidden"], lr=cfg["lr"],
         downsample=cfg["downsample"], device=device, seed=seed, snapshot_interval_s=1e9,
+        filters=filters or "sine",
     )
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    net = ResidualMFN(2, cfg["hidden"], len(config.schedule), out_dim=channels, filters=config.filters,
+                      resolution=cfg["size"] // cfg["downsample"], **METHODS[base])
     n_stages = len(config.schedule)
     after, end, stage_loss = {}, {}, {}
     finished, result, last_loss = False, None, float("nan")
@@ -194,6 +208,7 @@ def run_one(image: np.ndarray, method: str, cfg: dict, device: str, seed: int) -
         "psnr_db_per_stage": [float(x) for x in m["psnr_db_per_stage"]],
         "loss_at_stage_end": [float(stage_loss[s]) for s in sorted(stage_loss)],
         "seconds": float(result.seconds),
+        "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
     }
     row.update(extra_drifts(after, end))
     return row
@@ -242,15 +257,29 @@ def ordering_check(per_image: dict) -> list[str]:
         return float(np.mean(vals))
 
     out = []
+    if not all(any(m in r for r in per_image.values()) for m in ("bacon", "res-bacon", "rmfn")):
+        return ["- (not all three of the paper's methods were run)"]
     for key in ("spectrum_drift", "drift_hann"):
         for s in (1, 2):
-            vals = {m: mean(m, key, s) for m, _ in METHOD_ROWS}
+            vals = {m: mean(m, key, s) for m, _ in METHOD_ROWS if m != "rmfn+gabor"}
             best = min(vals, key=vals.get)
             out.append(f"- {key}, scale {s + 1}: smallest = {best} "
                        + "(" + ", ".join(f"{m} {v:.3g}" for m, v in vals.items()) + ")")
     gap = mean("rmfn", "psnr_db") - mean("bacon", "psnr_db")
     out.append(f"- PSNR rmfn − bacon = {gap:+.2f} dB (criterion: within 1 dB)")
     return out
+
+
+def per_image_lines(per_image: dict) -> list[str]:
+    """Trainable parameters per method and each image's PSNR (dB) per method."""
+    methods = [m for m, _ in METHOD_ROWS if any(m in r for r in per_image.values())]
+    params = {m: next(r[m].get("trainable_parameters") for r in per_image.values() if m in r) for m in methods}
+    lines = ["Trainable parameters: " + ", ".join(f"{m} {params[m]}" for m in methods) + ".", "",
+             "| image | " + " | ".join(f"PSNR {m} (dB)" for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for name, r in per_image.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[m]['psnr_db']:.2f}" if m in r else "–" for m in methods) + " |")
+    return lines + [""]
 
 
 def write_report(path: Path, args, cfg, images, per_image, wall_s, done: bool) -> None:
@@ -271,6 +300,7 @@ def write_report(path: Path, args, cfg, images, per_image, wall_s, done: bool) -
         "",
         markdown_table(per_image),
         "",
+        *per_image_lines(per_image),
         "## Paper, Table 1 (for reference; 32 RGB images, 512²→256², width 256, 500/500/1000/8000)",
         "",
         paper_table(),
@@ -313,7 +343,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of every fit (same for all methods)")
     ap.add_argument("--schedule", default=None, help="override, e.g. 50,50,100,800")
     ap.add_argument("--hidden", type=int, default=None, help="override the width")
-    ap.add_argument("--methods", default="bacon,res-bacon,rmfn")
+    ap.add_argument("--methods", default="bacon,res-bacon,rmfn",
+                    help="comma-separated; M+gabor: method M with Gabor filters (e.g. rmfn+gabor)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="Markdown output (JSON written next to it)")
     args = ap.parse_args(argv)
@@ -344,10 +375,9 @@ def main(argv=None) -> int:
                   + "/".join(f"{d:.3g}" for d in row["spectrum_drift"][:-1])
                   + ", hann " + "/".join(f"{d:.3g}" for d in row["drift_hann"][:-1])
                   + f", {row['seconds']:.0f} s", flush=True)
-        if len(methods) == len(METHOD_ROWS):
-            write_report(out, args, cfg, images, per_image, time.perf_counter() - t0, done=False)
+        write_report(out, args, cfg, images, per_image, time.perf_counter() - t0, done=False)
     wall = time.perf_counter() - t0
-    if len(methods) == len(METHOD_ROWS):
+    if methods:
         write_report(out, args, cfg, images, per_image, wall, done=True)
         print(out.read_text(), flush=True)
         print(f"[table1] written {out} and {out.with_suffix('.json')}", flush=True)
