@@ -295,6 +295,8 @@ def test_napari_writer_refuses_bad_destinations_and_data_writing_nothing(case, e
     ("a 2^3 map to simulate", "the map is 2 px a side: too small", None),
     ("--nproc 3 for 2 particles", "--nproc 3 is more processes than the 2 particles", None),
     ("a row that lost a field", "row 120 of data_particles has 12 of 13 fields (rlnRandomSubset missing", None),
+    ("a row that lost its last numeric fields", "row 120 of data_particles has 5 of 7 fields (rlnCtfBfactor, "
+     "rlnOpticsGroup missing", "np.float64"),
     ("text renamed .png", "not a PNG, TIFF or JPEG image", "pip install"),
     ("constant image", ": image is constant", None),
     ("complex TIFF", ": image is complex", None),
@@ -336,6 +338,13 @@ def test_messages_name_the_real_problem(case, expected, wrong, sim, tmp_path, ca
         lines[-1] = lines[-1].rsplit(None, 1)[0]
         star = Path(sim.true_poses).parent / "lost_a_field.star"
         star.write_text("\n".join(lines) + "\n")
+        argv = _tiny(star, out)
+    elif case == "a row that lost its last numeric fields":  # (read as NaN: not to be called 'not finite')
+        lines = Path(sim.star).read_text().rstrip("\n").split("\n")
+        lines[-1] = lines[-1].rsplit(None, 2)[0]
+        star = tmp_path / "lost_two_fields.star"
+        star.write_text("\n".join(lines) + "\n")
+        (tmp_path / "particles.mrcs").symlink_to(Path(sim.star).parent / "particles.mrcs")
         argv = _tiny(star, out)
     elif case == "a 2^3 map to simulate":
         import mrcfile

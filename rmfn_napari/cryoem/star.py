@@ -64,10 +64,15 @@ def _check_numeric(table, table_name: str, star_path: Path) -> None:
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             r = int(bad[0])
-            text = np.isnan(values[r]) and not pd.isna(raw.iloc[r])
+            value = raw.iloc[r]
+            empty = table.iloc[r].isna().to_numpy()
+            if pd.isna(value) and empty.sum() >= 2 and empty[-int(empty.sum()):].all():
+                _check_complete(table, table_name, star_path)  # its last fields lost: a truncated row
+            text = np.isnan(values[r]) and not pd.isna(value)
             what = "is not a number" if text else "is not finite"
+            shown = repr(value) if isinstance(value, str) else f"{float(values[r]):g}"  # nan, not np.float64(nan)
             raise InputError(f"column {col} of data_{table_name}, row {r + 1}: value "
-                             f"{raw.iloc[r]!r} {what} ({bad.size} bad rows)", star_path)
+                             f"{shown} {what} ({bad.size} bad rows)", star_path)
         if not pd.api.types.is_numeric_dtype(raw):
             whole = col == "rlnImageSize" and np.all(values == np.round(values))
             table[col] = values.astype(np.int64) if whole else values
