@@ -47,7 +47,7 @@ def test_advance_is_checked():
 @pytest.fixture(scope="module")
 def oracle_stack(tmp_path_factory):
     out = tmp_path_factory.mktemp("advance")
-    simulate_particles(map_path("1ol5_32"), out / "data", n=200, snr=1.0, seed=5)
+    simulate_particles(map_path("1ol5_32"), out / "data", n=100, snr=1.0, seed=5)
     return out / "data"
 
 
