@@ -89,6 +89,17 @@ def _private_home(tmp_path_factory, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _close_answer(request, monkeypatch):
+    """A GUI test that closes a viewer with a run still going (its teardown does) gets
+    "Stop and save" from the close question instead of a modal dialog that would hang the
+    suite; a test that answers it sets its widget's ``ask_about_closing``."""
+    if GUI_FIXTURES & set(request.fixturenames):
+        monkeypatch.setattr("rmfn_napari._widgets.closing.ask_about_closing",
+                            lambda *_args: "stop")
+    yield
+
+
 @pytest.fixture
 def tmp_out(tmp_path) -> Path:
     """A fresh, empty output directory for one test."""

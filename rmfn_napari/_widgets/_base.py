@@ -30,6 +30,8 @@ from ..errors import InputError
 from .controls import (
     CANCEL, NEW_FOLDER, OutDirField, RunPanel, ScaleStepper, ask_about_results, choose_folder,
 )
+from . import closing as _closing
+from .closing import CloseGuard, guard_dock
 from .layers import LayerUpdater
 from .log_panel import LogPanel, log_sentence
 from .runner import EngineRunner, EventSource, RunFailed, RunState
@@ -57,8 +59,9 @@ class RunWidgetBase(QWidget):
     the pinned run panel),
     ``steps_done`` (last step reported), ``stage`` (0-based current stage), ``events_seen``.
     The dialogs are attributes so that tests can answer them: ``ask_about_results``
-    (:func:`~.controls.ask_about_results`) and ``choose_folder``
-    (:func:`~.controls.choose_folder`).
+    (:func:`~.controls.ask_about_results`), ``choose_folder``
+    (:func:`~.controls.choose_folder`) and ``ask_about_closing``
+    (:func:`~.closing.ask_about_closing`: closing napari or the dock during a run).
     """
 
     task = "run"
@@ -79,6 +82,12 @@ class RunWidgetBase(QWidget):
         self.log = LogPanel()
         self.ask_about_results = ask_about_results
         self.choose_folder = choose_folder
+        self.ask_about_closing = _closing.ask_about_closing
+        #: Set when napari or the dock closes once the run has ended (:mod:`.closing`).
+        self.closing = False
+        guard = CloseGuard.for_viewer(self.viewer)  # the window's close asks about the run
+        if guard is not None:
+            guard.add(self)
         self.n_stages = 0
         self.steps_done = 0
         self.stage = -1
@@ -315,6 +324,28 @@ class RunWidgetBase(QWidget):
         if self.runner.busy:
             self.panel.set_status("Stopping after the current step…")
 
+    def describe_run(self) -> str:
+        """One line about the run going on, for the close question."""
+        where = f", outputs to {self.run_out_dir}" if self.run_out_dir else ""
+        return f"{self.task}: step {self._bar_step()}{where}"
+
+    def finish_before_closing(self, stop: bool, what: str = "napari") -> None:
+        """napari (or the dock, ``what``) closes once this run has ended: with ``stop``, Stop
+        now (the outputs are written); the layers are no longer updated meanwhile."""
+        self.closing = True
+        self.layers.detach()
+        if stop:
+            self.stop()
+            self.panel.set_status(f"Stopping: {what} closes once the outputs are written…")
+        else:
+            self.panel.set_status(f"{what[0].upper()}{what[1:]} closes when the run ends "
+                                  "(Stop ends it now and writes the outputs).")
+
+    def showEvent(self, event):  # noqa: N802 - Qt name
+        """Once docked in napari, the dock's × asks about a run going on (:mod:`.closing`)."""
+        super().showEvent(event)
+        guard_dock(self)
+
     def shutdown(self) -> None:
         """Stop any run (used when the widget or the viewer closes)."""
         if self.runner.busy:
@@ -371,6 +402,10 @@ class RunWidgetBase(QWidget):
         name = type(ev).__name__
         self.events_seen[name] = self.events_seen.get(name, 0) + 1
         self.log.handle(ev)
+        if self.closing and isinstance(ev, (ScaleSnapshot, VolumeSnapshot, Metrics, StageFinished)):
+            if isinstance(ev, StageFinished):
+                self.runner.stage_end_drawn()  # nothing is drawn: the engine need not wait
+            return  # napari is closing: no layers, no plots
         if isinstance(ev, Progress):
             self.steps_done, self.stage = ev.step, ev.stage
             self._last_progress = ev
@@ -418,7 +453,8 @@ class RunWidgetBase(QWidget):
                 notify(log_sentence(ev), "warning")
         elif isinstance(ev, RunFinished):
             self._paint_progress()
-            self.layers.flush()
+            if not self.closing:
+                self.layers.flush()
             self.last_outputs = dict(ev.outputs)
             self.steps_done = ev.steps_done
             if not ev.stopped:

@@ -149,6 +149,7 @@ class LayerUpdater(QObject):
         self._timer.timeout.connect(self._apply_queue)
         self._switched_3d = False
         self._to_create: list[tuple] = []  # placeholders: (scale, "scale"|"spectrum"), (name, "volume")
+        self.detached = False  # napari is closing: no layer is touched (:meth:`detach`)
         self._release = None  # the runner's hold while placeholders are created
         self._run_display = None  # zeros shaped like the run's snapshots (RunStarted), if known
         self._framed = False  # the view was framed on this run's placeholders
@@ -201,7 +202,21 @@ class LayerUpdater(QObject):
             self._release = self.runner.hold()
         self._create_timer.start()
 
+    def detach(self) -> None:
+        """Update no layer any more (napari is closing): queued snapshots are dropped, no
+        placeholder is made, and a run waiting for them goes on."""
+        self.detached = True
+        self._queue.clear()
+        self._timer.stop()
+        self._to_create = []
+        self._create_timer.stop()
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+
     def _on_runner_event(self, ev) -> None:
+        if self.detached:
+            return  # no hold taken: the runner lets the engine go on at once
         if isinstance(ev, RunStarted):
             t0 = time.perf_counter()
             self.begin_run(ev)
