@@ -125,3 +125,49 @@ def test_stop_resume_and_reopen_a_run(make_napari_viewer, qtbot, tmp_path, sim16
     np.testing.assert_array_equal(w2.pose_plot.counts, done["pose_errors"]["hist_counts"])
     assert w2.panel.status.text().startswith("run: reconstruct, 3 scales, 128 particles")
     assert w2.panel.status.text() == w2.resolution_label.text()
+
+
+def test_a_stop_before_the_first_checkpoint_says_nothing_can_be_resumed(
+        make_napari_viewer, qtbot, tmp_path, sim16):
+    """Stopped at once (before its first epoch's checkpoint), a run says that nothing can be
+    resumed, and the panel is idle again: Start enabled, the bar not left at "starting…"."""
+    sim, ref = sim16
+    out = tmp_path / "run"
+    w = _widget(make_napari_viewer(), sim, ref, out)
+    with qtbot.waitSignal(w.runner.finished, timeout=120000):
+        w.panel.start_button.click()
+        w.panel.stop_button.click()  # before any event of the run is handled
+    assert not (out / "checkpoint.pt").exists()
+    assert "nothing can be resumed" in w.panel.status.text(), w.panel.status.text()
+    assert w.panel.progress.format() != "starting…" and "stopped" in w.panel.progress.format()
+    assert w.runner.state == RunState.FINISHED and w.panel.start_button.isEnabled()
+    assert w.panel.resume_button.isEnabled() and not w.panel.stop_button.isEnabled()
+
+
+def test_a_worker_stopped_before_its_first_event_leaves_the_panel_idle(make_napari_viewer, qtbot,
+                                                                       tmp_path):
+    """An event source that ends on a stop before the engine's RunStarted (as the widget's
+    simulation step does) sends no RunFinished: the panel still ends idle, saying so."""
+    from rmfn_napari._widgets._base import RunWidgetBase
+
+    class Simulating(RunWidgetBase):
+        task = "fake"
+
+        def build_source(self, out_dir, resume=False):
+            def source(control):
+                control.request_stop()  # as if Stop came while the stack was being simulated
+                if control.stop_requested:
+                    return
+                yield  # pragma: no cover
+
+            return source
+
+    viewer = make_napari_viewer()
+    w = Simulating(viewer)
+    viewer.window.add_dock_widget(w, name="fake")
+    w.out_dir.set_path(str(tmp_path / "run"))
+    with qtbot.waitSignal(w.runner.finished, timeout=20000):
+        w.start()
+    assert w.panel.progress.format() == "stopped before training"
+    assert "nothing can be resumed" in w.panel.status.text()
+    assert w.runner.state == RunState.FINISHED and w.panel.start_button.isEnabled()

@@ -145,6 +145,7 @@ class RunWidgetBase(QWidget):
         self.panel.pause_at_stage_end_changed.connect(self.runner.set_pause_at_stage_end)
         self.runner.event.connect(self._on_event)
         self.runner.state_changed.connect(self._on_state)
+        self.runner.finished.connect(self._on_runner_finished)
         self.layers.scales_changed.connect(self.stepper.set_count)
         self.layers.redrawn.connect(self._paint_progress_if_due)
         self.stepper.show_scale.connect(self.layers.show_scale)
@@ -324,6 +325,22 @@ class RunWidgetBase(QWidget):
         if self.runner.busy:
             self.panel.set_status("Stopping after the current step…")
 
+    def _has_checkpoint(self) -> bool:
+        return bool(self.run_out_dir) and (Path(self.run_out_dir) / "checkpoint.pt").is_file()
+
+    def _on_runner_finished(self) -> None:
+        """The worker ended. One stopped before the engine's first event (e.g. while the
+        stack was being simulated) sent no RunFinished: the panel is made idle here, not left
+        at "starting…"."""
+        if self.runner.finished_event is not None or self.runner.failure is not None:
+            return
+        self.panel.progress.setRange(0, 1)
+        self.panel.progress.setValue(0)
+        self.panel.progress.setFormat("stopped before training")
+        self.panel.set_status("Stopped before training began: nothing was trained, so nothing "
+                              "can be resumed; Start runs it anew.")
+        self.log.add("stopped before training began")
+
     def describe_run(self) -> str:
         """One line about the run going on, for the close question."""
         where = f", outputs to {self.run_out_dir}" if self.run_out_dir else ""
@@ -464,8 +481,11 @@ class RunWidgetBase(QWidget):
                 self.panel.progress.setFormat(f"stopped at step {ev.steps_done}")
             where = self.run_out_dir if ev.outputs else "(nothing written)"
             verb = "Stopped" if ev.stopped else "Finished"
-            self.panel.set_status(f"{verb} after {ev.steps_done} steps, {ev.seconds:.1f} s. "
-                                  f"Outputs: {where}")
+            text = f"{verb} after {ev.steps_done} steps, {ev.seconds:.1f} s. Outputs: {where}"
+            if ev.stopped and self._implements_resume() and not self._has_checkpoint():
+                text += (". It stopped before its first checkpoint (written after each epoch), "
+                         "so nothing can be resumed: Start runs it anew.")
+            self.panel.set_status(text)
         elif isinstance(ev, RunFailed):
             self._paint_progress()  # the last step now: no repaint due later covers "failed"
             self.layers.flush()  # what the run showed before it failed
