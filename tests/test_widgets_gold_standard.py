@@ -34,6 +34,20 @@ def _freq() -> list[float]:
     return list(np.arange(BOX // 2 + 1, dtype=float))  # cycles/box, shells 0..D/2
 
 
+#: The halves shared the network up to this many cycles/box (issue 26): 16 Å at BOX * APIX = 64 Å.
+SHARED_CYCLES = 4.0
+
+
+def _with_bands(ev: Metrics, band_cycles: float = 6.0) -> Metrics:
+    """``ev`` with the engine's band values: shared up to :data:`SHARED_CYCLES`, the stage's band
+    at ``band_cycles`` (Å = BOX * APIX / cycles, as the engine's gold_standard_values says)."""
+    band_A = BOX * APIX / band_cycles
+    ev.values.update(shared_band_cycles=SHARED_CYCLES, shared_band_A=BOX * APIX / SHARED_CYCLES,
+                     band_A=band_A, band_resolved=True,
+                     band_note=f"resolved 7.9 Å of its {band_A:.1f} Å band")
+    return ev
+
+
 def _gold(stage: int = 0, auto=7.9, sphere=None, unmasked=9.3) -> Metrics:
     f = np.arange(BOX // 2 + 1, dtype=float)
     unm = np.exp(-(f / 5.0) ** 2)
@@ -110,11 +124,16 @@ def test_gold_standard_curves_and_layers(make_napari_viewer, qtbot, tmp_out):
     assert "FSC = 0.143 (half-maps)" in legend and "needs a reference" not in legend
     assert plot.x_label == "spatial frequency (1/Å)"
     nyquist = (BOX // 2) / (BOX * APIX)  # 1/(2·apix)
-    auto = plot.gold_curves["gold-standard auto"]
-    assert np.nanmax(auto.x) == pytest.approx(nyquist)
+    auto_x, _auto_y = plot.gold_curves["gold-standard auto"].getData()  # the pyqtgraph item's data
+    assert np.nanmax(auto_x) == pytest.approx(nyquist)
     sphere = plot.gold_curves["gold-standard sphere"]
-    # its None points are kept as NaN (a break, never drawn as 0)
-    assert np.isfinite(sphere.y).sum() == BOX // 2 - 1 and np.isnan(sphere.y[-1])
+    _x, sphere_y = sphere.getData()
+    # its None points are kept as NaN, and NaN breaks the line (never drawn as 0)
+    assert np.isfinite(sphere_y).sum() == BOX // 2 - 1 and np.isnan(sphere_y[-1])
+    assert sphere.opts["connect"] == "finite"
+    # the headline curve (auto) is drawn bold, the others not
+    assert plot.gold_curves["gold-standard auto"].opts["pen"].width() == 3
+    assert plot.gold_curves["gold-standard sphere"].opts["pen"].width() == 2
     # the reference curve at 0.5 alongside: both threshold lines, each labelled
     assert plot.n_curves == 1 and plot.has_reference_threshold_line
     assert "FSC = 0.5 (vs reference)" in legend and "scale 1: 10.5 Å" in legend
@@ -182,7 +201,7 @@ def test_gold_standard_without_reference_and_cycles_axis(qtbot):
     assert plot.has_gold_threshold_line and not plot.has_reference_threshold_line
     text = plot.legend_text()
     assert "reference" not in text and "0.5" not in text
-    assert np.nanmax(plot.gold_curves["gold-standard auto"].x) == pytest.approx(BOX // 2)
+    assert np.nanmax(plot.gold_curves["gold-standard auto"].getData()[0]) == pytest.approx(BOX // 2)
     # labels as keys work too; a curve left out disappears
     plot.set_gold_standard(ev.values["freq_cycles"],
                            {"gold-standard unmasked": ev.values["curves"]["unmasked"]},
@@ -192,8 +211,41 @@ def test_gold_standard_without_reference_and_cycles_axis(qtbot):
     # an all-None curve is kept (not resolved) but not drawn
     plot.set_gold_standard(ev.values["freq_cycles"], {"auto": [None] * (BOX // 2 + 1)},
                            {"auto": None})
-    assert not plot.gold_curves["gold-standard auto"].visible
+    assert not plot.gold_curves["gold-standard auto"].isVisible()
     assert "gold-standard auto: not resolved" in plot.legend_text()
+
+
+def test_shared_band_and_stage_band_marked(make_napari_viewer, tmp_out):
+    """Issue 26: the band the halves shared is shaded up to a labelled line, at the frequency of
+    SHARED_CYCLES (1/Å = cycles / (box * apix), by hand); the stage's band progress is in the
+    legend, its band a dotted line."""
+    _viewer, w = _widget(make_napari_viewer, tmp_out)
+    plot = w.fsc_plot
+    w.on_metrics(_gold(1))  # no band values (before the split): nothing marked
+    assert not plot.shared_band_line.isVisible() and not plot.shared_band_region.isVisible()
+    assert not plot.band_line.isVisible() and "shared" not in plot.legend_text()
+
+    w.on_metrics(_with_bands(_gold(1), band_cycles=6.0))
+    x_shared = SHARED_CYCLES / (BOX * APIX)  # 0.0625 1/Å
+    assert plot.shared_band_line.isVisible() and plot.shared_band_region.isVisible()
+    assert plot.shared_band_line.value() == pytest.approx(x_shared)
+    assert plot.shared_band_region.getRegion() == pytest.approx((0.0, x_shared))
+    assert plot.shared_band_label == "halves shared up to 16.0 Å"
+    assert plot.band_line.isVisible() and plot.band_line.value() == pytest.approx(6.0 / (BOX * APIX))
+    legend = plot.legend_text()
+    assert "halves shared up to 16.0 Å: a crossing there is not a resolution" in legend
+    assert "stage 2 resolved 7.9 Å of its 10.7 Å band" in legend
+
+    # on a cycles/box axis the marks sit at the cycles themselves
+    plot.set_gold_standard(_freq(), _gold().values["curves"], {"auto": 7.9},
+                           x_label="spatial frequency (cycles/box)",
+                           bands=_with_bands(_gold()).values)
+    assert plot.shared_band_line.value() == pytest.approx(SHARED_CYCLES)
+    assert plot.band_line.value() == pytest.approx(6.0)
+
+    plot.clear()  # a new run: no bands left behind
+    assert not plot.shared_band_line.isVisible() and not plot.band_line.isVisible()
+    assert "band" not in plot.legend_text()
 
 
 def test_new_run_updates_map_layers(make_napari_viewer, qtbot, tmp_out, monkeypatch):
@@ -251,18 +303,19 @@ def test_fsc_dock_screenshot(make_napari_viewer, qtbot, tmp_out, artifacts_dir):
     viewer.window._qt_window.resize(1400, 1000)
     for stage in range(3):
         for ev in _stage_end(stage, seed=stage):
-            w._on_event(ev)
+            w._on_event(_with_bands(ev, band_cycles=5.0 + stage) if stage and isinstance(ev, Metrics)
+                        and ev.name == "gold_standard" else ev)
     qtbot.wait(300)
     plot = w.fsc_plot
-    # the legend is never squeezed over the canvas (once the window has laid out the dock
+    # the legend is never squeezed over the plot (once the window has laid out the dock
     # for the legend's new minimum height: slow on a loaded CPU)
-    qtbot.waitUntil(lambda: plot.legend.geometry().top() >= plot.canvas.geometry().bottom(),
+    qtbot.waitUntil(lambda: plot.legend.geometry().top() >= plot.plot.geometry().bottom(),
                     timeout=5000)
     assert plot.legend.height() >= plot.legend.heightForWidth(plot.legend.width())
     canvas = plot.grab_image()
     assert canvas.std() > 1
     iio.imwrite(artifacts_dir / "widget_fsc_gold_standard.png", canvas)
-    dock = plot.grab()  # the whole dock widget: canvas and legend
+    dock = plot.grab()  # the whole dock widget: plot and legend
     for path in (Path("/tmp/fsc_dock.png"), artifacts_dir / "widget_fsc_dock.png"):
         assert dock.save(str(path))
     iio.imwrite(artifacts_dir / "widget_reconstruct_gold_standard.png",

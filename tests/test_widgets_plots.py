@@ -14,9 +14,11 @@ import pytest
 
 pytest.importorskip("napari")
 
+from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtGui import QImage  # noqa: E402
 from qtpy.QtWidgets import QDockWidget, QLabel, QVBoxLayout, QWidget  # noqa: E402
 
+from rmfn_napari._widgets.plot_base import image_to_rgba  # noqa: E402
 from rmfn_napari._widgets.plot_docks import FSC_DOCK_NAME, POSE_DOCK_NAME, PlotDocks  # noqa: E402
 from rmfn_napari._widgets.plots import FSCPlot, PoseHistogram  # noqa: E402
 
@@ -195,21 +197,63 @@ def test_png_is_the_plot_and_not_blank(qtbot, tmp_path):
     path = plot.save_png(tmp_path / "fsc.png")
     image = QImage(str(path))
     assert not image.isNull()
-    rgba = plot.canvas.render_rgba()
+    rgba = plot.grab_image()  # the pyqtgraph plot alone
     legend_h = plot.legend.grab().height()
     assert (image.width(), image.height()) == (rgba.shape[1], rgba.shape[0] + legend_h)
-    # not blank: the canvas part has the background, the curve's red and white text
-    image = image.convertToFormat(QImage.Format.Format_RGBA8888)
-    ptr = image.constBits()
-    ptr.setsize(image.sizeInBytes())
-    pixels = np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine())
-    pixels = pixels[:, :4 * image.width()].reshape(image.height(), image.width(), 4)
-    canvas_part = pixels[:rgba.shape[0]]
-    np.testing.assert_array_equal(canvas_part, rgba[..., :4])
-    colors = {tuple(p) for p in canvas_part[..., :3].reshape(-1, 3)[::7]}
+    # not blank: the plot part is the plot as drawn, with the background, the curve's red and
+    # white text
+    pixels = image_to_rgba(image)
+    plot_part = pixels[:rgba.shape[0]]
+    np.testing.assert_array_equal(plot_part, rgba)
+    colors = {tuple(p) for p in plot_part[..., :3].reshape(-1, 3)[::7]}
     assert len(colors) > 20
-    red = (canvas_part[..., 0] > 200) & (canvas_part[..., 1] < 120) & (canvas_part[..., 2] < 120)
+    red = (plot_part[..., 0] > 200) & (plot_part[..., 1] < 120) & (plot_part[..., 2] < 120)
     assert red.sum() > 50  # the auto-mask curve (red) is drawn
+
+
+def test_fsc_items_follow_the_curves(qtbot):
+    """The pyqtgraph items behind the FSC plot: data in place, NaN breaks a line, each threshold
+    line only with its kind of curve, the view from 0 to the last frequency."""
+    plot = FSCPlot()
+    qtbot.addWidget(plot)
+    assert not plot.has_gold_threshold_line and not plot.has_reference_threshold_line
+    freq = np.arange(5) / 40.0
+    plot.set_curve(1, freq, [1.0, 0.8, None, 0.3, 0.1], 12.0)
+    line = plot.curves[1]
+    x, y = line.getData()
+    np.testing.assert_array_equal(x, freq)
+    np.testing.assert_array_equal(y, [1.0, 0.8, np.nan, 0.3, 0.1])
+    assert line.opts["connect"] == "finite" and line.isVisible()
+    assert plot.has_reference_threshold_line and not plot.has_gold_threshold_line
+    assert plot._threshold_line.value() == 0.5
+    (x0, x1), (y0, y1) = plot.view_range()
+    assert x0 < 0 < 0.1 < x1 < 0.11 and y0 < -0.2 and 1.05 < y1 < 1.1  # 2 % padding
+    assert plot.title == "FSC vs reference"
+    plot.set_gold_standard(freq, {"auto": [1.0, 0.6, 0.3, 0.1, 0.0]}, {"auto": 9.0})
+    assert plot.has_gold_threshold_line and plot._gold_threshold_line.value() == pytest.approx(0.143)
+    assert plot._gold_threshold_line.pen.style() == Qt.PenStyle.DashLine
+
+    # the user's zoom is kept through updates, and forgotten by clear() (a new run)
+    plot.plot_item.getViewBox().scaleBy((0.5, 0.5))
+    plot.plot_item.getViewBox().sigRangeChangedManually.emit([True, True])
+    zoomed = plot.view_range()
+    plot.set_curve(0, freq, [1.0, 0.9, 0.7, 0.4, 0.2], 10.0)
+    np.testing.assert_allclose(plot.view_range(), zoomed)
+    plot.clear()
+    assert plot.view_range()[0][1] > 1.0  # the empty view again: 0 to 1
+
+
+def test_pose_bars_span_their_bins_from_zero(qtbot):
+    plot = PoseHistogram()
+    qtbot.addWidget(plot)
+    plot.set_counts(np.array([5, 0, 3]), np.array([0.0, 60.0, 120.0, 180.0]), "three bins")
+    opts = plot.bars.opts
+    gap = 0.08 * 60.0  # a bar leaves 8 % of its bin free on each side
+    np.testing.assert_allclose(opts["x0"], [gap, 60 + gap, 120 + gap])
+    np.testing.assert_allclose(opts["x1"], [60 - gap, 120 - gap, 180 - gap])
+    np.testing.assert_array_equal(opts["height"], [5, 0, 3])
+    assert plot.view_range()[1][1] > 5 * 1.08  # the tallest bar fits
+    assert plot.legend_text() == "three bins"
 
 
 def test_unwritable_export_is_one_line(qtbot, tmp_path):

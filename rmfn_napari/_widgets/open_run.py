@@ -129,7 +129,8 @@ def _image_layers(run: RunFolder) -> list[LayerData]:
 # ---------------------------------------------------------------------------------- plots
 def fsc_curves_from_metrics(metrics: dict) -> dict:
     """What the FSC plot shows for a finished reconstruct run, from its ``metrics.json``:
-    ``{"freq_unit": ..., "gold": {freq, curves, resolutions, threshold, headline} or None,
+    ``{"freq_unit": ..., "gold": {freq, curves, resolutions, threshold, headline, bands (the
+    shared band, the stage's band and its note: :meth:`.plots.FSCPlot.set_gold_standard`)} or None,
     "reference": {1-based scale: (freq, fsc, resolution_A, threshold)}}``. Frequencies are in
     1/Å when the run's box and pixel size are known, else in cycles/box."""
     box, apix = metrics.get("box"), metrics.get("apix")
@@ -148,7 +149,8 @@ def fsc_curves_from_metrics(metrics: dict) -> dict:
         gold = {"freq": freqs(gs, own=True), "curves": dict(gs["curves"]),
                 "resolutions": dict(gs.get("resolution_A") or {}),
                 "threshold": float(gs.get("threshold", 0.143)),
-                "headline": gs.get("headline") or "auto"}
+                "headline": gs.get("headline") or "auto",
+                "bands": {k: gs.get(k) for k in ("shared_band_A", "band_A", "band_note", "box", "apix")}}
     reference = {}
     for key, values in (metrics.get("fsc") or {}).items():
         if not isinstance(values, dict):
@@ -175,6 +177,15 @@ def pose_summary(values: dict) -> str:
             f"{100 * num('frac_under_5deg'):.0f}% under 5°")
 
 
+def _last_stage(metrics: dict) -> int | None:
+    """0-based index of the last stage ``metrics.json`` summarises (its gold standard's)."""
+    stages = metrics.get("stages")
+    try:
+        return int(stages[-1]["stage"]) - 1
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
 def set_plots_from_metrics(plots, metrics: dict) -> None:
     """Fill ``plots`` (a :class:`~.plot_docks.PlotDocks`, or anything with ``fsc_plot`` and
     ``pose_plot``) with a finished reconstruct run's FSC curves and pose-error histogram."""
@@ -186,7 +197,8 @@ def set_plots_from_metrics(plots, metrics: dict) -> None:
     gold = curves["gold"]
     if gold is not None:
         fsc_plot.set_gold_standard(gold["freq"], gold["curves"], gold["resolutions"],
-                                   gold["threshold"], x_label, headline=gold["headline"])
+                                   gold["threshold"], x_label, headline=gold["headline"],
+                                   bands=gold["bands"], stage=_last_stage(metrics))
     for k, (freq, fsc, res, threshold) in curves["reference"].items():
         fsc_plot.set_curve(k - 1, freq, fsc, res, threshold, x_label)
     poses = metrics.get("pose_errors")

@@ -1,15 +1,16 @@
 """Live plots and tables for the dock widgets (GUI thread only).
 
-Plots are drawn with QPainter (:mod:`.plot_canvas`; the shared frame and PNG/CSV export:
-:mod:`.plot_base`): a line plot of FSC
-curves — the gold-standard curves between half-maps (unmasked, sphere and auto mask,
-threshold 0.143) and the curves against a reference, one per scale (threshold 0.5),
-together — and a bar histogram of pose errors in degrees (0–180, :mod:`.pose_plot`).
-Each update only swaps the arrays of existing lines and asks Qt for a repaint (a few ms, with
-or without a GPU). The legend (colours, thresholds and resolutions in
-Å, or "not resolved") is a Qt label under the canvas.
+Plots are pyqtgraph plots (the shared frame, legend and PNG/CSV export: :mod:`.plot_base`): a
+line plot of FSC curves — the gold-standard curves between half-maps (unmasked, sphere and auto
+mask, threshold 0.143) and the curves against a reference, one per scale (threshold 0.5),
+together, with the band the halves shared shaded — and a bar histogram of pose errors in
+degrees (0–180, :mod:`.pose_plot`). Each update only swaps the arrays of existing items
+(pyqtgraph repaints with QPainter: a few ms, with or without a GPU). The legend (colours,
+thresholds and resolutions in Å, or "not resolved", the stage's band progress) is a Qt label
+under the plot.
 
-Nothing here computes a metric: curves, resolutions and errors come from ``Metrics`` events.
+Nothing here computes a metric: curves, resolutions, bands and errors come from ``Metrics``
+events (or a run's ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyqtgraph as pg
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem, QWidget
 
-from .plot_base import NB_HYPHEN, PlotWidget, hex_color
-from .plot_canvas import Series
+from .plot_base import NB_HYPHEN, PlotPanel, hex_color, rgb255
 from .pose_plot import PoseHistogram  # noqa: F401 - re-exported: the plots live here for users
 
 #: Colours of scales 1, 2, 3, ... (RGB in [0, 1]); the last repeats.
@@ -79,40 +81,95 @@ def _points(freq, fsc) -> tuple[np.ndarray, np.ndarray]:
     return x[:n], y[:n]
 
 
-class FSCPlot(PlotWidget):
+#: The band the halves shared (a crossing inside it is not a resolution): shading and edge.
+SHARED_BAND_COLOR = (0.85, 0.85, 0.55)
+#: The stage's band (its network's finest frequency): a dotted line in the headline's colour.
+STAGE_BAND_COLOR = (1.00, 0.40, 0.40)
+
+
+def shared_band_text(shared_A: float) -> str:
+    """The shared band's label: ``"halves shared up to 13.2 Å"``."""
+    return f"halves shared up to {shared_A:.1f} Å"
+
+
+def _drawable(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether two consecutive points are finite (a segment can be drawn)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    return bool(np.any(ok[:-1] & ok[1:])) if ok.size > 1 else False
+
+
+#: Where a line's label sits against its point: above and left of it (horizontal lines, at
+#: the right end), right or left of it (vertical lines, by the side with room).
+ABOVE_LEFT, RIGHT_OF, LEFT_OF = [(1, 1), (1, 1)], [(0, 0), (0, 0)], [(1, 0), (1, 0)]
+
+
+def _line(angle: int, rgba, width: float = 1.0, style=Qt.PenStyle.SolidLine,
+          label: str | None = None, position: float = 0.95) -> pg.InfiniteLine:
+    """A fixed horizontal (angle 0) or vertical (90) line, hidden until placed."""
+    pen = pg.mkPen(rgb255(rgba), width=width, style=style)
+    line = pg.InfiniteLine(angle=angle, pen=pen, movable=False, label=label,
+                           labelOpts=None if label is None else
+                           {"position": position, "color": rgb255(rgba[:3]),
+                            "anchors": ABOVE_LEFT if angle == 0 else RIGHT_OF})
+    line.setVisible(False)
+    return line
+
+
+class FSCPlot(PlotPanel):
     """FSC curves: the gold-standard curves between half-maps (threshold 0.143) and the
     curves against a reference, one per scale (threshold 0.5), on one plot.
 
     Call :meth:`set_gold_standard` when a stage's half-map FSC arrives (unmasked, soft sphere
-    and automatic mask; the three lines are updated in place) and :meth:`set_curve` whenever a
-    scale's FSC against the reference arrives. Each kind's threshold line is drawn only while
-    that kind has a curve (dashed 0.143 for half-maps, solid 0.5 for the reference). The legend
-    under the canvas gives both thresholds and each curve's resolution in Å, or "not resolved"
-    (None/NaN: below the threshold from the first shell on). :meth:`clear` removes both kinds.
+    and automatic mask; the three lines are updated in place; with the engine's values, the
+    band the halves shared is shaded and the stage's band marked) and :meth:`set_curve`
+    whenever a scale's FSC against the reference arrives. Each kind's threshold line is drawn
+    only while that kind has a curve (dashed 0.143 for half-maps, solid 0.5 for the
+    reference). The legend under the plot gives both thresholds and each curve's resolution in
+    Å, or "not resolved" (None/NaN: below the threshold from the first shell on, or inside the
+    shared band), and the stage's band progress. :meth:`clear` removes everything.
 
     Attributes useful to tests: ``curves`` / ``resolutions`` (reference curves by 0-based
-    scale), ``gold_curves`` / ``gold_resolutions`` (by label ``"gold-standard auto"`` ...),
-    ``threshold`` (reference, 0.5), ``gold_threshold`` (0.143), ``gold_headline`` (label).
+    scale: ``pg.PlotDataItem``), ``gold_curves`` / ``gold_resolutions`` (by label
+    ``"gold-standard auto"`` ...), ``threshold`` (reference, 0.5), ``gold_threshold`` (0.143),
+    ``gold_headline`` (label), ``shared_band_line`` / ``shared_band_region`` / ``band_line``
+    (``pg.InfiniteLine`` / ``pg.LinearRegionItem``), ``band_note``.
     """
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("FSC", "spatial frequency (1/Å)", "FSC", parent)
         self.threshold = 0.5
         self.gold_threshold = 0.143
-        canvas = self.canvas
-        self._zero_line = canvas.add_series("zero", Series(color=(0.5, 0.5, 0.5, 0.6)))
-        self._threshold_line = canvas.add_series(
-            "threshold", Series(color=REFERENCE_THRESHOLD_COLOR))
-        self._gold_threshold_line = canvas.add_series(
-            "gold threshold", Series(color=GOLD_THRESHOLD_COLOR, dashed=True))
-        self.curves: dict[int, Series] = {}
+        item = self.plot_item
+        self._zero_line = _line(0, (0.5, 0.5, 0.5, 0.6))
+        self._zero_line.setVisible(True)
+        self._threshold_line = _line(0, REFERENCE_THRESHOLD_COLOR, label="", position=0.99)
+        self._gold_threshold_line = _line(0, GOLD_THRESHOLD_COLOR, style=Qt.PenStyle.DashLine,
+                                          label="", position=0.99)
+        self.shared_band_region = pg.LinearRegionItem(
+            (0.0, 0.0), movable=False, brush=pg.mkBrush(rgb255(SHARED_BAND_COLOR + (0.16,))),
+            pen=pg.mkPen(None))
+        self.shared_band_region.setVisible(False)
+        self.shared_band_line = _line(90, SHARED_BAND_COLOR + (0.9,), style=Qt.PenStyle.DashDotLine,
+                                      label="", position=0.12)
+        self.band_line = _line(90, STAGE_BAND_COLOR + (0.8,), style=Qt.PenStyle.DotLine,
+                               label="", position=0.85)
+        for it in (self.shared_band_region, self._zero_line, self._threshold_line,
+                   self._gold_threshold_line, self.shared_band_line, self.band_line):
+            item.addItem(it, ignoreBounds=True)
+        self.curves: dict[int, pg.PlotDataItem] = {}
         self.resolutions: dict[int, float] = {}
-        self.gold_curves: dict[str, Series] = {}
+        self.gold_curves: dict[str, pg.PlotDataItem] = {}
         self.gold_resolutions: dict[str, float] = {}
         self.gold_headline: str | None = None
         #: Whether the run compares against a reference map (the legend then says when its
         #: curves come; it never asks for a reference, :meth:`set_reference_expected`).
         self.reference_expected = False
+        #: The engine's band values of the last gold standard (Å; None: none shown).
+        self.shared_band_A: float | None = None
+        self.band_A: float | None = None
+        self.band_note: str | None = None
+        self._band_stage: int | None = None
+        self._length_A: float | None = None  # box x voxel size: Å -> cycles/box
         self._x_ends: dict[object, float] = {}
         self._points: dict[object, tuple[np.ndarray, np.ndarray]] = {}
         self._x_max = 1.0
@@ -133,23 +190,37 @@ class FSCPlot(PlotWidget):
     @property
     def has_gold_threshold_line(self) -> bool:
         """Whether the 0.143 line is drawn."""
-        return bool(self._gold_threshold_line.visible)
+        return self._gold_threshold_line.isVisible()
 
     @property
     def has_reference_threshold_line(self) -> bool:
         """Whether the 0.5 line is drawn."""
-        return bool(self._threshold_line.visible)
+        return self._threshold_line.isVisible()
 
-    def _draw(self, store: dict, key, freq, fsc, color, width: int) -> None:
+    @property
+    def shared_band_label(self) -> str:
+        """The text beside the shared band's edge ('' when none is drawn)."""
+        return self.shared_band_line.label.toPlainText() if self.shared_band_line.isVisible() else ""
+
+    def _draw(self, store: dict, key, name: str, freq, fsc, color, width: int) -> None:
         x, y = self._points[key] = _points(freq, fsc)
         line = store.get(key)
         if line is None:
-            line = store[key] = self.canvas.add_series(("curve", key), Series())
-        line.set_data(x, y)
-        line.color, line.width = tuple(color[:3]) + (1.0,), width
-        line.visible = line.drawable
+            line = store[key] = pg.PlotDataItem(connect="finite", antialias=True, name=name)
+            self.plot_item.addItem(line)
+        line.setData(x, y)
+        line.setPen(pg.mkPen(rgb255(color[:3]), width=width))
+        visible = _drawable(x, y)
+        line.setVisible(visible)
         ok = np.isfinite(x) & np.isfinite(y)
-        self._x_ends[key] = float(np.max(x[ok])) if line.visible else 0.0
+        self._x_ends[key] = float(np.max(x[ok])) if visible else 0.0
+
+    def _remove(self, store: dict, key) -> None:
+        line = store.pop(key, None)
+        if line is not None:
+            self.plot_item.removeItem(line)
+        self._x_ends.pop(key, None)
+        self._points.pop(key, None)
 
     def set_curve(self, scale: int, freq, fsc, resolution_A: float | None,
                   threshold: float = 0.5, x_label: str | None = None) -> None:
@@ -158,15 +229,17 @@ class FSCPlot(PlotWidget):
         ``freq`` is in the unit named by ``x_label`` (default 1/Å); None/NaN values break the
         line. ``resolution_A`` None or NaN reads "not resolved".
         """
-        self._draw(self.curves, int(scale), freq, fsc, scale_color(int(scale)), 2)
-        self.resolutions[int(scale)] = (float("nan") if resolution_A is None
-                                        else float(resolution_A))
+        scale = int(scale)
+        self._draw(self.curves, scale, f"scale {scale + 1} vs reference", freq, fsc,
+                   scale_color(scale), 2)
+        self.resolutions[scale] = float("nan") if resolution_A is None else float(resolution_A)
         self.threshold = float(threshold)
         self._after_update(x_label)
 
     def set_gold_standard(self, freq, curves: dict, resolutions: dict,
                           threshold: float = 0.143, x_label: str | None = None,
-                          headline: str | None = "auto") -> None:
+                          headline: str | None = "auto", bands: dict | None = None,
+                          stage: int | None = None) -> None:
         """Draw (or replace) the gold-standard curves between the half-maps.
 
         ``curves`` and ``resolutions`` map a mask (``"unmasked"``, ``"sphere"``, ``"auto"``,
@@ -174,6 +247,13 @@ class FSCPlot(PlotWidget):
         allowed) and to a resolution in Å (None/NaN: "not resolved"). ``headline`` names the
         curve the legend puts first and in bold (the engine's headline, the auto mask).
         Masks missing from ``curves`` are removed from the plot.
+
+        ``bands``: the engine's gold-standard values (``Metrics("gold_standard")`` or
+        ``metrics.json``'s ``gold_standard``); of them ``shared_band_A`` (Å: the band the
+        halves shared, shaded from 0 to its edge and labelled "halves shared up to 13.2 Å"),
+        ``band_A`` (Å: the stage's band, a dotted line), ``band_note`` ("resolved 16.5 Å of
+        its 15.8 Å band", in the legend with 0-based ``stage``) and ``box`` × ``apix`` (Å, to
+        place them on a cycles/box axis) are used. None or missing: nothing drawn for them.
         """
         wanted = {}
         for key, fsc in curves.items():
@@ -181,37 +261,61 @@ class FSCPlot(PlotWidget):
             label, color = GOLD_STANDARD_CURVES.get(mask, (f"gold-standard {mask}",
                                                            (0.95, 0.95, 0.95)))
             res = resolutions.get(key, resolutions.get(mask, resolutions.get(label)))
-            wanted[label] = (fsc, color, res, mask)
+            wanted[label] = (fsc, color, res)
         for label in [k for k in self.gold_curves if k not in wanted]:
-            self.gold_curves.pop(label)
-            self.canvas.remove_series(("curve", label))
+            self._remove(self.gold_curves, label)
             self.gold_resolutions.pop(label, None)
-            self._x_ends.pop(label, None)
-            self._points.pop(label, None)
         head = None if headline is None else GOLD_STANDARD_CURVES.get(
             str(headline), (f"gold-standard {headline}", None))[0]
-        for label, (fsc, color, res, _mask) in wanted.items():
-            self._draw(self.gold_curves, label, freq, fsc, color, 3 if label == head else 2)
+        for label, (fsc, color, res) in wanted.items():
+            self._draw(self.gold_curves, label, label, freq, fsc, color, 3 if label == head else 2)
             try:
                 self.gold_resolutions[label] = float("nan") if res is None else float(res)
             except (TypeError, ValueError):
                 self.gold_resolutions[label] = float("nan")
         self.gold_headline = head if head in self.gold_curves else None
         self.gold_threshold = float(threshold)
+        self._set_bands(bands or {}, stage)
         self._after_update(x_label)
 
+    def _set_bands(self, values: dict, stage: int | None) -> None:
+        def angstrom(key):
+            try:
+                v = float(values.get(key))
+            except (TypeError, ValueError):
+                return None
+            return v if math.isfinite(v) and v > 0 else None
+
+        self.shared_band_A, self.band_A = angstrom("shared_band_A"), angstrom("band_A")
+        note = values.get("band_note")
+        self.band_note = str(note) if note else None
+        self._band_stage = None if stage is None else int(stage)
+        box, apix = angstrom("box"), angstrom("apix")
+        self._length_A = box * apix if box and apix else None
+
+    def x_of_resolution(self, res_A: float | None) -> float | None:
+        """Where ``res_A`` (Å) lies on the x axis: 1/res in 1/Å, box·apix/res in cycles/box
+        (None when the box and voxel size are unknown there, or without a resolution)."""
+        if res_A is None:
+            return None
+        if self.frequency_unit() == "1/Å":
+            return 1.0 / res_A
+        return None if self._length_A is None else self._length_A / res_A
+
     def clear(self) -> None:
-        """Remove every curve, gold-standard and reference (new run)."""
-        for key in list(self.curves) + list(self.gold_curves):
-            self.canvas.remove_series(("curve", key))
-        self.curves.clear()
+        """Remove every curve, gold-standard and reference, and the bands (new run); the
+        user's zoom is forgotten."""
+        for key in list(self.curves):
+            self._remove(self.curves, key)
+        for key in list(self.gold_curves):
+            self._remove(self.gold_curves, key)
         self.resolutions.clear()
-        self.gold_curves.clear()
         self.gold_resolutions.clear()
         self.gold_headline = None
-        self._x_ends.clear()
-        self._points.clear()
+        self._set_bands({}, None)
         self._x_max = 1.0
+        self.reset_view()
+        self.set_range((0, 1), (-0.2, 1.05))
         self._update_lines()
         self._update_legend()
         self.redraw()
@@ -263,12 +367,25 @@ class FSCPlot(PlotWidget):
         self.redraw()
 
     def _update_lines(self) -> None:
-        x1 = self._x_max
-        self._threshold_line.set_data([0, x1], [self.threshold] * 2)
-        self._gold_threshold_line.set_data([0, x1], [self.gold_threshold] * 2)
-        self._zero_line.set_data([0, x1], [0, 0])
-        self._threshold_line.visible = bool(self.curves)
-        self._gold_threshold_line.visible = bool(self.gold_curves)
+        # each line shown before its label is set (a hidden label ignores its text)
+        for line, value, shown in ((self._threshold_line, self.threshold, bool(self.curves)),
+                                   (self._gold_threshold_line, self.gold_threshold,
+                                    bool(self.gold_curves))):
+            line.setVisible(shown)
+            line.setValue(value)
+            line.label.setFormat(f"{value:g}")
+        shared_x = self.x_of_resolution(self.shared_band_A) if self.gold_curves else None
+        self.shared_band_region.setVisible(shared_x is not None)
+        self.shared_band_line.setVisible(shared_x is not None)
+        if shared_x is not None:
+            self.shared_band_region.setRegion((0.0, shared_x))
+            self.shared_band_line.setValue(shared_x)
+            self._label_side(self.shared_band_line, shared_x, shared_band_text(self.shared_band_A))
+        band_x = self.x_of_resolution(self.band_A) if self.gold_curves else None
+        self.band_line.setVisible(band_x is not None)
+        if band_x is not None:
+            self.band_line.setValue(band_x)
+            self._label_side(self.band_line, band_x, f"band {self.band_A:.1f} Å")
         if self.gold_curves and self.curves:
             title = "FSC: half-maps (gold standard) and vs reference"
         elif self.gold_curves:
@@ -279,9 +396,30 @@ class FSCPlot(PlotWidget):
             title = "FSC"
         self.set_title(title)
 
+    def _label_side(self, line: pg.InfiniteLine, x: float, text: str) -> None:
+        """Label a vertical line on the side with room: right of it in the left 60 % of the
+        x range, else left of it."""
+        line.label.anchors = RIGHT_OF if x <= 0.6 * self._x_max else LEFT_OF
+        line.label.setFormat(text)
+        line.label.valueChanged()
+
+    def _band_entries(self) -> list[str]:
+        """The legend's band rows (plain text): the shared band, the stage's progress."""
+        if not self.gold_curves:
+            return []
+        entries = []
+        if self.shared_band_A is not None:
+            entries.append(f"▒ {shared_band_text(self.shared_band_A)}: "
+                           "a crossing there is not a resolution")
+        if self.band_note:
+            stage = "" if self._band_stage is None else f"stage {self._band_stage + 1} "
+            entries.append(f"┆ {stage}{self.band_note}")
+        return entries
+
     def legend_entries(self) -> list[str]:
         """The legend as plain text: per kind, its threshold line, then each curve with its
-        resolution (half-map curves first, the headline mask first among them)."""
+        resolution (half-map curves first, the headline mask first among them), then the
+        bands."""
         entries = []
         if self.gold_curves:
             entries.append(f"┄ FSC = {self.gold_threshold:g} (half-maps)")
@@ -293,6 +431,7 @@ class FSCPlot(PlotWidget):
                 entries.append(f"■ scale {k + 1}: {resolution_text(self.resolutions.get(k))}")
         elif entries and self.reference_expected:
             entries.append(REFERENCE_PENDING)
+        entries += self._band_entries()
         if not entries:
             entries.append(self._empty_legend())
         return entries
@@ -333,6 +472,10 @@ class FSCPlot(PlotWidget):
             rows.append(" &nbsp; ".join(parts))
         elif rows and self.reference_expected:
             rows.append(span(REFERENCE_PENDING, REFERENCE_THRESHOLD_COLOR))
+        bands = self._band_entries()
+        if bands:
+            band_colors = [SHARED_BAND_COLOR] * (self.shared_band_A is not None) + [STAGE_BAND_COLOR]
+            rows.append(" &nbsp; ".join(span(text, rgb) for text, rgb in zip(bands, band_colors)))
         if not rows:
             rows.append(self._empty_legend())
         self.set_legend("<br>".join(rows))
@@ -375,4 +518,4 @@ class ScaleMetricsTable(QTableWidget):
 
 __all__ = ["EMPTY_LEGEND", "EMPTY_LEGEND_WITH_REFERENCE", "FSCPlot", "GOLD_STANDARD_CURVES",
            "NOT_RESOLVED", "PoseHistogram", "REFERENCE_PENDING", "ScaleMetricsTable",
-           "resolution_text", "scale_color"]
+           "resolution_text", "scale_color", "shared_band_text"]

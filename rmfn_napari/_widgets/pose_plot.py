@@ -1,31 +1,37 @@
 """Histogram of pose errors in degrees (0–180) for the reconstruct widget (GUI thread only).
 
-Bars are drawn with QPainter (:mod:`.plot_canvas`), replaced on each update; the numbers come from the
-engine's ``Metrics("pose_errors")`` (bin counts and edges) or, binned here for display only,
+Bars are a pyqtgraph ``BarGraphItem`` (frame and export: :mod:`.plot_base`), replaced on each
+update; the numbers come from the engine's ``Metrics("pose_errors")`` (bin counts and edges) or, binned here for display only,
 from per-image errors. Export: :meth:`PoseHistogram.save_png`, :meth:`PoseHistogram.save_csv`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyqtgraph as pg
 from qtpy.QtWidgets import QWidget
 
-from .plot_base import PlotWidget
-from .plot_canvas import Bars
+from .plot_base import PlotPanel, rgb255
+
+#: Bar colour (RGBA in [0, 1]).
+BAR_COLOR = (0.35, 0.65, 1.0, 0.9)
 
 
-class PoseHistogram(PlotWidget):
+class PoseHistogram(PlotPanel):
     """Histogram of pose errors in degrees over 0–180°, redrawn in place.
 
     Call :meth:`set_counts` with bin counts and edges (from the engine), or
-    :meth:`set_errors` with per-image errors (binned here for display only).
+    :meth:`set_errors` with per-image errors (binned here for display only). ``bars`` is the
+    ``pg.BarGraphItem`` (its ``opts``: x0, x1, height).
     """
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("pose errors", "angular error (°)", "particles", parent)
         self.counts = np.zeros(0, dtype=np.int64)
         self.edges = np.linspace(0, 180, 37)
-        self.canvas.bars = Bars(color=(0.35, 0.65, 1.0, 0.9))
+        self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], pen=pg.mkPen(None),
+                                    brush=pg.mkBrush(rgb255(BAR_COLOR)))
+        self.plot_item.addItem(self.bars)
         self.set_range((0, 180), (0, 1))
         self.set_legend("no pose errors yet")
 
@@ -58,10 +64,10 @@ class PoseHistogram(PlotWidget):
         n = counts.size
         x0, x1 = edges[:-1], edges[1:]
         gap = 0.08 * (x1 - x0)
-        bars = self.canvas.bars
-        bars.left, bars.right, bars.height = x0 + gap, x1 - gap, counts
+        opts = {"x0": x0 + gap, "x1": x1 - gap, "height": counts}
         if color is not None:
-            bars.color = tuple(color[:3]) + (0.9,)
+            opts["brush"] = pg.mkBrush(rgb255(tuple(color[:3]) + (0.9,)))
+        self.bars.setOpts(**opts)
         self.set_range((0, 180), (0, max(1.0, float(counts.max()) * 1.08 if n else 1.0)))
         self.set_legend(summary or f"{self.total} particles")
         self.redraw()

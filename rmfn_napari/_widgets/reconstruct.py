@@ -345,7 +345,7 @@ class ReconstructWidget(RunWidgetBase):
             headline = v.get("headline") or "auto"
             self.fsc_plot.set_gold_standard(freq, curves, resolutions,
                                             float(v.get("threshold", 0.143)), x_label,
-                                            headline=headline)
+                                            headline=headline, bands=v, stage=ev.stage)
             self.gold_standard = dict(v, stage=ev.stage)
             text = self.gold_standard_headline()
             others = [f"{MASK_WORDS.get(m, m)} {resolution_text(resolutions.get(m))}"
