@@ -1,5 +1,6 @@
 """Real-world STAR flavours (issue 28, "Real files" B): small excerpts of STAR files written by
-RELION 3.0-era tools, RELION 3.1, RELION 5 and cryoDRGN, taken from public repositories
+RELION 3.0-era tools, RELION 3.1, RELION 5, cryoDRGN, pyem's csparc2star (a cryoSPARC export,
+re-extracted by RELION 3.0.6) and Warp 1.x (a tilt-series "particle series"), taken from public repositories
 (tests/data/star_flavours/SOURCES.md), read by :func:`rmfn_napari.cryoem.star.parse_star` (the
 STAR layer: the stacks they name are not here) to the particles, CTF parameters, pixel sizes and
 origins that the files' own tools read from them.
@@ -13,7 +14,10 @@ follows:
 * origins: ``rlnOriginXAngst/YAngst`` in Å (3.1+), ``rlnOriginX/Y`` in px before;
 * CTF: ``rlnDefocusU/V`` Å, ``rlnDefocusAngle`` °, ``rlnVoltage`` kV, ``rlnSphericalAberration``
   mm and ``rlnAmplitudeContrast`` from the particle's optics group (3.1+) or its row (3.0);
-  ``rlnPhaseShift`` ° and ``rlnCtfBfactor`` Å² default to 0;
+  ``rlnPhaseShift`` ° and ``rlnCtfBfactor`` Å² default to 0, ``rlnCtfScalefactor`` to 1 and
+  ``rlnAmplitudeContrast`` to 0 (RELION's ``CTF::read``); RELION's ``CTF::getCTF`` returns
+  ``scale · (−(√(1−Q0²) sin γ − Q0 cos γ)) · exp(−B u²/4)``, so at zero frequency the CTF is
+  ``scale · Q0``;
 * optics groups are matched by ``rlnOpticsGroup`` (the number), not by row order or by
   ``rlnOpticsGroupName`` (cryoDRGN's file numbers group 5 "opticsGroup4").
 """
@@ -22,9 +26,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 
+from rmfn_napari.cryoem.particles import read_particles
 from rmfn_napari.cryoem.star import parse_star
 
 DATA = Path(__file__).parent / "data" / "star_flavours"
@@ -89,3 +95,79 @@ def test_cryodrgn_written_relion31_with_six_optics_groups():
     assert s.euler[2].tolist() == pytest.approx([104.869765, 165.825885, 135.932047])
     assert np.allclose(s.shifts_A(), [[13.284554, -3.21701], [-24.21545, -25.71701],
                                       [-9.14545, -4.18545], [1.107366, 2.680179]])
+
+
+def _ctf_at_zero_frequency(star, box=32):
+    """Each particle's CTF at zero frequency, from the reconstruction-side call."""
+    return star.ctf.evaluate(box, float(star.apix[0]), dtype=__import__("torch").float64)[:, box // 2, box // 2].numpy()
+
+
+def test_csparc2star_export_reextracted_by_relion30(tmp_path):
+    """cryoSPARC particles converted by pyem's csparc2star (2019: ``data_images``, columns in
+    alphabetical order, ``rlnMagnification`` 10000 with ``rlnDetectorPixelSize`` = the pixel
+    size in Å, 1-based ``rlnRandomSubset``, cryoSPARC's ``J407/imported`` path kept in
+    ``rlnImageOriginalName``), then re-extracted by RELION 3.0.6 (``# RELION; version 3.0.6``,
+    ``rlnImageName`` -> ``Extract/job012``). Origins are RELION 3.0's ``rlnOriginX/Y`` in px
+    (csparc2star put cryoSPARC's shifts there already in RELION's sign), × 1.035 Å/px.
+
+    The file has no ``rlnAmplitudeContrast`` (cryoDRGN's own test passes ``-w 0.1`` by hand):
+    RELION's ``CTF::read`` takes Q0 = 0, so the CTF at zero frequency is 0, and the run's log
+    says so. Before this reader change the STAR was refused ("column rlnAmplitudeContrast is
+    missing")."""
+    s = parse_star(DATA / "csparc2star_relion30_pfcrt.star")
+    assert s.n == 5 and s.optics is None and s.group.tolist() == [1] * 5
+    assert s.stack_names == ["Extract/job012/FinalRefinement-OriginalParticles-PfCRT.mrcs"]
+    assert s.index.tolist() == [0, 1, 2, 3, 4]  # rlnImageName, not rlnImageOriginalName (row 5: 000006@J407)
+    assert np.allclose(s.apix, 10000 * 1.035 / 10000)  # 1.035 Å
+    assert _ctf_row(s, 0) == pytest.approx((15686.0, 17521.4, 87.629070, 300, 0.001, 0.0, 0.0, 0))
+    assert _ctf_row(s, 4) == pytest.approx((14106.6, 15297.2, 10.903939, 300, 0.001, 0.0, 0.0, 0))
+    assert s.ctf.scale.tolist() == [1.0] * 5
+    # alphabetical columns: rlnAnglePsi comes first in the file, euler is (rot, tilt, psi)
+    assert s.euler[0].tolist() == pytest.approx([16.093530, 86.352776, 98.225690])
+    assert s.euler[4].tolist() == pytest.approx([-115.40303, 84.934080, 154.973890])
+    assert s.origin_unit == "px"
+    assert s.shifts_A()[0].tolist() == pytest.approx([-0.14063 * 1.035, -0.04688 * 1.035])
+    assert s.shifts_A()[4].tolist() == pytest.approx([-0.04688 * 1.035, 0.203125 * 1.035])
+    assert s.particles["rlnRandomSubset"].tolist() == [2, 1, 2, 2, 2]
+    assert np.allclose(_ctf_at_zero_frequency(s), 0.0, atol=1e-12)  # scale · Q0 = 1 · 0
+    assert len(s.notes) == 1 and "no rlnAmplitudeContrast column: amplitude contrast 0" in s.notes[0]
+
+    # the note reaches the dataset the run logs (stacks made here: the STAR's own are not public)
+    star = tmp_path / "particles.star"
+    star.write_bytes((DATA / "csparc2star_relion30_pfcrt.star").read_bytes())
+    (tmp_path / "Extract" / "job012").mkdir(parents=True)
+    with mrcfile.new(str(tmp_path / "Extract/job012/FinalRefinement-OriginalParticles-PfCRT.mrcs")) as m:
+        m.set_data(np.zeros((5, 16, 16), np.float32))
+        m.set_image_stack()
+        m.voxel_size = 1.035
+    with read_particles(star) as ds:
+        assert any("amplitude contrast 0" in n for n in ds.notes)
+
+
+def test_warp_particle_series_tilt_images():
+    """Warp 1.x tilt-series export as a "particle series" (the 20-column header tomoDRGN lists
+    as Warp's): one RELION 3.0-style ``data_`` table, each row one tilt image of a particle with
+    its own defocus and composed angles, pixel size 10⁴ · 1.96 µm / 10000 = 1.96 Å, no origin
+    columns (origins 0), ``rlnCtfScalefactor`` = cos(tilt) and ``rlnCtfBfactor`` = −4 × the
+    accumulated dose (e/Å², tomoDRGN reads dose = B / −4).
+
+    RELION's ``CTF::getCTF`` multiplies the CTF by ``rlnCtfScalefactor``: the 39th tilt's CTF is
+    0.5 × the untilted one, at zero frequency 0.5 × 0.07. Before this reader change the column
+    was ignored (1.0 for every tilt). B is read as written, in RELION's sign, and the negative
+    values are named in a note for the log (Warp means a decay; RELION's envelope amplifies)."""
+    s = parse_star(DATA / "warp_particleseries.star")
+    assert s.n == 4 and s.optics is None
+    assert s.stack_names == ["ay19102021_L3_position6_ribo_it09_bin8_1.82A.mrcs"]
+    assert s.index.tolist() == [0, 1, 38, 39]
+    assert np.allclose(s.apix, 1e4 * 1.96 / 10000)  # the name's "1.82A" is not what the STAR says
+    assert _ctf_row(s, 0) == pytest.approx((20061.7, 19560.8, 12.3, 300, 2.7, 0.07, 0, -13))
+    assert _ctf_row(s, 2) == pytest.approx((23902.1, 24067.3, 7.4, 300, 2.7, 0.07, 0, -507))
+    assert _ctf_row(s, 3) == pytest.approx((18612.3, 18111.4, 12.3, 300, 2.7, 0.07, 0, -13))
+    assert s.ctf.scale.tolist() == pytest.approx([1.0, 0.9986, 0.5, 1.0])
+    assert s.euler[0].tolist() == pytest.approx([113.14910, 88.02000, -95.35435])
+    assert s.euler[2].tolist() == pytest.approx([125.41570, 145.92420, -88.60172])
+    assert s.origin_unit is None and np.all(s.shifts_A() == 0)
+    assert s.particles["rlnGroupName"].tolist()[2:] == ["ay19102021_L3_position6_ribo_it09_bin8_0000000",
+                                                        "ay19102021_L3_position6_ribo_it09_bin8_0000001"]
+    assert _ctf_at_zero_frequency(s) == pytest.approx([0.07, 0.9986 * 0.07, 0.5 * 0.07, 0.07], abs=1e-12)
+    assert len(s.notes) == 1 and "rlnCtfBfactor < 0 on 4 of 4 particles (down to -507" in s.notes[0]

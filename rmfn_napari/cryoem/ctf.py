@@ -10,9 +10,10 @@ Formula (DESIGN.md section 2), with ``s = (sx, sy)`` the spatial frequency in 1/
     α      = atan2(sy, sx)                                    (x = fastest array axis)
     df(α)  = ½ [dfU + dfV + (dfU − dfV) cos 2(α − α_ast)]     (Å)
     χ(s)   = −π λ df(α) |s|² + (π/2) Cs λ³ |s|⁴ − arcsin(w) − φ
-    CTF    = −sin χ · exp(−B |s|² / 4)
+    CTF    = −a · sin χ · exp(−B |s|² / 4)
 
-so ``CTF(0) = +w``: a positive map gives white particles (RELION after "invert contrast").
+with ``a`` the scale factor (``rlnCtfScalefactor``, 1 unless a STAR gives one; RELION's
+``CTF::getCTF`` returns ``scale * retval``), so ``CTF(0) = +a·w``: a positive map gives white particles (RELION after "invert contrast").
 cryoDRGN's CTF is the negative of this one.
 
 Grid: index ``j`` on each axis is the frequency ``k = j − D/2`` cycles/box, i.e.
@@ -60,7 +61,8 @@ def _as_batch(x, dtype, device) -> torch.Tensor:
 
 
 def ctf_2d(D: int, apix: float, defocus_u, defocus_v, defocus_angle_deg, voltage_kv, cs_mm,
-           amplitude_contrast, phase_shift_deg=0.0, bfactor=0.0, window: int | None = None) -> torch.Tensor:
+           amplitude_contrast, phase_shift_deg=0.0, bfactor=0.0, window: int | None = None,
+           scale=1.0) -> torch.Tensor:
     """RELION-convention CTF on the centred ``D × D`` Fourier grid for a batch of parameters.
 
     Parameters
@@ -87,21 +89,23 @@ def ctf_2d(D: int, apix: float, defocus_u, defocus_v, defocus_angle_deg, voltage
     window : int, optional
         Evaluate only the central ``window × window`` frequencies of the ``D``-grid (the same
         values as cropping the full result).
+    scale : float or tensor ``(B,)``
+        Multiplies the CTF (``rlnCtfScalefactor``, dimensionless), default 1.
 
     Returns
     -------
     torch.Tensor, shape ``(B, D, D)`` (``(B, window, window)``)
-        Real CTF values on the centred grid; ``[:, D/2, D/2] == w``. ``B`` is the broadcast
+        Real CTF values on the centred grid; ``[:, D/2, D/2] == scale · w``. ``B`` is the broadcast
         length of the parameters (1 if all are scalars). Device and dtype follow the first
         floating-point tensor among the inputs (float32 on CPU if none); the arithmetic is
         done in float64 and cast at the end, so every caller gets bit-identical values.
     """
     params = (defocus_u, defocus_v, defocus_angle_deg, voltage_kv, cs_mm, amplitude_contrast,
-              phase_shift_deg, bfactor)
+              phase_shift_deg, bfactor, scale)
     ref = next((p for p in params if isinstance(p, torch.Tensor) and p.is_floating_point()), None)
     out_dtype = ref.dtype if ref is not None else torch.float32
     device = ref.device if ref is not None else None
-    dfu, dfv, ang, kv, cs, w, ph, bf = torch.broadcast_tensors(
+    dfu, dfv, ang, kv, cs, w, ph, bf, a = torch.broadcast_tensors(
         *(_as_batch(p, torch.float64, device) for p in params))
     sx, sy = frequency_grid_2d(int(D), float(apix), torch.float64, device, window)
     s2 = sx * sx + sy * sy
@@ -114,7 +118,7 @@ def ctf_2d(D: int, apix: float, defocus_u, defocus_v, defocus_angle_deg, voltage
     chi = (-math.pi * lam * df * s2 + 0.5 * math.pi * cs_a * lam ** 3 * s2 * s2
            - torch.arcsin(w)[:, None, None] - torch.deg2rad(ph)[:, None, None])
     ctf = -torch.sin(chi)
-    ctf = ctf * torch.exp(-bf[:, None, None] * s2 / 4)
+    ctf = a[:, None, None] * ctf * torch.exp(-bf[:, None, None] * s2 / 4)
     return ctf.to(out_dtype)
 
 
@@ -131,6 +135,7 @@ class CTFParams:
     amplitude_contrast : fraction
     phase_shift : degrees
     bfactor : Å²
+    scale : dimensionless multiplier of the CTF (``rlnCtfScalefactor``), 1 by default
     """
 
     defocus_u: np.ndarray
@@ -141,6 +146,7 @@ class CTFParams:
     amplitude_contrast: np.ndarray
     phase_shift: np.ndarray
     bfactor: np.ndarray
+    scale: np.ndarray = 1.0
 
     def __post_init__(self):
         n = None
@@ -184,4 +190,5 @@ class CTFParams:
         t = {f.name: torch.tensor(getattr(p, f.name), dtype=torch.float64, device=device)
              for f in fields(p)}
         return ctf_2d(box, apix, t["defocus_u"], t["defocus_v"], t["defocus_angle"], t["voltage"],
-                      t["cs"], t["amplitude_contrast"], t["phase_shift"], t["bfactor"], window).to(dtype)
+                      t["cs"], t["amplitude_contrast"], t["phase_shift"], t["bfactor"], window,
+                      t["scale"]).to(dtype)

@@ -345,7 +345,9 @@ def read_particles(star_path, check_pixels: bool = False) -> ParticleDataset:
             bad = int(np.flatnonzero(~(np.isfinite(apix) & (apix > 0)))[0])
             raise InputError(f"voxel size in the header is {apix[bad]} Å; it must be > 0",
                              stacks[stack_of[bad]])
-    notes = [dup] if (dup := _duplicates(stack_of, index, names, star_path)) else []  # STAR row numbers
+    notes = list(star.notes)  # the STAR layer's (a CTF value defaulted, B-factors < 0)
+    if dup := _duplicates(stack_of, index, names, star_path):  # STAR row numbers
+        notes.append(dup)
     keep, note = _possible_origins(star, box, apix)
     if note:
         star, apix = star.subset(keep), apix[keep]

@@ -16,8 +16,11 @@ Conventions checked here (the tests in ``tests/test_star_flavours.py`` hold real
 * origins: ``rlnOriginXAngst/YAngst`` in Å (3.1+), else ``rlnOriginX/Y`` in px of the
   particle's own image (3.0), converted to Å with the particle's own pixel size;
 * CTF: ``rlnDefocusU/V`` Å, ``rlnDefocusAngle`` °, ``rlnVoltage`` kV,
-  ``rlnSphericalAberration`` mm, ``rlnAmplitudeContrast``, ``rlnPhaseShift`` ° (0 if absent),
-  ``rlnCtfBfactor`` Å² (0 if absent); per particle, from the particle's row or its group.
+  ``rlnSphericalAberration`` mm, ``rlnAmplitudeContrast`` (0 if absent, as RELION's
+  ``CTF::read``; a note says so), ``rlnPhaseShift`` ° (0 if absent), ``rlnCtfBfactor`` Å²
+  (0 if absent; RELION's envelope ``exp(−B s²/4)``, a note names B < 0) and
+  ``rlnCtfScalefactor`` (1 if absent; RELION multiplies the CTF by it, Warp's particle
+  series write cos(tilt) there); per particle, from the particle's row or its group.
 
 Every problem raises :class:`rmfn_napari.errors.InputError` naming the STAR and the problem.
 """
@@ -43,6 +46,7 @@ NUMERIC_COLUMNS = (
     "rlnOriginX", "rlnOriginY", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
     "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor",
     "rlnImagePixelSize", "rlnDetectorPixelSize", "rlnMagnification", "rlnImageSize",
+    "rlnCtfScalefactor",
 )
 
 
@@ -131,6 +135,8 @@ class StarParticles:
         The origin columns as written (unit ``origin_unit``; 0 where absent).
     ctf : CTFParams or None
         None when the STAR has no ``rlnDefocusU``.
+    notes : list of str
+        Warnings about the STAR for the run's log (a CTF value defaulted, B-factors < 0).
     """
 
     star_path: Path
@@ -150,6 +156,7 @@ class StarParticles:
     origin_unit: str | None
     origins: np.ndarray
     ctf: CTFParams | None = field(default=None)
+    notes: list = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -174,7 +181,7 @@ class StarParticles:
             self.group[keep], self.group_names, pick(self.apix), pick(self.image_size),
             [s for s, k in zip(self.image_names, keep) if k], self.stack_names, self.stack_of[keep],
             self.index[keep], self.bare[keep], self.has_poses, self.euler[keep], self.origin_unit,
-            self.origins[keep], None if self.ctf is None else self.ctf.subset(keep))
+            self.origins[keep], None if self.ctf is None else self.ctf.subset(keep), list(self.notes))
 
 
 def _read_tables(star_path: Path):
@@ -274,11 +281,19 @@ def _image_locations(names, star_path: Path):
     return list(stack_ids), stack_of, index, bare
 
 
-def _read_ctf(p, star_path: Path) -> CTFParams | None:
-    """Per-particle CTF parameters (RELION units) from the merged rows, or None."""
+def _read_ctf(p, star_path: Path):
+    """``(CTFParams or None, notes)``: per-particle CTF parameters (RELION units) from the
+    merged rows, and warnings for the log.
+
+    Absent columns take RELION's ``CTF::read`` defaults where a real pipeline leaves them out
+    (``rlnAmplitudeContrast`` 0, noted: pyem's csparc2star writes none when cryoSPARC's file
+    has none; ``rlnPhaseShift`` 0, ``rlnCtfBfactor`` 0, ``rlnCtfScalefactor`` 1); defoci,
+    voltage and Cs must be there.
+    """
     if "rlnDefocusU" not in p.columns:
-        return None
+        return None, []
     n = len(p)
+    notes = []
 
     def col(name, default):
         if name in p.columns:
@@ -287,19 +302,33 @@ def _read_ctf(p, star_path: Path) -> CTFParams | None:
             raise InputError(f"column {name} is missing (needed for the CTF)", star_path)
         return np.full(n, float(default))
 
+    if "rlnAmplitudeContrast" not in p.columns:
+        notes.append(f"{star_path}: warning: no rlnAmplitudeContrast column: amplitude contrast 0 "
+                     f"is used, as RELION reads such a STAR (typical values are 0.07-0.1)")
     ctf = CTFParams(
         defocus_u=col("rlnDefocusU", None),
         defocus_v=col("rlnDefocusV", None) if "rlnDefocusV" in p.columns else col("rlnDefocusU", None),
         defocus_angle=col("rlnDefocusAngle", 0.0),
         voltage=col("rlnVoltage", None),
         cs=col("rlnSphericalAberration", None),
-        amplitude_contrast=col("rlnAmplitudeContrast", None),
+        amplitude_contrast=col("rlnAmplitudeContrast", 0.0),
         phase_shift=col("rlnPhaseShift", 0.0),
         bfactor=col("rlnCtfBfactor", 0.0),
+        scale=col("rlnCtfScalefactor", 1.0),
     )
     if np.any(ctf.voltage <= 0):
         raise InputError("voltage must be > 0 kV", star_path)
-    return ctf
+    if np.any(ctf.scale <= 0):
+        r = int(np.flatnonzero(ctf.scale <= 0)[0])
+        raise InputError(f"column rlnCtfScalefactor, row {r + 1}: value {ctf.scale[r]:g} must be > 0 "
+                         f"(the CTF is multiplied by it)", star_path)
+    neg = ctf.bfactor < 0
+    if neg.any():
+        notes.append(f"{star_path}: warning: rlnCtfBfactor < 0 on {int(neg.sum())} of {n} particles "
+                     f"(down to {ctf.bfactor.min():g} Å²): RELION's envelope exp(-B s²/4) amplifies "
+                     f"their high frequencies (Warp's particle series write -4 × the dose there, "
+                     f"meant as a decay)")
+    return ctf, notes
 
 
 def parse_star(star_path) -> StarParticles:
@@ -333,6 +362,7 @@ def parse_star(star_path) -> StarParticles:
         unit, origins = "px", particles[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64)
     else:
         unit, origins = None, np.zeros((len(particles), 2))
+    ctf, notes = _read_ctf(particles, star_path)
     return StarParticles(star_path, particles, optics, group, group_names, apix, size,
                          [str(s) for s in names], stack_names, stack_of, index, bare, has_poses,
-                         euler, unit, origins, _read_ctf(particles, star_path))
+                         euler, unit, origins, ctf, notes)

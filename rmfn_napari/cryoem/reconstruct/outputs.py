@@ -108,7 +108,8 @@ def run_identity(ds, n: int, truth, scale_img: float) -> dict:
     digest.update("\n".join(map(str, names or [])).encode())
     ctf = getattr(src, "ctf", None)
     arrays = [getattr(src, "euler", None), getattr(src, "shifts_A", None)]
-    arrays += [getattr(ctf, f.name) for f in fields(ctf)] if ctf is not None else []
+    arrays += [getattr(ctf, f.name) for f in fields(ctf)  # (scale 1 hashed as before it was read)
+               if f.name != "scale" or np.any(ctf.scale != 1)] if ctf is not None else []
     for a in arrays:
         if a is not None:
             digest.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
