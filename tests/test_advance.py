@@ -58,6 +58,11 @@ def _stage_epochs(data, out, advance):
     for _ in reconstruct(data / "particles.star", cfg, out_dir=out, true_poses=data / "true_poses.star"):
         pass
     metrics = json.loads((out / "metrics.json").read_text())
+    for stage in metrics["stages"]:  # where the time went (issue 27 item 2), inside the stage's wall time
+        parts = stage["time_s"]
+        assert parts["structure steps"] > 0 and parts["stage-end evaluation"] > 0
+        assert sum(parts.values()) - parts.get("stage data", 0.0) <= stage["seconds"] + 1e-3
+        assert ("advance checks" in parts) == (advance == "auto" and stage["stage"] > 1)
     return [s["epochs_done"] for s in metrics["stages"]], (out / "run.log").read_text()
 
 

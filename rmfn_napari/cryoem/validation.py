@@ -120,13 +120,15 @@ def half_maps(dataset, n: int, rotations: torch.Tensor, shifts_px: torch.Tensor,
 
 def halves_frame(hm: HalfMaps, apix: float) -> dict:
     """Whether the two half-maps are in one frame: the rigid transform and hand that best align
-    half-map 2 to half-map 1 (:func:`~rmfn_napari.cryoem.metrics.align_map`, 1,000 rotations per
-    hand). Independent refinements from a start that does not fix the hand (a featureless
+    half-map 2 to half-map 1 (:func:`~rmfn_napari.cryoem.metrics.align_map`). Independent refinements from a start that does not fix the hand (a featureless
     coarse map) can settle in mirrored or turned frames; their FSC is then no resolution.
+    The frame needs only degrees: 500 rotations per hand, the search at the coarse box and
+    without the final polish (:func:`~rmfn_napari.cryoem.metrics.align_map`'s ``polish``),
+    about a third of a full alignment's time.
 
     Returns ``{"angle_deg", "flipped", "shift_voxels", "correlation_aligned", "same_frame"}``
     (``same_frame``: not flipped and turned by at most :data:`FRAME_LIMIT_DEG`)."""
-    _, al = align_map(hm.half2, hm.half1, apix, n_rotations=1000)
+    _, al = align_map(hm.half2, hm.half1, apix, n_rotations=500, mid_box=16, n_candidates=4, polish=False)
     angle = float(geodesic_distance(torch.as_tensor(al.rotation, dtype=torch.float64)[None],
                                     torch.eye(3, dtype=torch.float64)[None])[0])
     return {"angle_deg": angle, "flipped": bool(al.flipped), "shift_voxels": [float(v) for v in al.shift_voxels],

@@ -18,6 +18,7 @@ from ...engine.eta import EtaEstimator
 from ...engine.events import (
     Event, Metrics, Progress, RunFinished, RunStarted, StageFinished, StageStarted, VolumeSnapshot,
 )
+from ...engine.part_times import PartTimes
 from ...engine.outdir import check_output_dir, estimate_reconstruct_bytes, prepare_run_dir
 from ...errors import InputError
 from ...model import ResidualMFN
@@ -230,6 +231,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
     stopped = False
     metrics_out: dict = {"stages": state.history.setdefault("stages", [])}  # the checkpoint's list
     last_eval: list[Event] = []
+    times = PartTimes()  # seconds per part of each stage (metrics.json: stages[i].time_s)
     extra_batches = 0  # batches --advance auto added (held stages) or saved (stages ended early)
     last_scale = plan[min(state.stage, len(plan) - 1)][0]
     # time left from each stage's measured cost per batch, pauses excluded (engine/eta.py)
@@ -256,7 +258,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                   f"({box * apix / max(band, 1e-9):.1f} Å), low-pass sigma {sigma:.2f} px, "
                   f"window {fwd.window} ({len(fwd.freqs)} frequencies), render grid {fwd.render_n}^3 "
                   f"({len(fwd.support)} voxels in the mask)")
-        data = StageData(ds, owned, fwd.freqs, scale_img, cfg, device, cfg.stage_data_gb * 2**30)
+        with times.part("stage data"):
+            data = StageData(ds, owned, fwd.freqs, scale_img, cfg, device, cfg.stage_data_gb * 2**30)
         yield log(f"  data: {data.n} x {len(fwd.freqs)} spectra and CTFs{' per rank' if ranks.active else ''}, "
                   f"{data.bytes / 2**20:.0f} MiB, "
                   + ("kept on the " + device.type if data.resident else "computed batch by batch (over the budget)"),
@@ -296,6 +299,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 moved, total = (int(v) for v in ranks.total([moved, total], "counting the search's moves"))
                 clamp_offsets(shifts_px, start_shifts, cfg.shift_range_px)
                 state.offsets_searched = state.offsets_searched or (whole_range and estimates_shifts(cfg))
+                times.add("global search", time.perf_counter() - t_search)
                 yield log(f"  epoch {epoch + 1}: global search moved {moved}/{total} poses "
                           f"({len(offsets)} offsets, {time.perf_counter() - t_search:.1f} s)")
             global_batches = epoch_batches(order, halves if nets.independent else None, cfg.batch_size)
@@ -319,7 +323,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 with ranks.guard(f"stage {stage_idx + 1}, batch {state.step + 1}"):
                     loss_s, loss_p = train_batch(models[half], nets.opt(half), fwd, obs, ctf_b, rotations, shifts_px,
                                                  start_shifts, idx, cfg, step_control, device,
-                                                 moves_poses(cfg, stage_idx), loss_scale, ranks.mean, prior_px)
+                                                 moves_poses(cfg, stage_idx), loss_scale, ranks.mean, prior_px, times)
                 check_losses(loss_s, loss_p, empty_loss[half], cfg, step_control, moves_poses(cfg, stage_idx),
                              f"stage {stage_idx + 1}, epoch {epoch + 1}, batch {b + 1} (step {state.step + 1})")
                 state.step += 1
@@ -334,7 +338,9 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 now = time.perf_counter()
                 if now - last_snap >= cfg.snapshot_interval_s and ranks.is_main:
                     last_snap = now
-                    yield snapshot(nets.display, box, apix, scale, stage_idx, final=False, mask_radius=cfg.mask_radius)
+                    with times.part("snapshots"):
+                        snap = snapshot(nets.display, box, apix, scale, stage_idx, final=False, mask_radius=cfg.mask_radius)
+                    yield snap
             if stopped or skipped:
                 break
             state.epoch_in_stage = epoch + 1
@@ -349,7 +355,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             for h in nets.groups():
                 check_finite(nets.net(h), rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end of epoch {epoch + 1}")
             if cfg.advance == "auto" and nets.independent:  # the halves' gold standard steers the stage
-                res_A = halves_resolution(ds, n, rotations, shifts_px, halves, cfg, device, ranks, shared_band)
+                with times.part("advance checks"):
+                    res_A = halves_resolution(ds, n, rotations, shifts_px, halves, cfg, device, ranks, shared_band)
                 decision = decide(epoch + 1, epochs, cap, stage_idx == len(plan) - 1, res_A, box * apix / band,
                                   state.advance_best_A, state.moving["fraction_moving"])
                 if res_A is not None:
@@ -363,10 +370,12 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
                 eta_clock.stage_steps[stage_idx] = expected * batches_per_epoch
             if writes:
                 state.stage = stage_idx
-                save_checkpoint(ckpt_path, nets, rotations, shifts_px, state, cfg, identity)
+                with times.part("checkpoints"):
+                    save_checkpoint(ckpt_path, nets, rotations, shifts_px, state, cfg, identity)
             if state.stage_ended:
                 break
         # end of stage: snapshots of every scale so far, FSC, pose errors (rank 0, all poses gathered)
+        t_stage_end = time.perf_counter()
         sync_poses()
         for h in nets.groups():
             check_finite(nets.net(h), rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end")
@@ -400,9 +409,10 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             last_eval.append(Metrics("gold_standard", stage_idx, gold))
             state.history["final"] = final_metrics(last_eval)
             summary = summarise(last_eval)
+            times.add("stage-end evaluation", time.perf_counter() - t_stage_end)
             summary.update(stage=stage_idx + 1, scale=scale + 1, epochs_done=state.epoch_in_stage,
                            seconds=time.perf_counter() - stage_t0, band_cycles=band,
-                           band_resolution_A=box * apix / band)
+                           band_resolution_A=box * apix / band, time_s=times.take())
             metrics_out["stages"].append(summary)
             for ev in last_eval:
                 yield ev

@@ -3,6 +3,9 @@ pose steps (paper §6), the offset grids of the global search and their clamp.""
 
 from __future__ import annotations
 
+import time
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 
@@ -228,7 +231,7 @@ def clamp_offsets(shifts_px: torch.Tensor, start: torch.Tensor, range_px: float,
 
 def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, start_shifts, idx, cfg,
                 control, device, move_poses: bool, loss_scale: float | None = None,
-                reduce=None, prior_px: float | None = None) -> tuple[float, float]:
+                reduce=None, prior_px: float | None = None, times=None) -> tuple[float, float]:
     """One batch: structure steps at the current poses (images centred with their offsets), then
     pose steps that also refine the offsets when they are estimated; the stored rotations
     (float64) and offsets (px, clamped around their starting origins) are updated in place.
@@ -237,22 +240,28 @@ def train_batch(net, opt, fwd: ForwardModel, obs, ctf_b, rotations, shifts_px, s
     of the global batch (possibly empty), ``loss_scale`` is ``world / global batch`` and
     ``reduce`` averages the two losses over the ranks (:meth:`Ranks.mean`); ``control`` is None
     there (a stop is agreed between batches). ``prior_px``: the offsets' prior width
-    (:func:`shift_prior`; None: none). Returns the last structure and pose losses (means
+    (:func:`shift_prior`; None: none). ``times``: a
+    :class:`~rmfn_napari.engine.part_times.PartTimes` the structure and pose steps are counted
+    in (None: not timed). Returns the last structure and pose losses (means
     over the batch), read from the device once, here."""
     if loss_scale is None:
         loss_scale = 1.0 / max(1, len(idx))
     R = rotations[idx].to(device=device, dtype=torch.float32)
     sh = shifts_px[idx].to(device=device, dtype=torch.float32)
-    loss_s = structure_steps(net, opt, fwd, fwd.centre(obs, sh), ctf_b, R, cfg.structure_steps, control,
-                             loss_scale)
+    with times.part("structure steps") if times is not None else nullcontext():
+        loss_s = structure_steps(net, opt, fwd, fwd.centre(obs, sh), ctf_b, R, cfg.structure_steps, control,
+                                 loss_scale)
     loss_p = torch.tensor(float("nan"))
     stopping = control is not None and control.stop_requested
     if move_poses and not stopping:
+        started = time.perf_counter()
         loss_p = torch.zeros(())
         vol_ft = fwd.volume_ft(unwrap(net))  # every rank: with several, each renders a part
         if len(idx) > 0:
             loss_p = _pose_batch(vol_ft, fwd, obs, ctf_b, R, sh, rotations, shifts_px, start_shifts,
                                  idx, cfg, control, prior_px) * (len(idx) * loss_scale)
+        if times is not None:
+            times.add("pose steps", time.perf_counter() - started)
     losses = torch.stack([loss_s.float().to(device), loss_p.float().to(device)])
     if reduce is not None:
         losses = reduce(losses)
