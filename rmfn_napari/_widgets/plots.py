@@ -98,9 +98,10 @@ def _drawable(x: np.ndarray, y: np.ndarray) -> bool:
     return bool(np.any(ok[:-1] & ok[1:])) if ok.size > 1 else False
 
 
-#: Where a line's label sits against its point: above and left of it (horizontal lines, at
-#: the right end), right or left of it (vertical lines, by the side with room).
-ABOVE_LEFT, RIGHT_OF, LEFT_OF = [(1, 1), (1, 1)], [(0, 0), (0, 0)], [(1, 0), (1, 0)]
+#: Where a line's label sits against its point: above and right of it (horizontal lines, at
+#: the left end, where the FSC is still near 1), right or left of it (vertical lines, by the
+#: side with room).
+ABOVE_RIGHT, RIGHT_OF, LEFT_OF = [(0, 1), (0, 1)], [(0, 0), (0, 0)], [(1, 0), (1, 0)]
 
 
 def _line(angle: int, rgba, width: float = 1.0, style=Qt.PenStyle.SolidLine,
@@ -110,7 +111,7 @@ def _line(angle: int, rgba, width: float = 1.0, style=Qt.PenStyle.SolidLine,
     line = pg.InfiniteLine(angle=angle, pen=pen, movable=False, label=label,
                            labelOpts=None if label is None else
                            {"position": position, "color": rgb255(rgba[:3]),
-                            "anchors": ABOVE_LEFT if angle == 0 else RIGHT_OF})
+                            "anchors": ABOVE_RIGHT if angle == 0 else RIGHT_OF})
     line.setVisible(False)
     return line
 
@@ -142,9 +143,9 @@ class FSCPlot(PlotPanel):
         item = self.plot_item
         self._zero_line = _line(0, (0.5, 0.5, 0.5, 0.6))
         self._zero_line.setVisible(True)
-        self._threshold_line = _line(0, REFERENCE_THRESHOLD_COLOR, label="", position=0.99)
+        self._threshold_line = _line(0, REFERENCE_THRESHOLD_COLOR, label="", position=0.01)
         self._gold_threshold_line = _line(0, GOLD_THRESHOLD_COLOR, style=Qt.PenStyle.DashLine,
-                                          label="", position=0.99)
+                                          label="", position=0.01)
         self.shared_band_region = pg.LinearRegionItem(
             (0.0, 0.0), movable=False, brush=pg.mkBrush(rgb255(SHARED_BAND_COLOR + (0.16,))),
             pen=pg.mkPen(None))
@@ -450,10 +451,11 @@ class FSCPlot(PlotPanel):
     def _update_legend(self) -> None:
         colors = {lab: c for lab, c in GOLD_STANDARD_CURVES.values()}
 
-        def span(text: str, rgb, bold: bool = False) -> str:
+        def span(text: str, rgb, bold: bool = False, wrap: bool = False) -> str:
             weight = "font-weight:bold;" if bold else ""
-            return (f"<span style='color:{hex_color(rgb)};white-space:nowrap;{weight}'>"
-                    f"{text.replace(' ', '&nbsp;').replace('-', NB_HYPHEN)}</span>")
+            if not wrap:  # an entry never breaks inside
+                text = text.replace(" ", "&nbsp;").replace("-", NB_HYPHEN)
+            return f"<span style='color:{hex_color(rgb)};{weight}'>{text}</span>"
 
         rows = []
         if self.gold_curves:
@@ -475,7 +477,8 @@ class FSCPlot(PlotPanel):
         bands = self._band_entries()
         if bands:
             band_colors = [SHARED_BAND_COLOR] * (self.shared_band_A is not None) + [STAGE_BAND_COLOR]
-            rows.append(" &nbsp; ".join(span(text, rgb) for text, rgb in zip(bands, band_colors)))
+            rows += [span(text, rgb, wrap=True)  # sentences, one row each: they wrap
+                     for text, rgb in zip(bands, band_colors)]
         if not rows:
             rows.append(self._empty_legend())
         self.set_legend("<br>".join(rows))
