@@ -351,3 +351,43 @@ def test_layer_count_and_image_size_follow_the_cli_rules(make_napari_viewer, tmp
     assert f.start() is None
     assert f.panel.status.text().endswith(cli_words), (f.panel.status.text(), cli_words)
     assert "too small for --downsample 2" in cli_words
+
+
+def test_layer_picker_and_file_fields_are_magicgui(make_napari_viewer, qtbot, tmp_path):
+    """Issue 29 item 8: the fit-image layer picker is magicgui's napari layer combo box (its
+    value is the Layer, only 2D image layers offered, following the viewer's layer list), and
+    the reconstruct widget's file fields are magicgui FileEdits whose button opens a file dialog
+    titled with the field's caption and fills the field."""
+    from magicgui.widgets import ComboBox, FileEdit
+
+    viewer = make_napari_viewer()
+    f = FitImageWidget(viewer)
+    assert isinstance(f.layer_picker, ComboBox) and f.layer_combo is f.layer_picker.native
+    assert f.layer_picker.value is None
+    a = viewer.add_image(np.zeros((8, 8)), name="a")
+    viewer.add_image(np.zeros((3, 8, 8)), name="stack")  # 3D: not offered
+    b = viewer.add_image(np.zeros((8, 8)), name="b")
+    assert f.layer_picker.choices == (a, b)
+    f.layer_combo.setCurrentText("b")
+    assert f.layer_picker.value is b
+    viewer.layers.remove(a)
+    assert f.layer_picker.choices == (b,) and f.layer_picker.value is b
+    viewer.layers.remove(b)
+    assert f.layer_picker.choices == () and f.layer_picker.value is None
+
+    w = ReconstructWidget(viewer)
+    field = w.star_path
+    assert isinstance(field.file_edit, FileEdit) and field.edit is field.file_edit.line_edit.native
+    star = tmp_path / "particles.star"
+    asked = []
+
+    def dialog(mode, caption, start_path, filter):  # stands in for the Qt file dialog
+        asked.append((str(mode.value), caption, filter))
+        return str(star)
+
+    field.file_edit._show_file_dialog = dialog
+    field.button.click()
+    assert asked == [("r", "Particle STAR file", "RELION STAR (*.star)")]
+    assert field.path() == str(star)
+    field.edit.setText("")
+    assert field.path() == "" and field.file_edit.value is None  # empty is no file, not "."

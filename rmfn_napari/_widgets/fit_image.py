@@ -7,8 +7,10 @@ stage and the spectrum drift per scale (Table 1's metric) in a small table.
 
 from __future__ import annotations
 
+import napari
 import numpy as np
-from qtpy.QtWidgets import QComboBox, QLabel, QWidget
+from magicgui.widgets import create_widget
+from qtpy.QtWidgets import QLabel, QWidget
 
 from ..engine.devices import available_devices
 from ..engine.events import Metrics, RunStarted
@@ -65,7 +67,14 @@ class FitImageWidget(RunWidgetBase):
             inputs = self.settings_form.inputs[setting.name]
             for attr, widget in zip(setting.attrs, inputs if isinstance(inputs, tuple) else (inputs,)):
                 setattr(self, attr, widget)
-        self.layer_combo = QComboBox()
+        # the layer picker: magicgui's napari layer combo box (its value is the Layer), offering
+        # only 2D image layers; reset_choices follows the viewer's layer list (napari's
+        # "QWidget class widgets" pattern). layer_combo is its QComboBox.
+        self.layer_picker = create_widget(
+            annotation=napari.layers.Image, label="image",
+            options={"choices": lambda _w: [(layer.name, layer) for layer in self.viewer.layers
+                                            if is_2d_image_layer(layer)]})
+        self.layer_combo = self.layer_picker.native
         self.settings_form.add_row("top", "image", self.layer_combo,
                                    "2D image layer to fit (grey or RGB); it is the PSNR reference",
                                    index=0)
@@ -82,10 +91,9 @@ class FitImageWidget(RunWidgetBase):
         self.preset.currentIndexChanged.connect(lambda *_: self.apply_preset(self.preset.currentText()))
         self.set_config(FitImageConfig.from_preset(default_preset("auto")))  # every input
         events = self.viewer.layers.events
-        events.inserted.connect(self._refresh_layers)
-        events.removed.connect(self._refresh_layers)
-        events.reordered.connect(self._refresh_layers)
-        self._refresh_layers()
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self.layer_picker.reset_choices)
+        self.layer_picker.reset_choices()
         self.restore_settings()
 
     # ---- form -------------------------------------------------------------------------
@@ -114,16 +122,6 @@ class FitImageWidget(RunWidgetBase):
                 self.settings_form.set_value("preset", settings["preset"])  # applies the preset
             self.settings_form.set_values(settings, skip=("preset",))
 
-    def _refresh_layers(self, *_args) -> None:
-        current = self.layer_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if is_2d_image_layer(layer)]
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        if current in names:
-            self.layer_combo.setCurrentText(current)
-        self.layer_combo.blockSignals(False)
-
     def config(self) -> FitImageConfig:
         """The :class:`FitImageConfig` the form describes (raises InputError when invalid)."""
         values = self.settings_form.values()
@@ -135,10 +133,10 @@ class FitImageWidget(RunWidgetBase):
 
     def image(self) -> np.ndarray:
         """A copy of the chosen layer's image (taken on the GUI thread)."""
-        name = self.layer_combo.currentText()
-        if not name or name not in self.viewer.layers:
+        layer = self.layer_picker.value
+        if layer is None or layer not in self.viewer.layers:
             raise InputError("image: choose a 2D image layer (open an image or a sample first)")
-        layer = self.viewer.layers[name]
+        name = layer.name
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         image = np.array(data)  # copy: the worker never sees the layer
         check_image_size(image.shape, int(self.downsample.value()), f"layer {name!r}")  # the CLI's check
@@ -148,7 +146,7 @@ class FitImageWidget(RunWidgetBase):
         """Read the form and return the fit-image event source for the worker."""
         cfg = self.config()
         image = self.image()
-        layer = self.viewer.layers[self.layer_combo.currentText()]
+        layer = self.layer_picker.value
         self.layers.set_data_grid(layer.scale[-2:], layer.translate[-2:])  # results on its grid
         save_remembered(self.task, {"settings": self.settings_form.values()})
         self.table.clear_values()

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Sequence
 
+from magicgui.widgets import FileEdit
 from qtpy.QtGui import QValidator
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
     QLineEdit, QSizePolicy, QSpinBox, QStyle, QStyleOptionSpinBox, QToolButton, QVBoxLayout,
     QWidget,
 )
@@ -58,16 +59,26 @@ class _WholeText:
 
 
 class WholeTextSpinBox(_WholeText, QSpinBox):
-    """A QSpinBox that shows its whole text (:class:`_WholeText`)."""
+    """A QSpinBox that shows its whole text (:class:`_WholeText`).
+
+    Hand-made rather than magicgui's ``SpinBox``: it carries a suffix and a special-value text,
+    and keeps its whole text under napari's style sheet, which magicgui's does not."""
 
 
 class WholeTextDoubleSpinBox(_WholeText, QDoubleSpinBox):
-    """A QDoubleSpinBox that shows its whole text (:class:`_WholeText`)."""
+    """A QDoubleSpinBox that shows its whole text (:class:`_WholeText`).
+
+    Hand-made rather than magicgui's ``FloatSpinBox``: that one shows 0.001 as "0.00" (two
+    decimals unless changed through its native widget), has no suffix ("µm") or special-value
+    text, and napari's style sheet sets its min-width."""
 
 
 class GeneralSpinBox(WholeTextDoubleSpinBox):
     """A spin box showing its value in the shortest exact form (``0.001``, ``5e-05``); the
-    arrows multiply or divide by 2 when no fixed step is given (learning rates)."""
+    arrows multiply or divide by 2 when no fixed step is given (learning rates).
+
+    magicgui's ``FloatSpinBox`` has fixed decimals (0.001 reads "0.00", 5e-05 reads "0.00"):
+    a learning rate needs this box."""
 
     def __init__(self, parent: QWidget | None = None, log_steps: bool = True):
         super().__init__(parent)
@@ -117,28 +128,39 @@ class GeneralSpinBox(WholeTextDoubleSpinBox):
         return text.strip()
 
 
+class _CaptionedFileEdit(FileEdit):
+    """magicgui's FileEdit whose file dialog is titled with the field's caption."""
+
+    def __init__(self, caption: str, **kwargs):
+        self._caption = caption
+        super().__init__(**kwargs)
+
+    @property
+    def _btn_text(self) -> str:  # FileEdit titles its dialog (and labels its button) with this
+        return getattr(self, "_caption", None) or super()._btn_text
+
+
 class PathField(QWidget):
-    """A line edit with a "…" button opening a file dialog."""
+    """A file to read: magicgui's ``FileEdit`` (a line edit and a button opening the file
+    dialog; :attr:`file_edit`), its button shortened to "…" (the dock is narrow) with
+    ``caption`` as its tooltip. ``edit`` is the line edit (QLineEdit), ``button`` the button;
+    :meth:`path` is the text as typed ('' when empty: magicgui's value would read ``Path(".")``).
+    """
 
     def __init__(self, caption: str, filter_: str, placeholder: str = "",
                  parent: QWidget | None = None):
         super().__init__(parent)
         self.caption, self.filter = caption, filter_
-        self.edit = QLineEdit()
+        self.file_edit = _CaptionedFileEdit(caption, mode="r", filter=filter_, nullable=True)
+        self.edit: QLineEdit = self.file_edit.line_edit.native
         self.edit.setPlaceholderText(placeholder)
-        button = QToolButton()
-        button.setText("…")
-        button.setToolTip(caption)
-        button.clicked.connect(self._choose)
+        self.button = self.file_edit.choose_btn.native
+        self.button.setText("…")
+        self.button.setToolTip(caption)
+        self.button.setMaximumWidth(self.button.fontMetrics().horizontalAdvance("…") + 24)
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.edit)
-        lay.addWidget(button)
-
-    def _choose(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, self.caption, self.edit.text(), self.filter)
-        if path:
-            self.edit.setText(path)
+        lay.addWidget(self.file_edit.native)
 
     def path(self) -> str:
         """The path typed or chosen ('' when empty)."""
