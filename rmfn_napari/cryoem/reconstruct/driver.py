@@ -347,7 +347,8 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             state.elapsed_s = time.perf_counter() - t_start
             sync_poses()
             state.moving = moving_poses(rotations_before, rotations)  # this epoch's pose changes
-            if not state.poses_settled and settled(state.moving, search_now) and estimates_shifts(cfg):
+            if not state.poses_settled and settled(state.moving, search_now, scale == cfg.n_layers - 1) \
+                    and estimates_shifts(cfg):
                 state.poses_settled = True
                 yield log(f"  epoch {epoch + 1}: poses settled ({100 * state.moving['fraction_moving']:.0f}% "
                           f"turned by > {MOVING_DEG:g} deg in a search epoch): offset prior "

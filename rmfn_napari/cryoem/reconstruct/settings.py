@@ -89,8 +89,8 @@ class ReconstructConfig:
         then fails with the offset search on: docs/results.md, "The 45-90° regression"). Used until the
         poses have settled; then ``shift_prior_settled_px``.
     shift_prior_settled_px : width (px) of the offset prior once the poses have settled (an
-        epoch with a global search turned fewer than 10% of them by more than 5°; from then on
-        for the rest of the run). A map that tells rotations apart also tells offsets apart, so
+        epoch of the finest stage with a global search turned fewer than 10% of them by more
+        than 5°; from then on for the rest of the run). A map that tells rotations apart also tells offsets apart, so
         the prior that kept centred particles centred while it could not is no longer needed
         and would hold off-centre particles back. 0: no prior once settled.
     check_contrast : before training, test the particles' contrast with a matched filter

@@ -91,8 +91,8 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
             minimum=0.0, maximum=64.0, step=0.1, decimals=2, special="none", suffix=" px",
             metavar="PX", preset_keeps=True),
     Setting("shift_prior_settled_px", "--shift-prior-settled", "shift prior, settled", "schedule",
-            "Width (px) of the offset prior once the poses have settled (an epoch with a global "
-            "search turned fewer than 10% of them by more than 5 degrees): a map that tells "
+            "Width (px) of the offset prior once the poses have settled (an epoch of the finest "
+            "stage with a global search turned fewer than 10% of them by more than 5 degrees): a map that tells "
             "rotations apart tells offsets apart too. 0: no prior from then on", "float",
             minimum=0.0, maximum=64.0, step=0.1, decimals=2, special="none", suffix=" px",
             metavar="PX", preset_keeps=True),
