@@ -30,8 +30,9 @@ Disk-space estimates (bytes; each is checked against ``shutil.disk_usage(folder)
   run.log. An unknown ``D`` or ``n`` (before the STAR is read) counts as 0, so the estimate
   is a lower bound until the driver repeats the check with the dataset's box and size.
 * fit-image: per scale, ``scale_k.tif`` ``4·h'·w'·C`` and ``spectrum_k.tif`` ``4·h'·w'``
-  (``h' × w'`` the training image, ``C`` 1 or 3 channels) + 8 KiB of TIFF header each, and
-  metrics.json.
+  (``h' × w'`` the training image, ``C`` 1 or 3 channels) + 8 KiB of TIFF header each,
+  metrics.json, and the checkpoint twice (``2·(L·(4·h'·w'·C + 12·(h² + 8h)) + 64 KiB)``: each
+  stage's image at its end, the network's weights and two Adam moments).
 """
 
 from __future__ import annotations
@@ -82,14 +83,18 @@ def estimate_reconstruct_bytes(box: int | None = None, n_particles: int | None =
     return maps + 2 * checkpoint + 400 * n + 2**20 + _SLACK
 
 
-def estimate_fit_image_bytes(shape, downsample: int, n_scales: int) -> int:
+def estimate_fit_image_bytes(shape, downsample: int, n_scales: int, hidden: int = 256) -> int:
     """Bytes ``rmfn fit-image`` writes for an image of ``shape`` ``(H, W[, C])`` trained at
-    ``H/downsample × W/downsample`` with ``n_scales`` scales (see the module doc)."""
+    ``H/downsample × W/downsample`` with ``n_scales`` scales of width ``hidden`` (see the module
+    doc): per scale its image and spectrum, and ``checkpoint.pt`` twice (it is replaced through
+    a temp): each scale's image at its stage end and the network's weights with Adam's two
+    moments (12 bytes per weight, about ``hidden² + 8·hidden`` weights a scale)."""
     f = max(int(downsample), 1)
     h, w = int(shape[0]) // f, int(shape[1]) // f
     channels = 3 if len(shape) == 3 and int(shape[2]) in (3, 4) else 1
     per_scale = 4 * h * w * channels + 4 * h * w + 2 * 8 * 2**10
-    return int(n_scales) * per_scale + _SLACK
+    checkpoint = int(n_scales) * (4 * h * w * channels + 12 * (int(hidden) ** 2 + 8 * int(hidden))) + 64 * 2**10
+    return int(n_scales) * per_scale + 2 * checkpoint + _SLACK
 
 
 # --------------------------------------------------------------------------- folder check

@@ -35,6 +35,10 @@ from ..engine.outdir import estimate_fit_image_bytes, prepare_run_dir
 from ..engine.settings_spec import check_filters, config_from_preset
 from ..errors import InputError
 from ..model import METHODS, ResidualMFN
+from .checkpoint import (
+    CHECKPOINT_EVERY_STEPS, FitProgress, check_fit_resume, image_identity, load_progress,
+    read_fit_checkpoint, save_fit_checkpoint,
+)
 from .images import downsample, normalize_image
 from .metrics import log_spectrum, spectrum_drift
 from .presets import PAPER_SCHEDULE, PRESETS
@@ -152,6 +156,8 @@ def fit_image(
     config: FitImageConfig | None = None,
     control: RunControl | None = None,
     out_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = CHECKPOINT_EVERY_STEPS,
 ) -> Iterator[Event]:
     """Fit ``image`` coarse to fine; yield engine events as training goes.
 
@@ -172,7 +178,11 @@ def fit_image(
     out_dir : path, optional
         When given, each scale's image and log-amplitude spectrum (``scale_k.tif``,
         ``spectrum_k.tif``, k = 1..L as everywhere a user reads it) and ``metrics.json`` are
-        written there when the run ends.
+        written there when the run ends, and ``checkpoint.pt`` every ``checkpoint_every``
+        steps, at each stage end and at a stop (:mod:`~rmfn_napari.fitting.checkpoint`).
+    resume : bool
+        Continue the fit whose checkpoint is in ``out_dir`` (the same image and settings, else
+        one :class:`InputError` line; a finished fit is reported and left as it is).
 
     Yields
     ------
@@ -188,10 +198,19 @@ def fit_image(
     config.validate()
     check_training_memory(np.shape(image), config)
     if out_dir is None:
+        if resume:
+            read_fit_checkpoint(None)  # the one line saying --resume needs --out
         return (yield from _fit_image_events(image, config, control, None))
-    need = estimate_fit_image_bytes(np.shape(image), config.downsample, len(config.schedule))
+    need = estimate_fit_image_bytes(np.shape(image), config.downsample, len(config.schedule), config.hidden)
     with prepare_run_dir(out_dir, need, f"fit-image ({len(config.schedule)} scales)"):
-        return (yield from _fit_image_events(image, config, control, out_dir))
+        saved = None
+        if resume:
+            saved = read_fit_checkpoint(out_dir)
+            notes = check_fit_resume(saved, config, image_identity(image))
+        else:
+            notes = []
+        return (yield from _fit_image_events(image, config, control, out_dir, saved, notes,
+                                             max(1, int(checkpoint_every))))
 
 
 # Measured: a fit's peak memory at its finest stage is ~19 float32 tensors of h x w x hidden
@@ -235,8 +254,10 @@ def check_training_memory(shape, config: FitImageConfig, source=None) -> None:
                          f"--downsample {factor} (or a smaller --hidden)", source)
 
 
-def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterator[Event]:
-    """The fit proper (see :func:`fit_image`); ``out_dir`` is checked and locked."""
+def _fit_image_events(image, config: FitImageConfig, control, out_dir, saved: dict | None = None,
+                      notes=(), checkpoint_every: int = CHECKPOINT_EVERY_STEPS) -> Iterator[Event]:
+    """The fit proper (see :func:`fit_image`); ``out_dir`` is checked and locked; ``saved``: the
+    checkpoint a resume continues (checked), ``notes`` its safe changes of settings."""
     control = control or RunControl()
     original = normalize_image(image)
     train = downsample(original, config.downsample)
@@ -255,18 +276,34 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
     target = torch.as_tensor(train if train.ndim == 3 else train[..., None], device=device)
     empty_loss = float((target ** 2).mean())  # the loss of a black image: the scale of the losses
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    progress = load_progress(saved, net, opt) if saved is not None else FitProgress()
+    identity = image_identity(image) if out_dir is not None else None
     total = int(sum(config.schedule))
     yield RunStarted("fit-image", n_scales, total, str(device), config=asdict(config),
                      snapshot_shape=tuple(int(n) for n in train.shape), snapshot_voxel_size=float(factor))
     yield Log(f"training on {h}x{w} ({channels} channel(s)), PSNR on {original.shape[0]}x{original.shape[1]}")
+    for note in notes:
+        yield Log(f"--resume: {note}")
+    if progress.finished:
+        yield from finished_fit(out_dir, progress)
+        return
+    if saved is not None:
+        yield Log(f"--resume: continuing at stage {progress.stage + 1}, after its step {progress.stage_step} "
+                  f"(step {progress.step} of {total})")
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - progress.elapsed_s
     # stage k evaluates scales 0..k, so a step costs about k + 1 times a first-stage step
     eta_clock = EtaEstimator(config.schedule, relative_cost=[k + 1 for k in range(len(config.schedule))])
-    step = 0
+    step = progress.step
     stopped = False
-    after_stage: dict[int, np.ndarray] = {}
-    psnr_history: list[float] = []
+    after_stage: dict[int, np.ndarray] = progress.after_stage
+    psnr_history: list[float] = progress.psnr_history
+
+    def checkpoint(stage: int, stage_step: int, finished: bool = False) -> None:
+        if out_dir is not None:
+            save_fit_checkpoint(out_dir, config, identity, net, opt, FitProgress(
+                stage, stage_step, step, time.perf_counter() - t0, dict(after_stage), list(psnr_history),
+                finished))
     fine_axes = [_axis_for_upsampled(h, factor, device), _axis_for_upsampled(w, factor, device)]
 
     def evaluate_psnr(scale: int) -> float:
@@ -282,12 +319,15 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
     for stage, n_steps in enumerate(config.schedule):
         if stopped:
             break
+        if stage < progress.stage:  # done before the resume
+            continue
+        first = progress.stage_step if stage == progress.stage else 0
         yield StageStarted(stage, n_scales, int(n_steps), net.band_limits[stage])
         stage_t0 = time.perf_counter()
         last_snap = stage_t0
-        done = 0
+        done = first
         skipped = False
-        for stage_step in range(1, int(n_steps) + 1):
+        for stage_step in range(first + 1, int(n_steps) + 1):
             command = yield from eta_clock.around_pauses(honour_requests(control, step))
             if command is not None:
                 stopped, skipped = command == "stop", command == "next"
@@ -314,6 +354,10 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
             if now - last_snap >= config.snapshot_interval_s and stage_step < n_steps:
                 last_snap = now
                 yield snapshot(stage, stage, final=False)
+            if stage_step % checkpoint_every == 0 and stage_step < n_steps:
+                checkpoint(stage, stage_step)
+        if stopped:  # where a resume goes on: before this partial stage's end is reported
+            checkpoint(stage, done)
         if done == 0 and stopped:
             break
         snap = snapshot(stage, stage, final=True)
@@ -323,6 +367,8 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
         psnr_history.append(value)
         yield Metrics("psnr", stage, {"psnr_db": value, "scale": stage})
         yield StageFinished(stage, done, time.perf_counter() - stage_t0, skipped, {"psnr_db": value})
+        if not stopped:
+            checkpoint(stage + 1, 0)
         if control.pause_at_stage_end and stage < n_scales - 1 and not stopped:
             control.pause()
 
@@ -348,7 +394,26 @@ def _fit_image_events(image, config: FitImageConfig, control, out_dir) -> Iterat
     }
     yield Metrics("spectrum_drift", len(after_stage) - 1, {"spectrum_drift": drift})
     outputs = write_fit_outputs(out_dir, final_images, metrics) if out_dir is not None else {}
+    if not stopped:
+        checkpoint(n_scales, 0, finished=True)
     yield RunFinished(stopped, step, time.perf_counter() - t0, outputs, metrics)
+
+
+def finished_fit(out_dir, progress: FitProgress) -> Iterator[Event]:
+    """What ``--resume`` of a finished fit says, touching nothing: a Log line and RunFinished
+    with the fit's own outputs and ``metrics.json``."""
+    out = Path(out_dir)
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = {"psnr_db": progress.psnr_history[-1] if progress.psnr_history else float("nan")}
+    outputs = {p.stem: str(p) for p in sorted(out.glob("*.tif"))}
+    outputs.update({name: str(out / file) for name, file in (("metrics", "metrics.json"),
+                                                              ("checkpoint", "checkpoint.pt"))
+                    if (out / file).exists()})
+    yield Log(f"--resume: this fit finished ({progress.step} steps, all stages); nothing to do, its outputs "
+              f"in {out} are unchanged")
+    yield RunFinished(False, progress.step, progress.elapsed_s, outputs, metrics)
 
 
 # A loss above this many times the loss of a black image (the target's mean square; images

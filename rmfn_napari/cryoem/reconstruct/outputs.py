@@ -12,6 +12,9 @@ import numpy as np
 import torch
 
 from ...engine.atomic import atomic_path
+from ...engine.resume import (  # noqa: F401 - non_finite_tensors re-exported
+    identity_changes, non_finite_tensors, refuse_changes, refuse_non_finite, setting_changes,
+)
 from ...engine.events import (
     Event, Log, Metrics, RunFinished, ScaleSnapshot,
 )
@@ -141,24 +144,8 @@ def read_resume_checkpoint(ckpt_path: Path | None) -> dict:
         raise InputError(f"--resume: no checkpoint.pt in {ckpt_path.parent}, so there is no run to "
                          "continue; drop --resume to start a new one")
     payload = load_checkpoint(ckpt_path)
-    bad = non_finite_tensors(payload)
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise InputError(f"--resume: the checkpoint holds non-finite values (NaN or Inf) in {shown}; a run "
-                         "stops before it would save them, so the file is damaged and cannot be continued: "
-                         "start a new run (--overwrite, without --resume)", ckpt_path)
+    refuse_non_finite(payload, ckpt_path)  # :func:`non_finite_tensors`
     return payload
-
-
-def non_finite_tensors(obj, name: str = "") -> list[str]:
-    """The dotted names (``net.linears.1.weight``, ``opt.state.0.exp_avg``, ``rotations``) of
-    the floating-point tensors anywhere in ``obj`` (nested dicts, lists, tuples) that hold a
-    NaN or an Inf."""
-    if torch.is_tensor(obj):
-        bad = (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all())
-        return [name] if bad else []
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    return [n for key, value in items for n in non_finite_tensors(value, f"{name}.{key}" if name else str(key))]
 
 
 def check_resume(saved: dict, cfg: ReconstructConfig, identity: dict) -> list[str]:
@@ -170,20 +157,10 @@ def check_resume(saved: dict, cfg: ReconstructConfig, identity: dict) -> list[st
     (the stages before it are done: their epochs cannot change).
     """
     state = RunState(**saved["state"])
-    changes, notes = [], []
-    for key, name in _IDENTITY_NAMES.items():
-        was, now = saved["identity"].get(key), identity.get(key)
-        if was != now:
-            changes.append(f"{name} was {_shown(was)} in the checkpoint, now {_shown(now)}")
     old = saved["config"]
-    for key, now in asdict(cfg).items():
-        was = old.get(key)
-        if _canon(was) == _canon(now) or key == "epochs_per_stage":
-            continue
-        if key in RESUME_SAFE_SETTINGS:
-            notes.append(f"{key} {_shown(was)} -> {_shown(now)}")
-        else:
-            changes.append(f"{key} was {_shown(was)} in the checkpoint, now {_shown(now)}")
+    changes = identity_changes(saved["identity"], identity, _IDENTITY_NAMES)
+    setting_changed, notes = setting_changes(old, asdict(cfg), RESUME_SAFE_SETTINGS, skip=("epochs_per_stage",))
+    changes += setting_changed
     if not changes and tuple(old["epochs_per_stage"]) != tuple(cfg.epochs_per_stage):
         before = [e for _, e in replace(cfg, epochs_per_stage=tuple(old["epochs_per_stage"])).stage_plan()]
         after = [e for _, e in cfg.stage_plan()]
@@ -195,8 +172,7 @@ def check_resume(saved: dict, cfg: ReconstructConfig, identity: dict) -> list[st
                            f"{current + 1}, on can be resumed)")
         else:
             notes.append(f"epochs_per_stage {tuple(old['epochs_per_stage'])} -> {tuple(cfg.epochs_per_stage)}")
-    if changes:
-        raise InputError("--resume: " + "; ".join(changes) + "; start a new --out or drop --resume")
+    refuse_changes(changes)
     return notes
 
 
@@ -231,18 +207,6 @@ def finished_run(out: Path, state: RunState) -> list[Event]:
            f"do, its outputs in {out} are unchanged (to train longer, resume with more epochs in the "
            f"last stage)")
     return [Log(msg), RunFinished(False, state.step, state.elapsed_s, outputs, metrics)]
-
-
-def _canon(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _shown(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return str(tuple(value))
-    return "none" if value is None else str(value)
 
 
 class RunLog:
