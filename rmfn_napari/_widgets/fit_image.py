@@ -142,8 +142,13 @@ class FitImageWidget(RunWidgetBase):
         check_image_size(image.shape, int(self.downsample.value()), f"layer {name!r}")  # the CLI's check
         return image
 
-    def build_source(self, out_dir: str):
-        """Read the form and return the fit-image event source for the worker."""
+    def build_source(self, out_dir: str, resume: bool = False):
+        """Read the form and return the fit-image event source for the worker. ``resume=True``
+        continues the fit saved in ``out_dir`` ("Resume…", ``rmfn fit-image --resume``): the
+        form is filled with its settings (the device stays the form's) and the chosen layer must
+        hold the same image (else the engine refuses in one line)."""
+        if resume:
+            self.set_config(self._resumed_config(out_dir))
         cfg = self.config()
         image = self.image()
         layer = self.layer_picker.value
@@ -153,9 +158,23 @@ class FitImageWidget(RunWidgetBase):
         self.panel.headline.setText("")
 
         def source(control):
-            return fit_image(image, cfg, control, out_dir=out_dir)
+            return fit_image(image, cfg, control, out_dir=out_dir, resume=resume)
 
         return source
+
+    def _resumed_config(self, out_dir: str) -> FitImageConfig:
+        """The settings saved in ``out_dir``'s checkpoint, with the form's device (a fit may
+        continue elsewhere). InputError when there is no readable checkpoint."""
+        from dataclasses import fields, replace
+
+        from ..fitting.checkpoint import read_fit_checkpoint
+
+        saved = read_fit_checkpoint(out_dir).get("config") or {}
+        known = {f.name for f in fields(FitImageConfig)}
+        cfg = FitImageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
+        cfg = replace(cfg, device=self.device.currentText())
+        cfg.validate()
+        return cfg
 
     # ---- events -----------------------------------------------------------------------
     def on_run_started(self, ev: RunStarted) -> None:
