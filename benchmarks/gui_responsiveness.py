@@ -108,7 +108,7 @@ class Intervals:
 def instrument() -> tuple[Intervals, Intervals]:
     """Time the plugin's GUI-thread handlers and vispy's painting. Call before the widgets are
     created (Qt keeps the bound methods it was connected to)."""
-    from rmfn_napari._widgets import _base, layers, runner
+    from rmfn_napari._widgets import _base, layers, placeholders, runner
     from rmfn_napari._widgets.fit_image import FitImageWidget
     from rmfn_napari._widgets.reconstruct import ReconstructWidget
 
@@ -118,9 +118,10 @@ def instrument() -> tuple[Intervals, Intervals]:
             plugin.wrap(cls, name)
     for name in ("_on_yielded", "_on_finished"):
         plugin.wrap(runner.EngineRunner, name)
-    for name in ("_apply_queue", "flush", "handle", "handle_volume", "_create_next",
-                 "_on_runner_event", "set_reference"):
+    for name in ("_apply_queue", "flush", "handle", "handle_volume", "_on_runner_event", "stage_finished"):
         plugin.wrap(layers.LayerUpdater, name)
+    for name in ("_create_next", "set_reference"):  # the layers made when a stage needs them
+        plugin.wrap(placeholders.PlaceholderJobs, name)
 
     drawing = Intervals()
     import pyqtgraph as pg

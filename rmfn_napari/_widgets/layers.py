@@ -4,15 +4,15 @@
 files and the CLI), and one for its centred log-amplitude spectrum, ``"rMFN spectrum k"``.
 
 Layers are owned per run. When a run starts (its ``RunStarted``, :meth:`LayerUpdater.begin_run`),
-the layers of *every* scale of the run are made before it trains, one per event-loop pass, as
-hidden 1-pixel placeholders, while the engine waits (:meth:`.runner.EngineRunner.hold`); layers of
-those names from an earlier run are reused and blanked (the user's display settings kept), those
-of scales the new run does not have are removed, so nothing of an earlier run is ever shown as
-this run's; a reconstruction's backprojected maps get placeholders too (blanked, hidden, their
-visibility restored at their first data). Without ``begin_run`` (no runner) the scales' layers
-are made at the run's first snapshot. A run
-that ends before either renames the previous run's layers ``"... (previous run)"`` and hides
-them. Afterwards layers are only updated in place.
+layers of its names left by an earlier run are reused and blanked (the user's display settings
+kept), those of scales the new run does not have are removed, so nothing of an earlier run is
+ever shown as this run's. New layers are made when a stage needs them, not at Start
+(:mod:`.placeholders`: a stage's scale layers at its ``StageStarted``, a reconstruction's maps
+at its first stage end), as hidden placeholders, one per event-loop pass, while the engine
+waits (:meth:`.runner.EngineRunner.hold`). Without ``begin_run`` (no runner) the scales'
+layers are made at the run's first snapshot. A run that ends before either renames the
+previous run's layers ``"... (previous run)"`` and hides them. Afterwards layers are only
+updated in place.
 
 Placement: on the data's grid, spectra right of their image, backprojected maps left of the
 scales (:mod:`.placement`; :meth:`LayerUpdater.set_data_grid` gives a source image's grid).
@@ -39,55 +39,31 @@ one scale, :meth:`LayerUpdater.show_all` every scale.
 
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..engine.events import RunStarted, ScaleSnapshot, VolumeSnapshot
-from .display_prep import (
-    display_of, n_scales_of, placeholder_display, prepare_scale_snapshot,
-    prepare_volume_snapshot,
-)
-from .layer_ops import assign_array, batched_layer_changes, ensure_image_layer
+from ..engine.events import RunStarted, ScaleSnapshot, StageStarted, VolumeSnapshot
+from .display_prep import display_of, prepare_scale_snapshot, prepare_volume_snapshot
+from .layer_ops import assign_array, batched_layer_changes, ensure_image_layer, warm_units
 from .placement import DataGrid
 from .pacing import RedrawCost, opengl_renderer, paced_interval_s, volumes_in_3d_by_default
-from .runner import freeze_objects_made_so_far
+from .placeholders import (
+    PREVIOUS_RUN_SUFFIX, SCALE_NAME, SPECTRUM_NAME, PlaceholderJobs, own_layer_scale, retire_leftovers,
+    scale_layer_name, spectrum_layer_name, stage_end_map_jobs,
+)
 from .volume_layers import (
-    REFERENCE_NAME, SPECTRUM_GAP, VOLUME_LAYER_NAMES, BackprojectedMapLayers, set_reference_layer,
-    show_central_plane, volume_layer_name,
+    REFERENCE_NAME, SPECTRUM_GAP, VOLUME_LAYER_NAMES, BackprojectedMapLayers, show_central_plane,
+    volume_layer_name,
 )
 
-SCALE_NAME = "rMFN scale {}"
-SPECTRUM_NAME = "rMFN spectrum {}"
 #: After a stage end's first result, seconds to wait for the rest of it (the engine's
 #: StageFinished) before drawing what came.
 STAGE_END_WAIT_S = 3.0
 
 
-def scale_layer_name(scale: int) -> str:
-    """Layer name of 0-based ``scale`` (shown 1-based)."""
-    return SCALE_NAME.format(scale + 1)
-
-
-def spectrum_layer_name(scale: int) -> str:
-    """Spectrum layer name of 0-based ``scale`` (shown 1-based)."""
-    return SPECTRUM_NAME.format(scale + 1)
-
-
-PREVIOUS_RUN_SUFFIX = " (previous run)"
-_OWN_NAME = re.compile(r"^rMFN (scale|spectrum) (\d+)( \(previous run\))?$")
-
-
-def own_layer_scale(name: str) -> int | None:
-    """0-based scale of an ``"rMFN scale k"`` / ``"rMFN spectrum k"`` layer name (also the
-    previous run's renamed ones); None for any other name."""
-    m = _OWN_NAME.match(name)
-    return int(m.group(2)) - 1 if m else None
-
-
-class LayerUpdater(QObject):
+class LayerUpdater(QObject, PlaceholderJobs):
     """Applies :class:`~rmfn_napari.engine.events.ScaleSnapshot` and
     :class:`~rmfn_napari.engine.events.VolumeSnapshot` events to a viewer's layers.
 
@@ -119,6 +95,7 @@ class LayerUpdater(QObject):
         super().__init__(parent)
         self.viewer = viewer
         self.spatial_ndim = spatial_ndim
+        warm_units()  # not at Start: in its first layer (the reference's, in an empty viewer)
         self.min_interval_s = min_interval_s
         #: What the last live updates cost the GUI (handler + redraw), for the pacing.
         self.redraw_cost = RedrawCost(parent=self)
@@ -154,6 +131,8 @@ class LayerUpdater(QObject):
         self._release = None  # the runner's hold while placeholders are created
         self._run_display = None  # zeros shaped like the run's snapshots (RunStarted), if known
         self._framed = False  # the view was framed on this run's placeholders
+        self._maps_at_stage_end = False  # a begun reconstruction: its maps' layers made at a stage end
+        self._stage_end_after_jobs = False  # a stage end waits for its maps' layers
         self._create_timer = QTimer(self)
         self._create_timer.setSingleShot(True)
         self._create_timer.setInterval(0)
@@ -176,33 +155,6 @@ class LayerUpdater(QObject):
         (world units per original pixel, world position of pixel 0). None: pixels, at 0."""
         self.grid.set(scale, translate)
 
-    def begin_run(self, ev: RunStarted) -> None:
-        """A run started (its ``RunStarted``): make its layers before it trains.
-
-        The layers of every scale of the run (:func:`~.display_prep.n_scales_of`) are made,
-        one per event-loop pass, as hidden placeholders (existing layers of those names reused
-        and blanked; those of scales the run does not have removed); the view switches to 3D
-        for volumes. Where ``ev`` gives the snapshots' shape, the placeholders are zeros of that
-        display shape at their final place and the view is framed on them, so a snapshot only
-        replaces data of the same shape (no change of the viewer's dims, no reframing: cheap);
-        else they are 1 pixel. While this goes on the engine waits
-        (:meth:`.runner.EngineRunner.hold`).
-        Called by itself when the updater's parent widget has a ``runner``.
-        """
-        n = n_scales_of(ev)
-        self._layers = {}
-        self._run_display, self._framed = placeholder_display(ev), False
-        self._retire_leftovers(keep=n, rename=False)
-        self._to_create = [(k, kind) for k in range(n) for kind in ("scale", "spectrum")]
-        if ev.task == "reconstruct":  # its stage ends also send the backprojected maps
-            self._to_create += [(name, "volume") for name in VOLUME_LAYER_NAMES]
-        self.maps.begin_run()
-        if self.spatial_ndim == 3:
-            self._show_volumes()
-        if self.runner is not None and self._to_create:
-            self._release = self.runner.hold()
-        self._create_timer.start()
-
     def detach(self) -> None:
         """Update no layer any more (napari is closing): queued snapshots are dropped, no
         placeholder is made, and a run waiting for them goes on."""
@@ -218,64 +170,10 @@ class LayerUpdater(QObject):
     def _on_runner_event(self, ev) -> None:
         if self.detached:
             return  # no hold taken: the runner lets the engine go on at once
-        if isinstance(ev, RunStarted):
+        if isinstance(ev, (RunStarted, StageStarted)):
             t0 = time.perf_counter()
-            self.begin_run(ev)
+            (self.begin_run if isinstance(ev, RunStarted) else self.stage_started)(ev)
             self.gui_seconds += time.perf_counter() - t0
-
-    def _create_next(self) -> None:
-        """Make one placeholder layer (or the pending reference layer), then come back at the
-        next event-loop pass."""
-        t0 = time.perf_counter()
-        if self._pending_reference is not None:
-            (volume, voxel_size), self._pending_reference = self._pending_reference, None
-            set_reference_layer(self.viewer, volume, voxel_size)
-            freeze_objects_made_so_far()
-            if self._to_create or self._release is not None:
-                self._create_timer.start()
-            self.gui_seconds += time.perf_counter() - t0
-            return
-        if self._to_create:
-            k, kind = self._to_create.pop(0)
-            image, spectrum = self._layers.get(k, (None, None))
-            shown = self._run_display
-            if kind == "volume":
-                self.maps.blank(k, shown and shown.image, self.grid.backprojected_map)
-            elif kind == "scale" and image is None:
-                data, scale, translate = self._blank_of("image")
-                image = ensure_image_layer(self.viewer, scale_layer_name(k), data, scale, translate,
-                                           rgb=bool(shown and shown.image.rgb), colormap="gray", blank=True)
-            elif kind == "spectrum" and spectrum is None:
-                data, scale, translate = self._blank_of("spectrum")
-                spectrum = ensure_image_layer(self.viewer, spectrum_layer_name(k), data, scale, translate,
-                                              rgb=False, colormap="magma", blank=True)
-            if kind != "volume":
-                self._layers[k] = (image, spectrum)
-            freeze_objects_made_so_far()  # a layer is thousands of objects: out of the collector's way
-        if self._to_create:
-            self._create_timer.start()
-            self.gui_seconds += time.perf_counter() - t0
-            return
-        if self._run_display is not None and not self._framed and self._trained < 0:
-            self._framed = True  # frame the view now, not at the first snapshot
-            self.viewer.reset_view()
-            self._centre_slice()
-        self._run_display = None  # the placeholders are made: their zeros are not needed
-        if self._release is not None:
-            release, self._release = self._release, None
-            release()
-        self.gui_seconds += time.perf_counter() - t0
-
-    def _blank_of(self, kind: str) -> tuple[np.ndarray, tuple, tuple]:
-        """(data, scale, translate) of a placeholder ``kind`` ("image" or "spectrum"): zeros
-        at the run's display shape and place, else 1 pixel at the origin."""
-        if self._run_display is None:
-            nd = self.spatial_ndim
-            return np.zeros((1,) * nd, np.float32), (1.0,) * nd, (0.0,) * nd
-        scale, translate, spec_translate = self.grid.image_and_spectrum(self._run_display)
-        if kind == "image":
-            return self._run_display.image.data, scale, translate
-        return self._run_display.spectrum.data, scale, spec_translate
 
     def reset(self, spatial_ndim: int | None = None) -> None:
         """Before a new run: forget queued snapshots; the layers are replaced by this run's at
@@ -292,6 +190,7 @@ class LayerUpdater(QObject):
         self._switched_3d = False
         self._to_create = []
         self._run_display, self._framed = None, False
+        self._maps_at_stage_end = self._stage_end_after_jobs = False
         self.maps.begin_run()
         self._create_timer.stop()
         if self._pending_reference is not None:  # set just before this reset, for this run
@@ -377,8 +276,16 @@ class LayerUpdater(QObject):
 
     def stage_finished(self) -> None:
         """The engine finished a stage (its StageFinished): draw its results, once; the
-        engine, which waits meanwhile, goes on after that redraw (:meth:`.runner.EngineRunner.stage_end_drawn`)."""
+        engine, which waits meanwhile, goes on after that redraw (:meth:`.runner.EngineRunner.stage_end_drawn`).
+        In a begun reconstruction, maps without a layer yet get theirs first, one per event-loop
+        pass (:func:`.placeholders.stage_end_map_jobs`), and the stage end is drawn after."""
         self._timer.stop()
+        if self._maps_at_stage_end and not self.detached:
+            jobs = stage_end_map_jobs(self.viewer, [key for kind, key in self._queue if kind == "volume"])
+            if jobs or self._to_create:
+                self._stage_end_after_jobs = True
+                self._queue_jobs(jobs, hold=False)  # the engine waits for the stage end's redraw
+                return
         self._apply_queue()
         self._drawn.start()
 
@@ -405,14 +312,6 @@ class LayerUpdater(QObject):
         """Show the layers of every scale with results."""
         self._shown = None
         self._update_visibility()
-
-    def set_reference(self, volume: np.ndarray, voxel_size: float) -> None:
-        """Add or update the ``"reference"`` layer (:func:`.volume_layers.set_reference_layer`)
-        at the next event-loop pass, before the run's placeholders, not in the caller's: adding
-        a layer costs the GUI 0.15–0.4 s on a 2-core CPU, and the caller is the Start handler,
-        which must answer at once (issue 29)."""
-        self._pending_reference = (volume, float(voxel_size))
-        self._create_timer.start()
 
     # ---- queue ----------------------------------------------------------------------
     def _schedule(self, stage_end: bool) -> None:
@@ -482,18 +381,9 @@ class LayerUpdater(QObject):
         return image_layer, spectrum_layer
 
     def _retire_leftovers(self, keep: int, rename: bool) -> None:
-        """Remove (or rename "(previous run)" and hide) own layers that are not this run's:
-        every scale >= ``keep``, and every earlier run's renamed layer."""
+        """:func:`.placeholders.retire_leftovers` of the own layers that are not this run's."""
         mine = {id(layer) for pair in self._layers.values() for layer in pair}
-        for layer in list(self.viewer.layers):
-            k = own_layer_scale(layer.name)
-            if k is None or id(layer) in mine:
-                continue
-            if rename and not layer.name.endswith(PREVIOUS_RUN_SUFFIX):
-                layer.name = layer.name + PREVIOUS_RUN_SUFFIX
-                layer.visible = False
-            elif not rename and (k >= keep or layer.name.endswith(PREVIOUS_RUN_SUFFIX)):
-                self.viewer.layers.remove(layer)
+        retire_leftovers(self.viewer, mine, keep, rename)
 
     def _apply_scale(self, snap) -> bool:
         """Put a prepared ScaleSnapshot into its scale's layers; True: reframe the view."""

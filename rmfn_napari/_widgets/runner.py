@@ -9,10 +9,11 @@ optimisation runs in a ``QThreadPool`` thread; every event travels to the GUI th
 worker's ``yielded`` signal (a queued connection) and is re-emitted there as
 :attr:`EngineRunner.event`. Nothing here touches a layer or a widget from the worker thread.
 
-GUI set-up before training: after the engine's ``RunStarted`` the worker waits (at most
-:data:`SETUP_HOLD_S`, or until stopped) until the GUI has handled that event and released every
-:meth:`EngineRunner.hold` taken meanwhile, e.g. by the layer updater while it creates the run's
-layers one per event-loop pass, so no layer is created while the engine trains. Likewise, with
+GUI set-up before training: after the engine's ``RunStarted`` and after each ``StageStarted``
+the worker waits (at most :data:`SETUP_HOLD_S`, or until stopped) until the GUI has handled that
+event and released every :meth:`EngineRunner.hold` taken meanwhile, e.g. by the layer updater
+while it creates the layers that stage needs one per event-loop pass, so no layer is created
+while the engine trains. Likewise, with
 :attr:`EngineRunner.hold_stage_ends` on, the worker waits after each ``StageFinished`` (at most
 :data:`STAGE_END_HOLD_S`) until :meth:`EngineRunner.stage_end_drawn` says the GUI has drawn the
 stage's results: on a small machine the engine's thread, busy with the next stage, would
@@ -192,7 +193,8 @@ def drive(source: EventSource, control: RunControl,
     """Worker-side generator: run ``source(control)`` and yield its events.
 
     Runs in the worker thread. With ``setup_gate``, the engine is not resumed after its
-    ``RunStarted`` until the gate is set (the GUI's set-up; at most :data:`SETUP_HOLD_S`, or
+    ``RunStarted`` and after each ``StageStarted`` (the gate is cleared before the event is
+    handed over) until the gate is set (the GUI's set-up; at most :data:`SETUP_HOLD_S`, or
     until a stop is asked); with ``stage_end_gate``, likewise after each ``StageFinished`` (the
     gate is cleared before the event is handed over; at most :data:`STAGE_END_HOLD_S`). Snapshots are made ready for display here
     (:class:`~.display_prep.DisplayPreparer`: float32 contiguous arrays at display size, their
@@ -208,8 +210,11 @@ def drive(source: EventSource, control: RunControl,
             stage_end = stage_end_gate is not None and isinstance(ev, StageFinished)
             if stage_end:
                 stage_end_gate.clear()  # before the GUI can see the event (and set it)
+            setup = setup_gate is not None and isinstance(ev, (RunStarted, StageStarted))
+            if setup:
+                setup_gate.clear()
             yield prepare(ev)
-            if setup_gate is not None and isinstance(ev, RunStarted):
+            if setup:
                 _wait_for_gate(setup_gate, control, SETUP_HOLD_S)
             elif stage_end:
                 _wait_for_gate(stage_end_gate, control, STAGE_END_HOLD_S)
@@ -296,9 +301,10 @@ class EngineRunner(QObject):
         return worker
 
     def hold(self) -> Callable[[], None]:
-        """Keep the engine waiting after its ``RunStarted`` (GUI set-up, e.g. creating layers)
-        until the returned ``release()`` is called (once; later calls do nothing). Call it while
-        handling ``RunStarted``; the worker waits at most :data:`SETUP_HOLD_S`."""
+        """Keep the engine waiting after its ``RunStarted`` or a ``StageStarted`` (GUI set-up,
+        e.g. creating layers) until the returned ``release()`` is called (once; later calls do
+        nothing). Call it while handling that event; the worker waits at most
+        :data:`SETUP_HOLD_S`."""
         gate = self._setup_gate
         if gate is None:  # no run: nothing to hold
             return lambda: None
@@ -406,7 +412,7 @@ class EngineRunner(QObject):
         elif isinstance(ev, Progress):
             self._stage_boundary = False
         self.event.emit(ev)
-        if isinstance(ev, RunStarted) and self._holds <= 0 and self._setup_gate is not None:
+        if isinstance(ev, (RunStarted, StageStarted)) and self._holds <= 0 and self._setup_gate is not None:
             freeze_objects_made_so_far()
             self._setup_gate.set()  # nobody set anything up: go on at once
 

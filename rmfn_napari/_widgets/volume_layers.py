@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .display_prep import display_of
-from .layer_ops import assign_array, clear_stale_extent, place
+from .layer_ops import assign_array, clear_stale_extent, no_selection_change, place
 from .placement import SPECTRUM_GAP  # noqa: F401 - re-exported
 
 #: Layer names of the engine's backprojected maps (``VolumeSnapshot.name`` -> layer name).
@@ -55,16 +55,18 @@ class BackprojectedMapLayers:
         """A new run: its maps are not framed yet and no placeholder waits."""
         self._shown_at_first_data, self._framed = {}, False
 
-    def blank(self, key: str, like=None, where=None) -> None:
+    def blank(self, key: str, like=None, where=None, framed: bool = True) -> None:
         """Hidden placeholder of map ``key`` (an existing layer blanked); its visibility (the
         existing layer's, else :data:`VOLUMES_VISIBLE`) is restored at its first data.
 
         ``like`` (a zero :class:`~.display_prep.DisplayArray` of the run's maps, placed by
         ``where`` as in :meth:`apply`): the placeholder has the maps' shape and place, so their
-        first data changes neither the viewer's dims nor its framing; else it is 1 voxel."""
+        first data changes neither the viewer's dims nor its framing (with ``framed`` False, made
+        after the view was framed, its first data reframes the view); else it is 1 voxel. A new
+        layer is added without being selected."""
         if like is not None:
             data, (scale, translate) = like.data, where(like)
-            self._framed = True
+            self._framed = self._framed or framed
         else:
             data, scale, translate = np.zeros((1, 1, 1), np.float32), (1.0,) * 3, (0.0,) * 3
         name = volume_layer_name(key)
@@ -81,8 +83,9 @@ class BackprojectedMapLayers:
         if name in layers:
             layers.remove(layers[name])
         self._shown_at_first_data[key] = key in VOLUMES_VISIBLE
-        self.viewer.add_image(data, name=name, colormap="gray", rendering="mip", visible=False,
-                              scale=scale, translate=translate, metadata={})
+        with no_selection_change(self.viewer):
+            self.viewer.add_image(data, name=name, colormap="gray", rendering="mip", visible=False,
+                                  scale=scale, translate=translate, metadata={})
 
     def apply(self, snap, where) -> bool:
         """Put a prepared VolumeSnapshot into its layer (added, or an existing one of that name
@@ -117,7 +120,9 @@ class BackprojectedMapLayers:
 
 def set_reference_layer(viewer, volume: np.ndarray, voxel_size: float) -> None:
     """Add or update the ``"reference"`` layer (a map the run is compared against), voxel size
-    in Å; a layer of that name and shape is updated in place."""
+    in Å; a layer of that name and shape is updated in place. A new one is not selected: napari's
+    selection change swapped the layer controls and repainted the canvas synchronously, 0.5 of
+    the 0.8-1.4 s this took after Start under load (issue 29)."""
     data = np.ascontiguousarray(volume, dtype=np.float32)
     scale = (float(voxel_size),) * data.ndim
     if REFERENCE_NAME in viewer.layers:
@@ -128,8 +133,9 @@ def set_reference_layer(viewer, volume: np.ndarray, voxel_size: float) -> None:
             return
         viewer.layers.remove(layer)
     rendering = {"rendering": "mip"} if data.ndim == 3 else {}
-    viewer.add_image(data, name=REFERENCE_NAME, colormap="gray", blending="additive", scale=scale,
-                     metadata={"voxel_size": float(voxel_size)}, **rendering)
+    with no_selection_change(viewer):  # the user's selection stays (and no synchronous repaint)
+        viewer.add_image(data, name=REFERENCE_NAME, colormap="gray", blending="additive", scale=scale,
+                         metadata={"voxel_size": float(voxel_size)}, **rendering)
 
 
 def show_central_plane(viewer, layers) -> None:
