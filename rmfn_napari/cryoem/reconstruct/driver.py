@@ -38,7 +38,7 @@ from .outputs import (
 )
 from .poses import (
     clamp_offsets, moving_poses, estimates_shifts, initial_rotations, initial_shifts, moves_poses, search_offsets,
-    searches_poses, settled, shift_prior, train_batch, describe_prior, MOVING_DEG,
+    searches_poses, shift_prior, train_batch,
 )
 from .settings import ReconstructConfig
 from .stage_data import StageData
@@ -281,7 +281,7 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             order = np.random.default_rng([cfg.seed, stage_idx, epoch]).permutation(n)
             rotations_before = rotations.clone()  # how far the poses move in this epoch
             search_now = searches_poses(cfg, stage_idx, scale) and epoch > 0
-            prior_px = shift_prior(cfg, state.poses_settled)
+            prior_px = shift_prior(cfg)
             if search_now and not ranks.any(control.stop_requested):
                 t_search = time.perf_counter()
                 offsets, whole_range = search_offsets(cfg, fwd, whole_range=not state.offsets_searched)
@@ -347,12 +347,6 @@ def _run(dataset, cfg: ReconstructConfig, device, control: RunControl, reference
             state.elapsed_s = time.perf_counter() - t_start
             sync_poses()
             state.moving = moving_poses(rotations_before, rotations)  # this epoch's pose changes
-            if not state.poses_settled and settled(state.moving, search_now, scale == cfg.n_layers - 1) \
-                    and estimates_shifts(cfg):
-                state.poses_settled = True
-                yield log(f"  epoch {epoch + 1}: poses settled ({100 * state.moving['fraction_moving']:.0f}% "
-                          f"turned by > {MOVING_DEG:g} deg in a search epoch): offset prior "
-                          f"{describe_prior(shift_prior(cfg))} -> {describe_prior(shift_prior(cfg, True))}")
             for h in nets.groups():
                 check_finite(nets.net(h), rotations, shifts_px, cfg, f"stage {stage_idx + 1}, end of epoch {epoch + 1}")
             if cfg.advance == "auto" and nets.independent:  # the halves' gold standard steers the stage

@@ -38,7 +38,6 @@ class RunState:
     step: int = 0  # batches done over the run
     elapsed_s: float = 0.0
     offsets_searched: bool = False  # the search over the whole offset range has run
-    poses_settled: bool = False  # an epoch with a global search left the poses in place (poses.settled)
     stage_ended: bool = False  # --advance auto ended the current stage (advance.decide)
     advance_best_A: float | None = None  # the best gold standard of the current stage's checks (Å)
     # how the poses moved in the last epoch (poses.moving_poses): a run still moving has not converged

@@ -155,40 +155,16 @@ def searches_poses(cfg: ReconstructConfig, stage_idx: int, scale: int) -> bool:
     return cfg.search_in_finest or scale < cfg.n_layers - 1
 
 
-def shift_prior(cfg: ReconstructConfig, poses_settled: bool = False) -> float | None:
+def shift_prior(cfg: ReconstructConfig) -> float | None:
     """Width (px) of the Gaussian prior on each offset around its starting origin, or None
-    (0: maximum likelihood, no prior): ``shift_prior_px`` until the poses have settled
-    (:func:`settled`), ``shift_prior_settled_px`` from then on.
+    (``shift_prior_px`` 0: maximum likelihood, no prior).
 
-    Why two widths: the prior is there because a map that cannot yet tell rotations apart
-    cannot tell offsets apart either, and a maximum-likelihood choice among thousands of
-    (rotation, offset) candidates then fits the noise (the paper's 45-90° start was trapped by
-    it). Once a global search leaves the poses where they are, the map does tell them apart,
-    and a tight prior only holds off-centre particles back (the demo's 2 px offsets)."""
-    width = cfg.shift_prior_settled_px if poses_settled else cfg.shift_prior_px
-    return width if width > 0 else None
-
-
-def describe_prior(width_px: float | None) -> str:
-    """The prior's width for the log: "0.5 px", or "none"."""
-    return "none" if width_px is None else f"{width_px:g} px"
-
-
-SETTLED_FRACTION = 0.10  # an epoch with a search that turns fewer poses than this by > MOVING_DEG
-
-
-def settled(moving: dict, searched: bool, finest: bool) -> bool:
-    """Whether an epoch shows the poses settled: an epoch of the finest stage (``finest``) that
-    ran a global search (which could have moved any pose anywhere) and turned fewer than
-    ``SETTLED_FRACTION`` of the poses by more than ``MOVING_DEG`` degrees (``moving``:
-    :func:`moving_poses` of that epoch).
-
-    An epoch without a search says nothing: pose steps alone move poses little even when they
-    are wrong. Nor does a coarser stage: a coarse map leaves wrong poses in place because it
-    cannot tell them apart (measured: both the demo and the paper's 45-90° start "settled" in
-    stage 2 with the poses 74-90° off; released there, the offset prior let the search fit the
-    noise again and both runs ended at 18° instead of 8-10°; docs/results.md)."""
-    return finest and searched and bool(moving) and moving["fraction_moving"] < SETTLED_FRACTION
+    One width for the whole run. Releasing it once the poses settle was measured and did not
+    help (docs/results.md, "The offset prior's width"): released at any stage, a quiet stage-2
+    epoch (poses 74-90° off) let the search fit the noise again (both protocols ended at 18°);
+    released in the finest stage, the paper's 45-90° start ended at 10.2° and 11.5 Å instead of
+    8.3° and 7.3 Å, the demo at 11.1° instead of 10.2°."""
+    return cfg.shift_prior_px if cfg.shift_prior_px > 0 else None
 
 
 def estimates_shifts(cfg: ReconstructConfig) -> bool:

@@ -86,13 +86,7 @@ class ReconstructConfig:
         its starting origin (the STAR's, else 0), used by the global search and the pose steps
         (:func:`~rmfn_napari.cryoem.pose_search.global_pose_search`): an offset moves only as
         far as the data pay for. 0: no prior (maximum likelihood; the paper's 45-90° protocol
-        then fails with the offset search on: docs/results.md, "The 45-90° regression"). Used until the
-        poses have settled; then ``shift_prior_settled_px``.
-    shift_prior_settled_px : width (px) of the offset prior once the poses have settled (an
-        epoch of the finest stage with a global search turned fewer than 10% of them by more
-        than 5°; from then on for the rest of the run). A map that tells rotations apart also tells offsets apart, so
-        the prior that kept centred particles centred while it could not is no longer needed
-        and would hold off-centre particles back. 0: no prior once settled.
+        then fails with the offset search on: docs/results.md, "The 45-90° regression").
     check_contrast : before training, test the particles' contrast with a matched filter
         (:mod:`rmfn_napari.cryoem.contrast`) and stop if they are dark.
     mask_radius : soft spherical solvent mask applied to the rendered map, radius as a
@@ -158,7 +152,6 @@ class ReconstructConfig:
     shift_range_px: float = 0.0
     lr_shift: float = 0.05
     shift_prior_px: float = 0.5
-    shift_prior_settled_px: float = 0.5
     check_contrast: bool = True
     invert_contrast: bool = False
     max_particles: int | None = None
@@ -212,9 +205,6 @@ class ReconstructConfig:
             raise InputError(f"shift_range_px must be >= 0 px, got {self.shift_range_px}")
         if not (_finite(self.shift_prior_px) and self.shift_prior_px >= 0):
             raise InputError(f"--shift-prior must be a finite number >= 0 px, got {self.shift_prior_px}")
-        if not (_finite(self.shift_prior_settled_px) and self.shift_prior_settled_px >= 0):
-            raise InputError("--shift-prior-settled must be a finite number >= 0 px, "
-                             f"got {self.shift_prior_settled_px}")
         if not (math.isfinite(self.lr_shift) and self.lr_shift >= 0):
             raise InputError(f"lr_shift must be >= 0, got {self.lr_shift}")
         if self.precision not in PRECISIONS:

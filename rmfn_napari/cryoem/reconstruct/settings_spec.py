@@ -86,14 +86,7 @@ RECONSTRUCT_SETTINGS: tuple[Setting, ...] = (
     Setting("shift_prior_px", "--shift-prior", "shift prior", "schedule",
             "Width (px) of the Gaussian prior on each offset around its starting origin (the "
             "STAR's, else the box centre): the search and the pose steps move an offset only as "
-            "far as the data pay for (RELION's sigma_offset), until the poses have settled. "
-            "0: no prior", "float",
-            minimum=0.0, maximum=64.0, step=0.1, decimals=2, special="none", suffix=" px",
-            metavar="PX", preset_keeps=True),
-    Setting("shift_prior_settled_px", "--shift-prior-settled", "shift prior, settled", "schedule",
-            "Width (px) of the offset prior once the poses have settled (an epoch of the finest "
-            "stage with a global search turned fewer than 10% of them by more than 5 degrees): a map that tells "
-            "rotations apart tells offsets apart too. 0: no prior from then on", "float",
+            "far as the data pay for (RELION's sigma_offset). 0: no prior", "float",
             minimum=0.0, maximum=64.0, step=0.1, decimals=2, special="none", suffix=" px",
             metavar="PX", preset_keeps=True),
     Setting("split_at", "--split-at", "independent halves after", "schedule",
