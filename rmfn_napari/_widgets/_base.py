@@ -44,6 +44,16 @@ def notify(text: str, level: str = "error") -> None:
     (show_warning if level == "warning" else show_error)(text)
 
 
+
+def _stopper(control):
+    """A slot for a widget's ``destroyed`` signal that asks ``control`` to stop its run. A
+    closure, not a lambda with a default argument: PyQt6 called such a lambda from a widget
+    being destroyed during a later test without its default ("missing 1 required keyword-only
+    argument: 'c'", an exception in the Qt event loop that failed that test)."""
+    def stop(*_args):
+        control.request_stop()
+    return stop
+
 class RunWidgetBase(QWidget):
     """Base of the rMFN dock widgets (not a contribution by itself).
 
@@ -293,7 +303,7 @@ class RunWidgetBase(QWidget):
         # if the widget goes away (dock closed, viewer closed) the run must not outlive it,
         # or a paused engine would block the thread pool forever
         control = self.runner.control
-        self.destroyed.connect(lambda *_args, c=control: c.request_stop())
+        self.destroyed.connect(_stopper(control))
         return worker
 
     def _bar_step(self) -> int:
