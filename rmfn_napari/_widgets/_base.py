@@ -45,14 +45,25 @@ def notify(text: str, level: str = "error") -> None:
 
 
 
-def _stopper(control):
-    """A slot for a widget's ``destroyed`` signal that asks ``control`` to stop its run. A
-    closure, not a lambda with a default argument: PyQt6 called such a lambda from a widget
-    being destroyed during a later test without its default ("missing 1 required keyword-only
-    argument: 'c'", an exception in the Qt event loop that failed that test)."""
-    def stop(*_args):
-        control.request_stop()
-    return stop
+class _StopOnDestroy:
+    """The slot of a widget's ``destroyed`` signal: asks the widget's ``RunControl`` to stop its
+    run, so a run whose widget went away (dock closed, viewer closed) cannot outlive it.
+
+    When a widget is collected as garbage, the collector may clear the objects of its cycle
+    before Qt destroys the C++ widget and emits ``destroyed``: a lambda's default argument was
+    gone (PyQt6: "missing 1 required keyword-only argument"), or the control's attributes were
+    (PyQt5: "'RunControl' object has no attribute '_cond'"), each an exception in the Qt event
+    loop that failed a later test. A cleared control belongs to no running worker (a running
+    worker holds its control), so there is nothing left to stop then."""
+
+    def __init__(self, control):
+        self.control = control
+
+    def __call__(self, *_args) -> None:
+        try:
+            self.control.request_stop()
+        except AttributeError:  # cleared by the garbage collector with the widget: no run to stop
+            pass
 
 class RunWidgetBase(QWidget):
     """Base of the rMFN dock widgets (not a contribution by itself).
@@ -303,7 +314,7 @@ class RunWidgetBase(QWidget):
         # if the widget goes away (dock closed, viewer closed) the run must not outlive it,
         # or a paused engine would block the thread pool forever
         control = self.runner.control
-        self.destroyed.connect(_stopper(control))
+        self.destroyed.connect(_StopOnDestroy(control))
         return worker
 
     def _bar_step(self) -> int:
