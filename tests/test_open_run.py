@@ -71,6 +71,7 @@ def test_run_folder_layers_equal_the_files(run_folder):
     data, kw = layers["reference"]
     np.testing.assert_array_equal(np.asarray(data, np.float32), _mrc(ref_path)[0])
     assert tuple(kw["scale"]) == pytest.approx((APIX16,) * 3) and not kw["visible"]
+    assert kw["blending"] == "translucent"
     files = {"rMFN scale 1": "scale_1", "rMFN scale 2": "scale_2", "rMFN scale 3": "scale_3",
              "half map 1": "half_map_1", "half map 2": "half_map_2",
              "map (backprojected)": "map", "mask (auto)": "mask_auto"}

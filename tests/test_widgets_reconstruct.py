@@ -140,6 +140,7 @@ def test_reconstruct_from_simulation_streams_volumes_and_plots(
     assert viewer.dims.ndisplay == 3
     ref = viewer.layers["reference"]
     assert ref.data.shape == (16, 16, 16) and tuple(ref.scale) == (APIX16,) * 3
+    assert not ref.visible and ref.blending == "translucent"  # not added over the sample map it equals
     for k in (1, 2, 3):
         vol, spec = viewer.layers[f"rMFN scale {k}"], viewer.layers[f"rMFN spectrum {k}"]
         assert vol.data.shape == (16, 16, 16) and spec.data.shape == (16, 16, 16)

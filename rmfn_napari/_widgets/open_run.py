@@ -64,7 +64,7 @@ def _reference_layer_data(ref: Volume | None) -> list[LayerData]:
         return []
     apix = float(ref.voxel_size[-1])
     kwargs = {"name": REFERENCE_NAME, "scale": (apix,) * 3, "translate": (0.0, 0.0, 0.0),
-              "colormap": "gray", "blending": "additive", "rendering": "mip", "visible": False,
+              "colormap": "gray", "blending": "translucent", "rendering": "mip", "visible": False,
               "metadata": {"voxel_size": apix, "path": str(ref.path)}}
     return [(np.asarray(ref.data, np.float32), kwargs, "image")]
 

@@ -122,7 +122,9 @@ def set_reference_layer(viewer, volume: np.ndarray, voxel_size: float) -> None:
     """Add or update the ``"reference"`` layer (a map the run is compared against), voxel size
     in Å; a layer of that name and shape is updated in place. A new one is not selected: napari's
     selection change swapped the layer controls and repainted the canvas synchronously, 0.5 of
-    the 0.8-1.4 s this took after Start under load (issue 29)."""
+    the 0.8-1.4 s this took after Start under load (issue 29). It is added hidden and
+    translucent, as Open run… adds it: shown additively over the sample map it was made from
+    (the same volume), it doubled it and saturated the view (issue 29)."""
     data = np.ascontiguousarray(volume, dtype=np.float32)
     scale = (float(voxel_size),) * data.ndim
     if REFERENCE_NAME in viewer.layers:
@@ -134,8 +136,8 @@ def set_reference_layer(viewer, volume: np.ndarray, voxel_size: float) -> None:
         viewer.layers.remove(layer)
     rendering = {"rendering": "mip"} if data.ndim == 3 else {}
     with no_selection_change(viewer):  # the user's selection stays (and no synchronous repaint)
-        viewer.add_image(data, name=REFERENCE_NAME, colormap="gray", blending="additive", scale=scale,
-                         metadata={"voxel_size": float(voxel_size)}, **rendering)
+        viewer.add_image(data, name=REFERENCE_NAME, colormap="gray", blending="translucent", scale=scale,
+                         visible=False, metadata={"voxel_size": float(voxel_size)}, **rendering)
 
 
 def show_central_plane(viewer, layers) -> None:
