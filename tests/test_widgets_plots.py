@@ -241,6 +241,11 @@ def test_fsc_items_follow_the_curves(qtbot):
     np.testing.assert_allclose(plot.view_range(), zoomed)
     plot.clear()
     assert plot.view_range()[0][1] > 1.0  # the empty view again: 0 to 1
+    plot.set_nyquist(2.0)  # a run at 2 Å/px starts: the empty plot spans 0 to 0.25 1/Å
+    assert 0.25 < plot.view_range()[0][1] < 0.26
+    plot.set_curve(0, freq, [1.0, 0.9, 0.7, 0.4, 0.2], 10.0)
+    plot.set_nyquist(4.0)  # with curves shown, the curves keep the range
+    assert 0.1 < plot.view_range()[0][1] < 0.11
 
 
 def test_pose_bars_span_their_bins_from_zero(qtbot):

@@ -321,6 +321,15 @@ class FSCPlot(PlotPanel):
         self._update_legend()
         self.redraw()
 
+    def set_nyquist(self, voxel_size_A: float) -> None:
+        """Before any curve arrives: the x axis spans 0 to the data's Nyquist frequency,
+        1 / (2 × voxel size) 1/Å, instead of 0 to 1 1/Å (four times past the data at 2 Å/px).
+        Curves set afterwards take the range over as before."""
+        if self.curves or self.gold_curves or not (voxel_size_A and voxel_size_A > 0):
+            return
+        self._x_max = 0.5 / float(voxel_size_A)
+        self.set_range((0, self._x_max), (-0.2, 1.05))
+
     def set_reference_expected(self, expected: bool) -> None:
         """Say whether this run has a reference map (set at Start): the legend then tells
         when the curves against it come, and says nothing about a reference otherwise."""

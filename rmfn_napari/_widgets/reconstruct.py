@@ -300,7 +300,10 @@ class ReconstructWidget(RunWidgetBase):
 
     # ---- events -----------------------------------------------------------------------
     def on_run_started(self, ev: RunStarted) -> None:
-        """Nothing extra: plots were cleared at Start."""
+        """The plots were cleared at Start; the empty FSC plot now spans the data's frequencies
+        (to Nyquist at the run's voxel size)."""
+        if ev.snapshot_voxel_size:
+            self.fsc_plot.set_nyquist(float(ev.snapshot_voxel_size))
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, ScaleSnapshot) and self._box_apix is None:
