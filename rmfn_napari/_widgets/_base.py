@@ -293,7 +293,9 @@ class RunWidgetBase(QWidget):
             return False
         self.log.set_folder(str(folder))
         self.log.add(f"opened the run in {folder}" + (f": {summary}" if summary else ""))
-        self.panel.set_status(summary or f"Showing the run in {folder}")
+        # the summary once: in the headline where the widget put it there, else in the status
+        shown = bool(summary) and self.panel.headline.text() == summary
+        self.panel.set_status(f"Showing the run in {folder}" if shown or not summary else summary)
         return True
 
     def _launch(self, source: EventSource, out_dir: str, status: str):
