@@ -172,12 +172,7 @@ class CroppedParticles(DatasetBase):
         -------
         ndarray, float32, shape ``(k, D', D')``
         """
-        if indices is None:
-            idx = np.arange(self.n)
-        elif isinstance(indices, slice):
-            idx = np.arange(self.n)[indices]
-        else:
-            idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
+        idx = self.indices_of(indices)
         out = np.empty((len(idx), self.box, self.box), dtype=np.float32)
         for i in range(0, len(idx), self.batch):
             out[i:i + self.batch] = fourier_crop_images(self.source.images(idx[i:i + self.batch]),

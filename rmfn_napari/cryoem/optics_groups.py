@@ -220,12 +220,7 @@ class ResampledParticles(DatasetBase):
         -------
         ndarray, float32, shape ``(k, box, box)``
         """
-        if indices is None:
-            idx = np.arange(self.n)
-        elif isinstance(indices, slice):
-            idx = np.arange(self.n)[indices]
-        else:
-            idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
+        idx = self.indices_of(indices)
         out = np.empty((len(idx), self.box, self.box), dtype=np.float32)
         geom = self._geom_of[idx % self.n] if idx.size else idx
         for k in np.unique(geom):

@@ -49,6 +49,15 @@ class DatasetBase:
     def __len__(self) -> int:
         return self.n
 
+    def indices_of(self, indices=None) -> np.ndarray:
+        """Particle indices (0-based, STAR row order) as an int64 array: ``None`` for all, a
+        slice of ``range(n)``, or an int or a sequence of ints (not range-checked here)."""
+        if indices is None:
+            return np.arange(self.n)
+        if isinstance(indices, slice):
+            return np.arange(self.n)[indices]
+        return np.atleast_1d(np.asarray(indices, dtype=np.int64))
+
 
 class ParticleDataset(DatasetBase):
     """A RELION particle STAR file with its image stacks, validated on open, read lazily.
@@ -156,12 +165,7 @@ class ParticleDataset(DatasetBase):
             If the particles asked for differ in box (a ``mixed`` dataset: read it through
             :class:`~rmfn_napari.cryoem.optics_groups.ResampledParticles`).
         """
-        if indices is None:
-            idx = np.arange(self.n)
-        elif isinstance(indices, slice):
-            idx = np.arange(self.n)[indices]
-        else:
-            idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
+        idx = self.indices_of(indices)
         if idx.size and (idx.min() < -self.n or idx.max() >= self.n):
             raise IndexError(f"particle index out of range 0..{self.n - 1}")
         idx = idx % self.n if idx.size else idx
